@@ -1,0 +1,84 @@
+# chatsite — `make run` serves the site, `make test` checks everything.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+# Finds an interpreter >= 3.12: $PYTHON, python3.14..python3.12, python3, then
+# pyenv-installed versions. Each candidate must actually run (pyenv shims exist
+# for versions that are not selected and fail when called).
+define FIND_PYTHON
+ok() { "$$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; }; \
+for c in "$${PYTHON:-}" python3.14 python3.13 python3.12 python3; do \
+  [ -n "$$c" ] && command -v "$$c" >/dev/null 2>&1 && ok "$$c" && { command -v "$$c"; exit 0; }; \
+done; \
+if command -v pyenv >/dev/null 2>&1; then \
+  root=$$(pyenv root); \
+  for v in $$(pyenv versions --bare 2>/dev/null | sort -rV); do \
+    p="$$root/versions/$$v/bin/python3"; [ -x "$$p" ] && ok "$$p" && { echo "$$p"; exit 0; }; \
+  done; \
+fi; \
+echo "chatsite needs Python 3.12 or newer. Install python3.13 (Debian 13: apt-get install python3.13 python3.13-venv; elsewhere pyenv install 3.13) or set PYTHON=/path/to/python3.13." >&2; \
+exit 1
+endef
+
+.PHONY: help
+help:
+	@echo "make run    - install runtime deps into .venv, migrate, serve http://$(HOST):$(PORT)"
+	@echo "make test   - install dev deps, ruff (format + lint), pytest on SQLite and PostgreSQL"
+	@echo "make lint   - ruff format check and lint only"
+	@echo "make format - apply ruff formatting and safe fixes"
+
+$(PY):
+	@py=$$($(FIND_PYTHON)) || exit 1; \
+	echo "Creating $(VENV) with $$py ($$($$py --version))"; \
+	"$$py" -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev: requirements-dev.txt requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@ $(VENV)/.runtime
+
+var:
+	@mkdir -p var
+
+.PHONY: install install-dev
+install: $(VENV)/.runtime var
+install-dev: $(VENV)/.dev var
+
+.PHONY: run
+run: install
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(VENV)/bin/uvicorn chatsite.asgi:application \
+	  --host $(HOST) --port $(PORT) --no-access-log --timeout-graceful-shutdown 20
+
+.PHONY: lint
+lint: install-dev
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+.PHONY: format
+format: install-dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# The suite runs on SQLite, then on PostgreSQL when it answers. Under CI=true a
+# missing PostgreSQL fails the run instead of being skipped.
+.PHONY: test
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@if $(PY) -c "import psycopg,sys; psycopg.connect('$(PG_TEST_URL)', connect_timeout=3).close()" 2>/dev/null; then \
+	  echo "== PostgreSQL: $(PG_TEST_URL)"; \
+	  DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -m "not browser" $(PYTEST_ARGS); \
+	elif [ "$${CI:-}" = "true" ]; then \
+	  echo "PostgreSQL at $(PG_TEST_URL) is not reachable, and CI=true requires it." >&2; exit 1; \
+	else \
+	  echo "== PostgreSQL not reachable at $(PG_TEST_URL): skipped the PostgreSQL run."; \
+	fi

@@ -1,0 +1,121 @@
+"""The contract every chat backend implements.
+
+A backend turns one user message into an async iterator of typed events:
+
+    ThreadReady   the upstream conversation exists (always first)
+    RunStarted    the upstream run/response id, once known (lets stop cancel it)
+    Delta         a piece of reply text, in order
+    Citation      a file or URL citation attached to the reply
+    Completed     the reply finished normally (with token usage when known)
+
+Anything that goes wrong is raised as `BackendError` with one of the stable codes
+below, before or during iteration; a backend never yields after raising.
+Cancellation: the relay cancels the task iterating `stream_reply` and then calls
+`cancel()` with the last `RunStarted` so the upstream stops generating (and
+billing). Backends are created once per process and event loop, used by many
+concurrent streams, and closed with `aclose()`.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# Stable error codes (also documented in the README and the OpenAPI description).
+UPSTREAM_AUTH = "upstream_auth"
+THREAD_NOT_FOUND = "thread_not_found"
+RATE_LIMITED = "rate_limited"
+UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+RUN_FAILED = "run_failed"
+UPSTREAM_DISCONNECTED = "upstream_disconnected"
+INCOMPLETE = "incomplete"
+TIMEOUT = "timeout"
+INVALID_REQUEST = "invalid_request"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadReady:
+    thread_id: str
+    # Set when the requested thread was gone upstream and a new one replaced it.
+    replaced_thread_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    usage: dict[str, Any] | None = None
+    # True when the upstream itself reports the run cancelled (a stop that reached
+    # the service from another replica, say).
+    cancelled: bool = False
+
+
+Event = ThreadReady | RunStarted | Delta | Citation | Completed
+
+
+class BackendError(Exception):
+    """An upstream failure, mapped to a stable `code` and a human `message`."""
+
+    def __init__(
+        self, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One past message, for backends that keep no history of their own."""
+
+    role: str
+    content: str
+
+
+@dataclass(slots=True)
+class ReplyRequest:
+    message: str
+    thread_id: str | None = None
+    history: list[Turn] = field(default_factory=list)
+
+
+class ChatBackend:
+    alias: ClassVar[str] = ""
+    # Shown to users: which agent answers.
+    label: ClassVar[str] = ""
+    offline: ClassVar[bool] = False
+    # True for services that keep no conversation state: the relay then passes
+    # the stored history with every request.
+    needs_history: ClassVar[bool] = False
+
+    def configuration_problems(self) -> list[str]:
+        """Settings that are missing or wrong; readiness fails while any exist."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.alias, "agent": self.label, "offline": self.offline}
+
+    def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
+        raise NotImplementedError
+
+    async def cancel(self, thread_id: str, run_id: str) -> None:
+        """Stops an upstream run; must not raise if it already finished."""
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Deletes upstream state for a conversation, where the service keeps any."""
+
+    async def aclose(self) -> None:
+        """Releases connections and credentials."""

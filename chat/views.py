@@ -1,0 +1,228 @@
+import asyncio
+import logging
+import re
+import secrets
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
+
+from chat import sse, store
+from chat.backends import get_backend
+from chat.backends.base import INVALID_REQUEST, ReplyRequest
+from chat.models import Conversation, Owner
+from chat.relay import ACTIVE, CLEANUP_TIMEOUT, STOPPED, Reply
+from chatsite.api import (
+    BadRequest,
+    api_view,
+    json_error,
+    json_response,
+    parse_json_object,
+)
+
+logger = logging.getLogger(__name__)
+
+SESSION_OWNER_KEY = "chat_owner"
+THREAD_ID = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
+
+# HTTP status of the non-streaming fallback, by error code.
+JSON_ERROR_STATUS = {"rate_limited": 429, "timeout": 504}
+
+SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+
+
+async def _owner(request: HttpRequest, *, create: bool) -> Owner:
+    user = request.api_user
+    if user.is_authenticated:
+        return Owner(user_id=user.pk)
+    if settings.SESSION_COOKIE_NAME not in request.COOKIES:
+        # No cookies: the caller owns what it creates by holding the ids.
+        return Owner()
+    key = await request.session.aget(SESSION_OWNER_KEY)
+    if not key and create:
+        key = secrets.token_hex(16)
+        await request.session.aset(SESSION_OWNER_KEY, key)
+    return Owner(session_key=key or "")
+
+
+def _invalid(message: str, field: str) -> BadRequest:
+    return BadRequest(message, 400, code=INVALID_REQUEST, fields={field: [message]})
+
+
+def _parse_chat_request(
+    data: dict[str, Any],
+) -> tuple[str, str | None, uuid.UUID | None]:
+    message = data.get("message")
+    if not isinstance(message, str) or not message.strip():
+        raise _invalid("message must be a non-empty string", "message")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(message) > limit:
+        raise _invalid(f"message is longer than {limit} characters", "message")
+    thread_id = data.get("thread_id")
+    if thread_id is not None and (
+        not isinstance(thread_id, str) or not THREAD_ID.match(thread_id)
+    ):
+        raise _invalid("thread_id is not a valid thread id", "thread_id")
+    raw_conversation = data.get("conversation_id")
+    conversation_id = None
+    if raw_conversation is not None:
+        try:
+            conversation_id = uuid.UUID(str(raw_conversation))
+        except ValueError:
+            raise _invalid(
+                "conversation_id is not a valid UUID", "conversation_id"
+            ) from None
+    return message, thread_id or None, conversation_id
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+async def _sse_body(reply: Reply):
+    encode, encode_chunk, keepalive = sse.encode, sse.encode_chunk, sse.KEEPALIVE
+    async for seq, payload in reply.frames():
+        if type(payload) is str:
+            yield encode_chunk(seq, payload)
+        elif payload is None:
+            yield keepalive
+        else:
+            yield encode(seq, payload)
+
+
+async def post_chat(request: HttpRequest) -> HttpResponse:
+    started = time.perf_counter()
+    if settings.CHAT_REQUIRE_LOGIN and not request.api_user.is_authenticated:
+        raise BadRequest("log in to chat", 401, code="login_required")
+    data = parse_json_object(request)
+    message, thread_id, conversation_id = _parse_chat_request(data)
+    owner = await _owner(request, create=True)
+    backend = get_backend()
+    try:
+        turn = await store.start_turn(
+            owner=owner,
+            backend=backend.alias,
+            message=message,
+            conversation_id=conversation_id,
+            thread_id=thread_id,
+            with_history=backend.needs_history,
+        )
+    except store.NotFound:
+        raise BadRequest("conversation not found", 404, code="not_found") from None
+    except store.Busy:
+        raise BadRequest(
+            "a reply is already streaming in this conversation; stop it or wait",
+            409,
+            code="conversation_busy",
+        ) from None
+    reply = Reply(
+        backend=backend,
+        conversation=turn.conversation,
+        request=ReplyRequest(
+            message=message,
+            thread_id=turn.conversation.upstream_thread_id or None,
+            history=turn.history,
+        ),
+        started=started,
+    )
+    reply.start()
+    if _wants_json(request):
+        body = await reply.collect()
+        status = 200
+        if body["error"]:
+            status = JSON_ERROR_STATUS.get(body["error"]["code"], 502)
+        return json_response(body, status=status)
+    return StreamingHttpResponse(
+        _sse_body(reply),
+        content_type="text/event-stream; charset=utf-8",
+        headers=SSE_HEADERS,
+    )
+
+
+async def _owned_conversation(
+    request: HttpRequest, conversation_id: uuid.UUID
+) -> Conversation:
+    owner = await _owner(request, create=False)
+    conversation = await (
+        Conversation.objects.owned_by(owner).filter(pk=conversation_id).afirst()
+    )
+    if conversation is None:
+        raise BadRequest("conversation not found", 404, code="not_found")
+    return conversation
+
+
+async def post_stop(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = await _owned_conversation(request, conversation_id)
+    reply = ACTIVE.get(conversation.pk)
+    if reply is not None:
+        reply.stop(STOPPED)
+        return json_response(
+            {"status": "stopping", "conversation_id": str(conversation.pk)}
+        )
+    if conversation.active_since and conversation.active_run_id:
+        # Streaming on another replica: cancelling the upstream run ends that
+        # stream there with status "cancelled".
+        backend = get_backend()
+        await backend.cancel(
+            conversation.upstream_thread_id, conversation.active_run_id
+        )
+        return json_response(
+            {"status": "stopping", "conversation_id": str(conversation.pk)}
+        )
+    return json_error(
+        "nothing is streaming in this conversation", 409, code="not_streaming"
+    )
+
+
+async def list_conversations(request: HttpRequest) -> HttpResponse:
+    owner = await _owner(request, create=False)
+    if owner.user_id is None and not owner.session_key:
+        # Cookie-less callers own conversations by their ids; there is no list.
+        return json_response({"results": []})
+    conversations = Conversation.objects.owned_by(owner)[:200]
+    return json_response({"results": [c.to_dict() async for c in conversations]})
+
+
+async def get_conversation(
+    request: HttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
+    conversation = await _owned_conversation(request, conversation_id)
+    body = conversation.to_dict()
+    body["messages"] = [m.to_dict() async for m in conversation.messages.all()]
+    return json_response(body)
+
+
+async def delete_conversation(
+    request: HttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
+    conversation = await _owned_conversation(request, conversation_id)
+    reply = ACTIVE.get(conversation.pk)
+    if reply is not None and reply.task is not None:
+        reply.stop(STOPPED)
+        await asyncio.wait({reply.task}, timeout=CLEANUP_TIMEOUT)
+    if conversation.upstream_thread_id and conversation.backend == get_backend().alias:
+        try:
+            await get_backend().delete_thread(conversation.upstream_thread_id)
+        except Exception:
+            logger.warning(
+                "deleting upstream thread %s failed",
+                conversation.upstream_thread_id,
+                exc_info=True,
+            )
+    await conversation.adelete()
+    return HttpResponse(status=204)
+
+
+async def page(request: HttpRequest) -> HttpResponse:
+    backend = get_backend()
+    return render(request, "chat/index.html", {"backend": backend.describe()})
+
+
+chat = api_view(POST=post_chat)
+stop = api_view(POST=post_stop)
+conversations = api_view(GET=list_conversations)
+conversation = api_view(GET=get_conversation, DELETE=delete_conversation)

@@ -1,0 +1,91 @@
+"""Django's own middleware, run on the event loop instead of in a thread.
+
+Under ASGI every hook of a `MiddlewareMixin` is wrapped in `sync_to_async`: one
+thread hop per hook and per request, the chat stream included. The hooks wrapped
+here only read and write headers, cookies and lazy request attributes (no I/O),
+so they run inline; the one hook that does I/O, saving the session, is awaited
+through the session's async API.
+"""
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.sessions import middleware as session_middleware
+from django.contrib.sessions.backends.base import UpdateError
+from django.contrib.sessions.exceptions import SessionInterrupted
+from django.http import HttpRequest, HttpResponseBase
+from django.middleware import clickjacking, csp, csrf, security
+
+
+class InlineHooksMixin:
+    """Replaces `MiddlewareMixin.__acall__` with one that does not hop threads."""
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(InlineHooksMixin, security.SecurityMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(InlineHooksMixin, csrf.CsrfViewMiddleware):
+    async def process_view(
+        self,
+        request: HttpRequest,
+        callback: Any,
+        callback_args: Any,
+        callback_kwargs: Any,
+    ) -> HttpResponseBase | None:
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
+
+class AuthenticationMiddleware(
+    InlineHooksMixin, auth_middleware.AuthenticationMiddleware
+):
+    pass
+
+
+class MessageMiddleware(InlineHooksMixin, messages_middleware.MessageMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class ContentSecurityPolicyMiddleware(
+    InlineHooksMixin, csp.ContentSecurityPolicyMiddleware
+):
+    pass
+
+
+class SessionMiddleware(session_middleware.SessionMiddleware):
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        self.process_request(request)
+        response = await self.get_response(request)
+        session = request.session
+        must_save = (
+            session.modified or settings.SESSION_SAVE_EVERY_REQUEST
+        ) and not session.is_empty()
+        if must_save and response.status_code < 500:
+            try:
+                await session.asave()
+            except UpdateError:
+                raise SessionInterrupted(
+                    "The request's session was deleted before the request completed."
+                ) from None
+            # The data is saved; process_response only has to set the cookie.
+            session.save = _already_saved
+        return self.process_response(request, response)
+
+
+def _already_saved(must_create: bool = False) -> None:
+    return None

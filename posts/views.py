@@ -1,0 +1,170 @@
+from typing import Any
+from urllib.parse import urlencode
+
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, QueryDict
+
+from chatsite.api import (
+    BadRequest,
+    api_view,
+    json_response,
+    parse_json_object,
+    require_permission,
+)
+from posts.models import Post
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+FIELDS: dict[str, type] = {"title": str, "body": str, "published": bool}
+REQUIRED = ("title", "body")
+
+
+def _int_param(params: QueryDict, name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise BadRequest(
+            "invalid query parameter",
+            fields={name: [f"must be an integer from {lo} to {hi}"]},
+        )
+    return value
+
+
+def _page_window(params: QueryDict) -> tuple[int, int]:
+    limit = _int_param(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    if "page" in params:
+        page = _int_param(params, "page", 1, 1, 10**9)
+        return limit, (page - 1) * limit
+    return limit, _int_param(params, "offset", 0, 0, 10**12)
+
+
+def _page_link(request: HttpRequest, limit: int, offset: int) -> str:
+    params = request.GET.copy()
+    params.pop("page", None)
+    params["limit"] = str(limit)
+    params["offset"] = str(offset)
+    return f"{request.path}?{urlencode(sorted(params.items()))}"
+
+
+def _apply_fields(post: Post, data: dict[str, Any], *, partial: bool) -> None:
+    """Copies JSON fields onto `post` and validates them; saves nothing."""
+    errors: dict[str, list[str]] = {}
+    for name in sorted(set(data) - set(FIELDS)):
+        errors[name] = ["unknown field"]
+    for name, kind in FIELDS.items():
+        if name not in data:
+            if not partial and name in REQUIRED:
+                errors[name] = ["this field is required"]
+            continue
+        value = data[name]
+        if type(value) is not kind:
+            errors[name] = [f"must be a {'boolean' if kind is bool else 'string'}"]
+            continue
+        setattr(post, name, value.strip() if name == "title" else value)
+    if not partial and "published" not in data:
+        post.published = False
+    try:
+        post.full_clean(
+            exclude=["author"], validate_unique=False, validate_constraints=False
+        )
+    except ValidationError as exc:
+        for name, messages in exc.message_dict.items():
+            errors.setdefault(name, []).extend(messages)
+    if errors:
+        raise BadRequest("invalid fields", fields=errors)
+
+
+async def _can_see_drafts(request: HttpRequest) -> bool:
+    user = request.api_user
+    return user.is_authenticated and await user.ahas_perm("posts.change_post")
+
+
+async def _visible_post(request: HttpRequest, post_id: str) -> Post:
+    posts = Post.objects.visible_to(
+        request.api_user, can_see_drafts=await _can_see_drafts(request)
+    )
+    post = await posts.select_related("author").filter(pk=post_id).afirst()
+    if post is None:
+        raise BadRequest("post not found", 404)
+    return post
+
+
+async def list_posts(request: HttpRequest) -> HttpResponse:
+    limit, offset = _page_window(request.GET)
+    posts = Post.objects.visible_to(
+        request.api_user, can_see_drafts=await _can_see_drafts(request)
+    )
+    query = request.GET.get("q", "").strip()
+    if query:
+        posts = posts.matching(query)
+    total = await posts.acount()
+    window = posts.select_related("author")[offset : offset + limit]
+    results = [post.to_dict() async for post in window]
+    has_next = offset + limit < total
+    has_previous = offset > 0
+    return json_response(
+        {
+            "count": total,
+            "limit": limit,
+            "offset": offset,
+            "next": _page_link(request, limit, offset + limit) if has_next else None,
+            "previous": (
+                _page_link(request, limit, max(offset - limit, 0))
+                if has_previous
+                else None
+            ),
+            "results": results,
+        }
+    )
+
+
+@require_permission("posts.add_post")
+async def create_post(request: HttpRequest) -> HttpResponse:
+    data = parse_json_object(request)
+    post = Post(author=request.api_user)
+    _apply_fields(post, data, partial=False)
+    await post.asave()
+    return json_response(
+        post.to_dict(), status=201, headers={"Location": f"/api/posts/{post.pk}"}
+    )
+
+
+async def get_post(request: HttpRequest, post_id: str) -> HttpResponse:
+    post = await _visible_post(request, post_id)
+    return json_response(post.to_dict())
+
+
+async def _update_post(
+    request: HttpRequest, post_id: str, *, partial: bool
+) -> HttpResponse:
+    data = parse_json_object(request)
+    post = await _visible_post(request, post_id)
+    _apply_fields(post, data, partial=partial)
+    await post.asave()
+    return json_response(post.to_dict())
+
+
+@require_permission("posts.change_post")
+async def replace_post(request: HttpRequest, post_id: str) -> HttpResponse:
+    return await _update_post(request, post_id, partial=False)
+
+
+@require_permission("posts.change_post")
+async def patch_post(request: HttpRequest, post_id: str) -> HttpResponse:
+    return await _update_post(request, post_id, partial=True)
+
+
+@require_permission("posts.delete_post")
+async def delete_post(request: HttpRequest, post_id: str) -> HttpResponse:
+    post = await _visible_post(request, post_id)
+    await post.adelete()
+    return HttpResponse(status=204)
+
+
+posts = api_view(GET=list_posts, POST=create_post)
+post = api_view(GET=get_post, PUT=replace_post, PATCH=patch_post, DELETE=delete_post)
