@@ -195,6 +195,8 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
+    # A file, not memory, so a server subprocess started by a test shares it.
+    _db["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

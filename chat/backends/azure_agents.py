@@ -1,0 +1,447 @@
+"""Classic Azure AI Foundry agents (`asst_…`, threads and runs) through
+azure-ai-agents' async client.
+
+A reply costs two upstream calls: a new conversation creates its thread with the
+user message in it, a follow-up passes the message as `additional_messages` on
+the run. Events are read raw (one JSON parse each) instead of through the SDK's
+per-event model classes.
+"""
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from azure.ai.agents.aio import AgentsClient
+from azure.ai.agents.models import BaseAsyncAgentEventHandler
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    IncompleteReadError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy
+from azure.core.pipeline.transport import AioHttpTransport
+from django.conf import settings
+
+from chat.backends.base import (
+    INCOMPLETE,
+    RATE_LIMITED,
+    RUN_FAILED,
+    UPSTREAM_AUTH,
+    UPSTREAM_DISCONNECTED,
+    UPSTREAM_UNAVAILABLE,
+    BackendError,
+    ChatBackend,
+    Citation,
+    Completed,
+    Delta,
+    Event,
+    ReplyRequest,
+    RunStarted,
+    ThreadReady,
+)
+
+logger = logging.getLogger(__name__)
+
+SCOPE = "https://ai.azure.com/.default"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+RETRY_IN = re.compile(r"(?:try again|retry) in (\d+(?:\.\d+)?) ?s", re.IGNORECASE)
+
+
+def project_endpoint() -> str:
+    """AZURE_AI_PROJECT_ENDPOINT, or the one the earlier service derived from
+    AZURE_AI_ENDPOINT (…cognitiveservices.azure.com) and AZURE_AI_PROJECT_NAME."""
+    if settings.AZURE_AI_PROJECT_ENDPOINT:
+        return settings.AZURE_AI_PROJECT_ENDPOINT.rstrip("/")
+    if settings.AZURE_AI_ENDPOINT and settings.AZURE_AI_PROJECT_NAME:
+        base = settings.AZURE_AI_ENDPOINT.rstrip("/").replace(
+            ".cognitiveservices.azure.com", ".services.ai.azure.com"
+        )
+        return f"{base}/api/projects/{settings.AZURE_AI_PROJECT_NAME}"
+    return ""
+
+
+def is_loopback(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
+
+
+class DevTokenCredential:
+    """A static bearer token, accepted only for loopback endpoints (the emulator)."""
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("dev-token", int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> "DevTokenCredential":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):
+    """Lets the bearer token travel over plain http, for loopback endpoints only."""
+
+    async def on_request(self, request: Any) -> None:
+        request.context["enforce_https"] = False
+        await super().on_request(request)
+
+
+class RawEvents(BaseAsyncAgentEventHandler[tuple[str, Any]]):
+    """Yields (event name, parsed JSON) pairs, skipping the SDK's model objects."""
+
+    async def _process_event(self, event_data_str: str) -> tuple[str, Any]:
+        name = data = ""
+        for line in event_data_str.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+        try:
+            return name, orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return name, data
+
+
+def _retry_after(exc: HttpResponseError) -> float | None:
+    response = exc.response
+    if response is None:
+        return None
+    headers = response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
+        if headers.get(name):
+            try:
+                return float(headers[name]) * scale
+            except ValueError:
+                pass
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def map_error(exc: BaseException) -> BackendError:
+    """Turns an SDK exception raised before streaming into a stable error."""
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        detail = (exc.error.message if exc.error else None) or exc.reason or ""
+        if isinstance(exc, ClientAuthenticationError) and not status:
+            return BackendError(UPSTREAM_AUTH, f"could not get a token: {exc.message}")
+        if status in (401, 403):
+            return BackendError(
+                UPSTREAM_AUTH,
+                f"the agent service refused our credentials (HTTP {status}). The "
+                "identity needs the Azure AI Developer and Cognitive Services User "
+                "roles on the AI Services resource.",
+            )
+        if status == 429:
+            return BackendError(
+                RATE_LIMITED,
+                "the agent service is rate limiting requests; try again shortly",
+                retry_after=_retry_after(exc),
+            )
+        if status >= 500:
+            return BackendError(
+                UPSTREAM_UNAVAILABLE,
+                f"the agent service failed (HTTP {status}): {detail}".rstrip(": "),
+            )
+        return BackendError(
+            RUN_FAILED,
+            f"the agent service rejected the request (HTTP {status}): {detail}",
+        )
+    if isinstance(exc, ClientAuthenticationError):
+        return BackendError(UPSTREAM_AUTH, f"could not get a token: {exc.message}")
+    if isinstance(
+        exc, ServiceRequestError | ServiceResponseError | aiohttp.ClientError
+    ):
+        return BackendError(
+            UPSTREAM_UNAVAILABLE, f"could not reach the agent service: {exc}"
+        )
+    if isinstance(exc, ValueError):
+        # The SDK decodes every error body as JSON; an HTML error page (a proxy's
+        # 502, say) surfaces as a JSON decoding error.
+        return BackendError(
+            UPSTREAM_UNAVAILABLE, "the agent service answered with an unreadable error"
+        )
+    if isinstance(exc, AzureError):
+        return BackendError(UPSTREAM_UNAVAILABLE, f"agent service error: {exc}")
+    raise exc
+
+
+def _citation(annotation: dict[str, Any]) -> dict[str, Any] | None:
+    kind = annotation.get("type")
+    citation: dict[str, Any] = {"kind": kind, "text": annotation.get("text")}
+    if kind == "url_citation":
+        details = annotation.get("url_citation") or {}
+        citation.update(url=details.get("url"), title=details.get("title"))
+    elif kind == "file_citation":
+        details = annotation.get("file_citation") or {}
+        citation.update(file_id=details.get("file_id"), quote=details.get("quote"))
+    else:
+        return None
+    return citation
+
+
+def _delta_events(delta: dict[str, Any]) -> list[Event]:
+    events: list[Event] = []
+    for part in delta["delta"].get("content") or ():
+        text = part.get("text") if part.get("type") == "text" else None
+        if not text:
+            continue
+        if text.get("value"):
+            events.append(Delta(text["value"]))
+        for annotation in text.get("annotations") or ():
+            citation = _citation(annotation)
+            if citation:
+                events.append(Citation(citation))
+    return events
+
+
+RUN_ENDED = {
+    "thread.run.completed",
+    "thread.run.cancelled",
+    "thread.run.failed",
+    "thread.run.expired",
+    "thread.run.incomplete",
+}
+
+
+def _run_ended(name: str, run: dict[str, Any]) -> Completed:
+    """The final event of a run that ended, or the error it ended with."""
+    if name == "thread.run.completed":
+        return Completed(usage=run.get("usage"))
+    if name == "thread.run.cancelled":
+        return Completed(usage=run.get("usage"), cancelled=True)
+    raise _run_failure(run)
+
+
+def _error_event(data: Any) -> BackendError:
+    error = data.get("error", data) if isinstance(data, dict) else {"message": data}
+    if error.get("code") == "rate_limit_exceeded":
+        return BackendError(RATE_LIMITED, error.get("message") or "rate limited")
+    return BackendError(
+        UPSTREAM_UNAVAILABLE,
+        f"the agent service reported an error: {error.get('message') or error}",
+    )
+
+
+def _run_failure(run: dict[str, Any]) -> BackendError:
+    status = run.get("status")
+    error = run.get("last_error") or {}
+    code = error.get("code") or status
+    message = error.get("message") or ""
+    if status == "incomplete":
+        reason = (run.get("incomplete_details") or {}).get("reason", "unknown")
+        message = message or f"the run stopped early ({reason})"
+    if code == "rate_limit_exceeded":
+        match = RETRY_IN.search(message)
+        return BackendError(
+            RATE_LIMITED,
+            message or "the agent's model is rate limited",
+            retry_after=float(match.group(1)) if match else None,
+        )
+    return BackendError(RUN_FAILED, f"the agent's run {status}: {code}: {message}")
+
+
+class AzureAgentsBackend(ChatBackend):
+    alias = "azure_agents"
+    label = "Azure AI agent"
+
+    def __init__(self) -> None:
+        self.endpoint = project_endpoint()
+        self.agent_id = settings.AZURE_AI_AGENT_ID
+        self.agent_name: str | None = None
+        self._name_task: asyncio.Task[None] | None = None
+        self._client: AgentsClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._credential: Any = None
+
+    def configuration_problems(self) -> list[str]:
+        problems = []
+        if not self.endpoint:
+            problems.append(
+                "set AZURE_AI_PROJECT_ENDPOINT (or AZURE_AI_ENDPOINT and "
+                "AZURE_AI_PROJECT_NAME)"
+            )
+        if not self.agent_id:
+            problems.append("set AZURE_AI_AGENT_ID")
+        loopback = bool(self.endpoint) and is_loopback(self.endpoint)
+        if settings.AZURE_AI_CREDENTIAL == "dev" and self.endpoint and not loopback:
+            problems.append(
+                "AZURE_AI_CREDENTIAL=dev is only accepted for a loopback endpoint"
+            )
+        if settings.AZURE_AI_CREDENTIAL == "default" and loopback:
+            problems.append(
+                "a loopback endpoint (the emulator) needs AZURE_AI_CREDENTIAL=dev"
+            )
+        if self.endpoint.startswith("http://") and not loopback:
+            problems.append("AZURE_AI_PROJECT_ENDPOINT must use https")
+        return problems
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.alias,
+            "agent": self.agent_name or f"{self.label} {self.agent_id}".strip(),
+            "offline": False,
+        }
+
+    def client(self) -> AgentsClient:
+        if self._client is None:
+            problems = self.configuration_problems()
+            if problems:
+                raise BackendError(UPSTREAM_AUTH, "; ".join(problems))
+            if settings.AZURE_AI_CREDENTIAL == "dev":
+                self._credential = DevTokenCredential()
+            else:
+                from azure.identity.aio import DefaultAzureCredential
+
+                self._credential = DefaultAzureCredential(
+                    managed_identity_client_id=settings.AZURE_CLIENT_ID or None
+                )
+            # Our own session: the SDK's default caps a process at 100 concurrent
+            # connections, so the 101st open chat would silently queue.
+            limit = settings.CHAT_UPSTREAM_MAX_CONNECTIONS
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit)
+            )
+            options: dict[str, Any] = {
+                "transport": AioHttpTransport(
+                    session=self._session, session_owner=False
+                ),
+                "retry_total": settings.CHAT_UPSTREAM_RETRIES,
+            }
+            if is_loopback(self.endpoint):
+                options["authentication_policy"] = LoopbackBearerPolicy(
+                    self._credential, SCOPE
+                )
+            self._client = AgentsClient(
+                endpoint=self.endpoint, credential=self._credential, **options
+            )
+        return self._client
+
+    async def _load_agent_name(self) -> None:
+        try:
+            agent = await self.client().get_agent(self.agent_id)
+        except Exception:
+            logger.info("could not read the name of agent %s", self.agent_id)
+            return
+        self.agent_name = agent.name or None
+
+    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
+        client = self.client()
+        if self.agent_name is None and self._name_task is None:
+            # Best effort, once: the page shows the agent's name, not its id.
+            self._name_task = asyncio.create_task(self._load_agent_name())
+        message = {"role": "user", "content": request.message}
+        thread_id = request.thread_id
+        replaced = None
+        try:
+            if thread_id is None:
+                thread = await client.threads.create(messages=[message])
+                thread_id = thread.id
+                stream = await client.runs.stream(
+                    thread_id=thread_id,
+                    agent_id=self.agent_id,
+                    event_handler=RawEvents(),
+                )
+            else:
+                try:
+                    stream = await client.runs.stream(
+                        thread_id=thread_id,
+                        agent_id=self.agent_id,
+                        additional_messages=[message],
+                        event_handler=RawEvents(),
+                    )
+                except ResourceNotFoundError:
+                    # The thread is gone upstream (deleted, expired): start a new one
+                    # and say so in the metadata.
+                    replaced = thread_id
+                    thread = await client.threads.create(messages=[message])
+                    thread_id = thread.id
+                    stream = await client.runs.stream(
+                        thread_id=thread_id,
+                        agent_id=self.agent_id,
+                        event_handler=RawEvents(),
+                    )
+        except ResourceNotFoundError as exc:
+            # On a thread that exists (new, or just replaced): the agent is missing.
+            raise BackendError(
+                RUN_FAILED,
+                f"the agent service has no agent {self.agent_id}: {exc.message}",
+            ) from exc
+        except Exception as exc:
+            raise map_error(exc) from exc
+        yield ThreadReady(thread_id, replaced)
+        try:
+            async with stream as events:
+                async for name, data in events:
+                    if name == "thread.message.delta":
+                        for event in _delta_events(data):
+                            yield event
+                    elif name == "thread.run.created":
+                        yield RunStarted(data["id"])
+                    elif name in RUN_ENDED:
+                        yield _run_ended(name, data)
+                        return
+                    elif name == "thread.run.requires_action":
+                        await self.cancel(thread_id, data["id"])
+                        raise BackendError(
+                            RUN_FAILED,
+                            "the agent asked for a client-side tool call, which "
+                            "chatsite does not run",
+                        )
+                    elif name == "error":
+                        raise _error_event(data)
+                    elif name == "done":
+                        break
+        except BackendError:
+            raise
+        except (IncompleteReadError, ServiceResponseError, aiohttp.ClientError) as exc:
+            raise BackendError(
+                UPSTREAM_DISCONNECTED, "the connection to the agent service was cut"
+            ) from exc
+        except HttpResponseError as exc:
+            raise BackendError(
+                UPSTREAM_DISCONNECTED, f"the agent service stream broke: {exc.message}"
+            ) from exc
+        raise BackendError(
+            INCOMPLETE, "the agent's reply ended before the run finished"
+        )
+
+    async def cancel(self, thread_id: str, run_id: str) -> None:
+        try:
+            await self.client().runs.cancel(thread_id=thread_id, run_id=run_id)
+        except HttpResponseError as exc:
+            # Already finished or cancelled: nothing left to stop.
+            logger.info("cancel of run %s answered %s", run_id, exc.status_code)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            await self.client().threads.delete(thread_id)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._credential is not None:
+            await self._credential.close()
+        if self._session is not None:
+            await self._session.close()
+        self._client = self._session = self._credential = None

@@ -1,0 +1,55 @@
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+from django.test import AsyncClient
+
+from chat.backends import aclose_all
+
+
+@pytest.fixture(autouse=True)
+async def close_backends() -> AsyncIterator[None]:
+    # Backends hold one upstream client per event loop; each test has its own loop.
+    yield
+    await aclose_all()
+    # Async ORM calls in tests run on asgiref's shared thread; give its
+    # connection back so the test database can be dropped.
+    await sync_to_async(connections.close_all)()
+
+
+def parse_sse(raw: bytes) -> list[dict[str, Any]]:
+    """Frames as dicts: {"id": int | None, "data": dict} or {"comment": str}."""
+    frames: list[dict[str, Any]] = []
+    for block in raw.decode().split("\n\n"):
+        if not block:
+            continue
+        frame: dict[str, Any] = {"id": None}
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                frame = {"comment": line[1:].strip()}
+            elif line.startswith("id: "):
+                frame["id"] = int(line[4:])
+            elif line.startswith("data: "):
+                frame["data"] = orjson.loads(line[6:])
+        frames.append(frame)
+    return frames
+
+
+async def read_stream(response: Any) -> list[dict[str, Any]]:
+    body = b"".join([part async for part in response.streaming_content])
+    return parse_sse(body)
+
+
+def data_frames(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [frame["data"] for frame in frames if "data" in frame]
+
+
+async def chat(client: AsyncClient, message: str = "Say hello", **fields: Any) -> Any:
+    return await client.post(
+        "/api/chat",
+        {"message": message, **fields},
+        content_type="application/json",
+    )
