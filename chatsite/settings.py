@@ -148,6 +148,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "chatsite.urls"
+# Threads that run sync work (ORM calls, sync views) for all requests; see asgi.py.
+DJANGO_SYNC_THREADS = env_int("DJANGO_SYNC_THREADS", 8, minimum=1)
 ASGI_APPLICATION = "chatsite.asgi.application"
 APPEND_SLASH = False
 
