@@ -8,6 +8,7 @@ from django.db import connections
 from django.test import AsyncClient
 
 from chat.backends import aclose_all
+from chat.emulator import AgentsEmulator
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +19,25 @@ async def close_backends() -> AsyncIterator[None]:
     # Async ORM calls in tests run on asgiref's shared thread; give its
     # connection back so the test database can be dropped.
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[AgentsEmulator]:
+    emulator = AgentsEmulator()
+    await emulator.start(host="127.0.0.1", port=0)
+    yield emulator
+    await emulator.stop()
+
+
+@pytest.fixture
+def azure(settings, emulator: AgentsEmulator) -> AgentsEmulator:
+    """Points the app at the emulator through the azure_agents backend."""
+    settings.CHAT_BACKEND = "azure_agents"
+    settings.AZURE_AI_PROJECT_ENDPOINT = emulator.endpoint
+    settings.AZURE_AI_AGENT_ID = emulator.agent_id
+    settings.AZURE_AI_CREDENTIAL = "dev"
+    settings.CHAT_UPSTREAM_RETRIES = 0
+    return emulator
 
 
 def parse_sse(raw: bytes) -> list[dict[str, Any]]:
