@@ -1,7 +1,19 @@
-"""Process shutdown: store every reply in flight before the process exits."""
+"""Process shutdown: end open replies cleanly and store them before exiting.
+
+On SIGTERM uvicorn stops accepting, waits up to `--timeout-graceful-shutdown` for
+open connections, then cancels what is left and exits. Replies still streaming
+after `CHAT_DRAIN_SECONDS` are stopped here first: each stores its partial text,
+cancels its upstream run and sends a final `server_shutdown` error frame, so the
+client sees a clean end it can retry instead of a cut connection.
+"""
 
 import asyncio
 import logging
+import signal
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
 
 from chat import relay
 from chat.backends import aclose_all
@@ -10,23 +22,56 @@ logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 8.0
 
+_drain: asyncio.TimerHandle | None = None
 
-async def shutdown(grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
-    """Stops open replies and waits for their cleanup.
 
-    uvicorn cancels the request tasks first, but they only run their cleanup when
-    the loop gets control again, which is here: waiting lets each producer store
-    its partial reply and cancel its upstream run before the process exits.
+def watch_for_termination() -> None:
+    """Chains a drain step in front of the server's SIGTERM/SIGINT handlers.
+
+    Called at lifespan startup, when uvicorn's own handlers are installed.
     """
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(
+            received: int, frame: FrameType | None, previous: Any = previous
+        ) -> None:
+            loop.call_soon_threadsafe(_schedule_drain, loop)
+            if callable(previous):
+                previous(received, frame)
+
+        signal.signal(signum, handler)
+
+
+def _schedule_drain(loop: asyncio.AbstractEventLoop) -> None:
+    global _drain
+    if _drain is None:
+        _drain = loop.call_later(settings.CHAT_DRAIN_SECONDS, stop_open_replies)
+
+
+def stop_open_replies() -> list[relay.Reply]:
     replies = list(relay.ACTIVE.values())
     for reply in replies:
         reply.stop(relay.SHUTDOWN)
+    if replies:
+        logger.info("stopping %d open replies for shutdown", len(replies))
+    return replies
+
+
+async def shutdown(grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    """Stops replies that are still open and waits for their cleanup.
+
+    uvicorn cancels the request tasks before this runs, but they only run their
+    cleanup when the loop gets control again, which is here: waiting lets each
+    producer store its partial reply and cancel its upstream run.
+    """
+    replies = stop_open_replies()
     tasks = {reply.task for reply in replies if reply.task is not None}
     if tasks:
         _done, pending = await asyncio.wait(tasks, timeout=grace)
-        logger.info(
-            "stopped %d open replies at shutdown, %d did not finish storing",
-            len(replies),
-            len(pending),
-        )
+        if pending:
+            logger.warning(
+                "%d replies did not finish storing at shutdown", len(pending)
+            )
     await aclose_all()

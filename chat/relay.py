@@ -22,6 +22,7 @@ from django.utils import timezone
 from chat import store
 from chat.backends.base import (
     INCOMPLETE,
+    SERVER_SHUTDOWN,
     TIMEOUT,
     UPSTREAM_UNAVAILABLE,
     BackendError,
@@ -161,6 +162,11 @@ class Reply:
                     TIMEOUT,
                     f"the agent sent nothing for "
                     f"{settings.CHAT_UPSTREAM_TIMEOUT_SECONDS:g} seconds",
+                )
+            elif reason == SHUTDOWN:
+                self.error = BackendError(
+                    SERVER_SHUTDOWN,
+                    "the server is restarting; send your message again",
                 )
             await self._cancel_upstream()
             raise

@@ -58,6 +58,9 @@ def _parse_chat_request(
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
         raise _invalid("message must be a non-empty string", "message")
+    if "\x00" in message:
+        # PostgreSQL text cannot store NUL: refuse it instead of failing there.
+        raise _invalid("message must not contain NUL characters", "message")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(message) > limit:
         raise _invalid(f"message is longer than {limit} characters", "message")
@@ -218,6 +221,11 @@ async def delete_conversation(
 
 
 async def page(request: HttpRequest) -> HttpResponse:
+    # The API ties anonymous conversations to this token; creating it here gives
+    # the browser its session cookie before the first chat POST. Rendering
+    # {{ csrf_token }} sets the CSRF cookie the page's requests send back.
+    if not await request.session.aget(SESSION_OWNER_KEY):
+        await request.session.aset(SESSION_OWNER_KEY, secrets.token_hex(16))
     backend = get_backend()
     return render(request, "chat/index.html", {"backend": backend.describe()})
 

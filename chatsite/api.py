@@ -208,6 +208,7 @@ def api_view(
         except BadRequest as exc:
             return exc.response()
 
+    view.allowed_methods = allowed  # type: ignore[attr-defined]
     return view
 
 

@@ -66,6 +66,9 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            from chat import lifecycle
+
+            lifecycle.watch_for_termination()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             from chat import lifecycle

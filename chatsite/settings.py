@@ -300,6 +300,9 @@ CHAT_UPSTREAM_TIMEOUT_SECONDS = env_float(
     "CHAT_UPSTREAM_TIMEOUT_SECONDS", 120.0, minimum=0.1
 )
 CHAT_MAX_STREAM_SECONDS = env_float("CHAT_MAX_STREAM_SECONDS", 900.0, minimum=1.0)
+# On SIGTERM, replies still streaming after this long are ended cleanly; keep it
+# below uvicorn's --timeout-graceful-shutdown.
+CHAT_DRAIN_SECONDS = env_float("CHAT_DRAIN_SECONDS", 10.0)
 CHAT_LOCAL_DELAY_MS = env_int("CHAT_LOCAL_DELAY_MS", 30)
 CHAT_UPSTREAM_RETRIES = env_int("CHAT_UPSTREAM_RETRIES", 2)
 CHAT_UPSTREAM_MAX_CONNECTIONS = env_int(

@@ -30,6 +30,8 @@ UPSTREAM_DISCONNECTED = "upstream_disconnected"
 INCOMPLETE = "incomplete"
 TIMEOUT = "timeout"
 INVALID_REQUEST = "invalid_request"
+# Not from a backend: the relay's own reasons for ending a reply early.
+SERVER_SHUTDOWN = "server_shutdown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,7 @@ async def test_it_keeps_unicode_and_newlines_intact(async_client: AsyncClient) -
         ({"message": ""}, "message"),
         ({"message": "   "}, "message"),
         ({"message": 42}, "message"),
+        ({"message": "nul\x00byte"}, "message"),
         ({}, "message"),
         ({"message": "hi", "thread_id": "bad id!"}, "thread_id"),
         ({"message": "hi", "thread_id": 7}, "thread_id"),
