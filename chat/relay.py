@@ -34,6 +34,7 @@ from chat.backends.base import (
     RunStarted,
     ThreadReady,
 )
+from chat.limits import StreamSlot
 from chat.models import Conversation, Message
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,13 @@ class Reply:
         conversation: Conversation,
         request: ReplyRequest,
         started: float,
+        slot: StreamSlot | None = None,
     ) -> None:
         self.backend = backend
         self.conversation_id: UUID = conversation.pk
         self.request = request
         self.started = started
+        self.slot = slot
         self.created_at: datetime = timezone.now()
         self.message_id = uuid4()
         self.thread_id: str | None = request.thread_id
@@ -179,6 +182,8 @@ class Reply:
         finally:
             try:
                 await asyncio.shield(self._persist())
+                if self.slot is not None:
+                    await asyncio.shield(self.slot.release())
             finally:
                 ACTIVE.pop(self.conversation_id, None)
                 put(_END)
@@ -270,6 +275,7 @@ class Reply:
         queue = self.queue
         seq = 0
         sent_metadata = False
+        ended = False
         pending: Any = None
         last_event = loop.time()
         try:
@@ -318,6 +324,7 @@ class Reply:
                         sent_metadata = True
                         yield (seq, self.metadata())
                     if item is _END:
+                        ended = True
                         seq += 1
                         yield (seq, self.final_frame())
                         return
@@ -326,7 +333,7 @@ class Reply:
                     yield (seq, {"type": "annotation", **item.data})
         finally:
             task = self.task
-            if task is not None and not task.done():
+            if task is not None and not ended:
                 self.stop(DISCONNECTED)
             if task is not None:
                 await asyncio.wait({task}, timeout=CLEANUP_TIMEOUT)

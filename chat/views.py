@@ -10,7 +10,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 
-from chat import sse, store
+from chat import limits, sse, store
 from chat.backends import get_backend
 from chat.backends.base import INVALID_REQUEST, ReplyRequest
 from chat.models import Conversation, Owner
@@ -103,8 +103,10 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
         raise BadRequest("log in to chat", 401, code="login_required")
     data = parse_json_object(request)
     message, thread_id, conversation_id = _parse_chat_request(data)
+    await limits.check_message_rate(request)
     owner = await _owner(request, create=True)
     backend = get_backend()
+    slot = await limits.acquire_stream_slot(request)
     try:
         turn = await store.start_turn(
             owner=owner,
@@ -115,13 +117,18 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
             with_history=backend.needs_history,
         )
     except store.NotFound:
+        await slot.release()
         raise BadRequest("conversation not found", 404, code="not_found") from None
     except store.Busy:
+        await slot.release()
         raise BadRequest(
             "a reply is already streaming in this conversation; stop it or wait",
             409,
             code="conversation_busy",
         ) from None
+    except BaseException:
+        await slot.release()
+        raise
     reply = Reply(
         backend=backend,
         conversation=turn.conversation,
@@ -131,6 +138,7 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
             history=turn.history,
         ),
         started=started,
+        slot=slot,
     )
     reply.start()
     if _wants_json(request):

@@ -198,7 +198,7 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     # A file, not memory, so a server subprocess started by a test shares it.
-    _db["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -304,6 +304,9 @@ CHAT_MAX_STREAM_SECONDS = env_float("CHAT_MAX_STREAM_SECONDS", 900.0, minimum=1.
 # below uvicorn's --timeout-graceful-shutdown.
 CHAT_DRAIN_SECONDS = env_float("CHAT_DRAIN_SECONDS", 10.0)
 CHAT_LOCAL_DELAY_MS = env_int("CHAT_LOCAL_DELAY_MS", 30)
+# Per user, or per IP address for anonymous callers; 0 turns a limit off.
+CHAT_RATE_LIMIT_PER_MINUTE = env_int("CHAT_RATE_LIMIT_PER_MINUTE", 20)
+CHAT_MAX_CONCURRENT_STREAMS = env_int("CHAT_MAX_CONCURRENT_STREAMS", 3)
 CHAT_UPSTREAM_RETRIES = env_int("CHAT_UPSTREAM_RETRIES", 2)
 CHAT_UPSTREAM_MAX_CONNECTIONS = env_int(
     "CHAT_UPSTREAM_MAX_CONNECTIONS", 2000, minimum=1

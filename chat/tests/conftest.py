@@ -4,11 +4,17 @@ from typing import Any
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.cache import cache
 from django.db import connections
 from django.test import AsyncClient
 
 from chat.backends import aclose_all
 from chat.emulator import AgentsEmulator
+
+
+@pytest.fixture(autouse=True)
+def clear_cache() -> None:
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)
