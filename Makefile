@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
+TOOLS := $(VENV)/tools
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/test
@@ -46,12 +47,18 @@ $(VENV)/.dev: requirements-dev.txt requirements.txt | $(PY)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@ $(VENV)/.runtime
 
+# checkov pins packaging<24 (pytest needs >=24), so it gets a venv of its own.
+$(TOOLS)/.installed: requirements-tools.txt | $(PY)
+	$(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q -r requirements-tools.txt
+	@touch $@
+
 var:
 	@mkdir -p var
 
 .PHONY: install install-dev
 install: $(VENV)/.runtime var
-install-dev: $(VENV)/.dev var
+install-dev: $(VENV)/.dev $(TOOLS)/.installed var
 
 .PHONY: run
 run: install
@@ -76,7 +83,7 @@ test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	@if $(PY) -c "import psycopg,sys; psycopg.connect('$(PG_TEST_URL)', connect_timeout=3).close()" 2>/dev/null; then \
 	  echo "== PostgreSQL: $(PG_TEST_URL)"; \
-	  DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -m "not browser" $(PYTEST_ARGS); \
+	  DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -m "not browser and not deploy" $(PYTEST_ARGS); \
 	elif [ "$${CI:-}" = "true" ]; then \
 	  echo "PostgreSQL at $(PG_TEST_URL) is not reachable, and CI=true requires it." >&2; exit 1; \
 	else \

@@ -75,12 +75,15 @@ class Reply:
         request: ReplyRequest,
         started: float,
         slot: StreamSlot | None = None,
+        log_fields: dict[str, Any] | None = None,
     ) -> None:
         self.backend = backend
         self.conversation_id: UUID = conversation.pk
         self.request = request
         self.started = started
         self.slot = slot
+        # Filled when the reply ends, for the request's log line.
+        self.log_fields = log_fields if log_fields is not None else {}
         self.created_at: datetime = timezone.now()
         self.message_id = uuid4()
         self.thread_id: str | None = request.thread_id
@@ -115,6 +118,11 @@ class Reply:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def ttfc_ms(self) -> float | None:
+        if self.first_chunk_at is None:
+            return None
+        return round((self.first_chunk_at - self.started) * 1000, 3)
 
     # --- producer ------------------------------------------------------------------
 
@@ -202,9 +210,6 @@ class Reply:
     async def _persist(self) -> None:
         if self._record_run is not None:
             await asyncio.wait({self._record_run}, timeout=CLEANUP_TIMEOUT)
-        ttfc = None
-        if self.first_chunk_at is not None:
-            ttfc = round((self.first_chunk_at - self.started) * 1000, 3)
         fields = {
             "content": self.text,
             "status": self.status,
@@ -214,7 +219,7 @@ class Reply:
             "usage": self.usage,
             "annotations": self.citations,
             "created_at": self.created_at,
-            "time_to_first_chunk_ms": ttfc,
+            "time_to_first_chunk_ms": self.ttfc_ms(),
         }
         try:
             await store.finish_turn(
@@ -337,6 +342,13 @@ class Reply:
                 self.stop(DISCONNECTED)
             if task is not None:
                 await asyncio.wait({task}, timeout=CLEANUP_TIMEOUT)
+            self.log_fields.update(
+                backend=self.backend.alias,
+                reply_status=str(self.status),
+                error_code=self.error.code if self.error else None,
+                chunks=seq,
+                ttfc_ms=self.ttfc_ms(),
+            )
 
     async def collect(self) -> dict[str, Any]:
         """The whole reply as one JSON object (the non-streaming fallback)."""

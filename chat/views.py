@@ -139,6 +139,7 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
         ),
         started=started,
         slot=slot,
+        log_fields=getattr(request, "log_fields", None),
     )
     reply.start()
     if _wants_json(request):

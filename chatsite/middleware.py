@@ -7,8 +7,14 @@ so they run inline; the one hook that does I/O, saving the session, is awaited
 through the session's async API.
 """
 
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+from asgiref.sync import markcoroutinefunction
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
@@ -89,3 +95,69 @@ class SessionMiddleware(session_middleware.SessionMiddleware):
 
 def _already_saved(must_create: bool = False) -> None:
     return None
+
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+access_logger = logging.getLogger("chatsite.request")
+
+
+class RequestLogMiddleware:
+    """One structured log line per request, with a request id (also sent back in
+    `X-Request-ID`). Streaming responses are logged when the stream ends, with
+    what the view put in `request.log_fields` (time to first chunk, chunk count).
+    Never logs bodies, message content, tokens or secrets."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        request.request_id = (
+            incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        )
+        request.log_fields = {}
+        response = await self.get_response(request)
+        response["X-Request-ID"] = request.request_id
+        if response.streaming and response.is_async:
+            response.streaming_content = self._logged(
+                request, response, started, response.streaming_content
+            )
+        else:
+            self._log(request, response, started)
+        return response
+
+    async def _logged(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        started: float,
+        content: AsyncIterator[bytes],
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for part in content:
+                yield part
+        finally:
+            self._log(request, response, started)
+
+    def _log(
+        self, request: HttpRequest, response: HttpResponseBase, started: float
+    ) -> None:
+        access_logger.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "request_id": request.request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                **request.log_fields,
+            },
+        )

@@ -136,6 +136,7 @@ INSTALLED_APPS = [
 # (each sync MiddlewareMixin costs one hop per hook under ASGI). The wrappers in
 # chatsite.middleware run Django's own middleware logic inline on the event loop.
 MIDDLEWARE = [
+    "chatsite.middleware.RequestLogMiddleware",
     "chatsite.middleware.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "corsheaders.middleware.CorsMiddleware",

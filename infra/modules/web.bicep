@@ -1,0 +1,378 @@
+// The chatsite container app and the manual job that runs its migrations.
+// Both run the same image with the same settings; secrets stay Container Apps secrets
+// referenced by name, never plain environment values.
+param name string
+param migrateJobName string
+param location string
+param tags object = {}
+
+@description('True once azd has deployed an image: re-provisioning keeps it instead of the placeholder.')
+param exists bool
+
+param containerAppsEnvironmentName string
+param identityName string
+param registryLoginServer string
+param applicationInsightsName string
+
+param postgresServerName string
+param postgresDatabaseName string
+param postgresAdminLogin string
+
+@secure()
+param postgresAdminPassword string
+
+@secure()
+param databaseUrl string
+
+param redisName string
+
+@secure()
+param djangoSecretKey string
+
+param additionalAllowedHosts string
+param hstsSeconds int
+param logLevel string
+param chatBackend string
+param aiProjectEndpoint string
+param aiAgentId string
+
+param containerCpu string
+param containerMemory string
+param webConcurrency int
+param minReplicas int
+param maxReplicas int
+param concurrentRequests int
+param terminationGracePeriodSeconds int
+param dbPoolMaxSize int
+
+// Matches the Dockerfile: EXPOSE 8000 and uvicorn --port 8000.
+var port = 8000
+// After SIGTERM, replies get this long to finish before the app ends them cleanly
+// (partial text stored, the browser told to retry). Then uvicorn's 90 s
+// --timeout-graceful-shutdown, then SIGKILL at terminationGracePeriodSeconds.
+var chatDrainSeconds = 60
+var placeholderImage = 'mcr.microsoft.com/azuredocs/containerapps-helloworld:latest'
+
+resource environment 'Microsoft.App/managedEnvironments@2024-03-01' existing = {
+  name: containerAppsEnvironmentName
+}
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
+  name: identityName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' existing = if (!empty(postgresServerName)) {
+  name: postgresServerName
+}
+
+resource redisCluster 'Microsoft.Cache/redisEnterprise@2025-04-01' existing = if (!empty(redisName)) {
+  name: redisName
+}
+
+resource redisDatabase 'Microsoft.Cache/redisEnterprise/databases@2025-04-01' existing = if (!empty(redisName)) {
+  parent: redisCluster
+  name: 'default'
+}
+
+resource existingApp 'Microsoft.App/containerApps@2024-03-01' existing = if (exists) {
+  name: name
+}
+
+var image = exists ? existingApp.properties.template.containers[0].image : placeholderImage
+
+// Host names: the app's own FQDN, any extra ones, and localhost for the health probes
+// (they call the container directly; see the probes below). Envoy routes only the
+// app's own host names to it, so allowing localhost lets nothing else in from outside.
+var appFqdn = '${name}.${environment.properties.defaultDomain}'
+var extraHosts = empty(additionalAllowedHosts) ? [] : split(replace(additionalAllowedHosts, ' ', ''), ',')
+var allowedHosts = concat([
+  appFqdn
+], extraHosts, [
+  'localhost'
+])
+// The loop runs over the parameter only: Bicep needs loop bodies it can evaluate before
+// the deployment starts, and the FQDN is known only once the environment exists.
+var extraOrigins = [for host in extraHosts: 'https://${host}']
+var csrfTrustedOrigins = concat([
+  'https://${appFqdn}'
+], extraOrigins)
+
+// The administrator password is generated alphanumeric, so it needs no URL escaping;
+// the Redis key may hold '/', '+' and '=', so it is percent-encoded.
+var resolvedDatabaseUrl = empty(postgresServerName) ? databaseUrl : 'postgres://${postgresAdminLogin}:${postgresAdminPassword}@${postgres.properties.fullyQualifiedDomainName}:5432/${postgresDatabaseName}?sslmode=require'
+var redisUrl = empty(redisName) ? '' : 'rediss://:${uriComponent(redisDatabase.listKeys().primaryKey)}@${redisCluster.properties.hostName}:10000/0'
+
+var baseSecrets = [
+  {
+    name: 'django-secret-key'
+    value: djangoSecretKey
+  }
+  {
+    name: 'appinsights-connection-string'
+    value: applicationInsights.properties.ConnectionString
+  }
+]
+var databaseSecrets = empty(resolvedDatabaseUrl) ? [] : [
+  {
+    name: 'database-url'
+    value: resolvedDatabaseUrl
+  }
+]
+var redisSecrets = empty(redisName) ? [] : [
+  {
+    name: 'redis-url'
+    value: redisUrl
+  }
+]
+var secrets = concat(baseSecrets, databaseSecrets, redisSecrets)
+
+var baseEnv = [
+  {
+    name: 'DJANGO_DEBUG'
+    value: '0'
+  }
+  {
+    name: 'DJANGO_SECRET_KEY'
+    secretRef: 'django-secret-key'
+  }
+  {
+    name: 'DJANGO_ALLOWED_HOSTS'
+    value: join(allowedHosts, ',')
+  }
+  {
+    name: 'CSRF_TRUSTED_ORIGINS'
+    value: join(csrfTrustedOrigins, ',')
+  }
+  {
+    name: 'DJANGO_HSTS_SECONDS'
+    value: string(hstsSeconds)
+  }
+  {
+    name: 'LOG_LEVEL'
+    value: logLevel
+  }
+  {
+    name: 'WEB_CONCURRENCY'
+    value: string(webConcurrency)
+  }
+  {
+    name: 'DB_POOL_MAX_SIZE'
+    value: string(dbPoolMaxSize)
+  }
+  {
+    name: 'CHAT_BACKEND'
+    value: chatBackend
+  }
+  {
+    name: 'CHAT_DRAIN_SECONDS'
+    value: string(chatDrainSeconds)
+  }
+  {
+    name: 'AZURE_AI_CREDENTIAL'
+    value: 'default'
+  }
+  {
+    // DefaultAzureCredential picks the user-assigned identity by this client id.
+    name: 'AZURE_CLIENT_ID'
+    value: identity.properties.clientId
+  }
+  {
+    name: 'AZURE_AI_PROJECT_ENDPOINT'
+    value: aiProjectEndpoint
+  }
+  {
+    name: 'AZURE_AI_AGENT_ID'
+    value: aiAgentId
+  }
+  {
+    name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+    secretRef: 'appinsights-connection-string'
+  }
+]
+var databaseEnv = empty(resolvedDatabaseUrl) ? [] : [
+  {
+    name: 'DATABASE_URL'
+    secretRef: 'database-url'
+  }
+]
+var redisEnv = empty(redisName) ? [] : [
+  {
+    name: 'REDIS_URL'
+    secretRef: 'redis-url'
+  }
+]
+var env = concat(baseEnv, databaseEnv, redisEnv)
+
+var registries = [
+  {
+    server: registryLoginServer
+    identity: identity.id
+  }
+]
+
+// Probes call the container directly with the pod address as Host, which Django would
+// reject (DisallowedHost, 400). Sending Host: localhost, which DJANGO_ALLOWED_HOSTS
+// lists, keeps the probes on the real request path.
+var probeHeaders = [
+  {
+    name: 'Host'
+    value: 'localhost'
+  }
+]
+
+resource app 'Microsoft.App/containerApps@2024-03-01' = {
+  name: name
+  location: location
+  tags: union(tags, {
+    'azd-service-name': 'web'
+  })
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    managedEnvironmentId: environment.id
+    configuration: {
+      activeRevisionsMode: 'Single'
+      ingress: {
+        external: true
+        targetPort: port
+        // HTTP/1.1 to the container: uvicorn does not speak h2c. Browsers still get
+        // HTTP/2 from the edge.
+        transport: 'http'
+        allowInsecure: false
+        // A reconnecting EventSource returns to the replica that holds its stream.
+        stickySessions: {
+          affinity: 'sticky'
+        }
+      }
+      registries: registries
+      secrets: secrets
+    }
+    template: {
+      terminationGracePeriodSeconds: terminationGracePeriodSeconds
+      containers: [
+        {
+          name: 'web'
+          image: image
+          env: env
+          resources: {
+            cpu: json(containerCpu)
+            memory: containerMemory
+          }
+          probes: [
+            {
+              type: 'Startup'
+              httpGet: {
+                path: '/api/health'
+                port: port
+                httpHeaders: probeHeaders
+              }
+              initialDelaySeconds: 3
+              periodSeconds: 3
+              timeoutSeconds: 3
+              failureThreshold: 10
+            }
+            {
+              type: 'Liveness'
+              httpGet: {
+                path: '/api/health'
+                port: port
+                httpHeaders: probeHeaders
+              }
+              periodSeconds: 10
+              timeoutSeconds: 5
+              failureThreshold: 3
+            }
+            {
+              // Database, cache and chat settings: a replica that cannot serve gets no
+              // traffic, and a broken release never replaces the running one.
+              type: 'Readiness'
+              httpGet: {
+                path: '/api/health/ready'
+                port: port
+                httpHeaders: probeHeaders
+              }
+              periodSeconds: 10
+              timeoutSeconds: 5
+              failureThreshold: 3
+            }
+          ]
+        }
+      ]
+      scale: {
+        minReplicas: minReplicas
+        maxReplicas: maxReplicas
+        rules: [
+          {
+            name: 'http-concurrency'
+            http: {
+              metadata: {
+                concurrentRequests: string(concurrentRequests)
+              }
+            }
+          }
+        ]
+      }
+    }
+  }
+}
+
+// Started once per deployment by infra/hooks/migrate.sh (azd postdeploy), which first
+// points it at the image the app now runs.
+resource migrateJob 'Microsoft.App/jobs@2024-03-01' = {
+  name: migrateJobName
+  location: location
+  tags: tags
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    environmentId: environment.id
+    configuration: {
+      triggerType: 'Manual'
+      replicaTimeout: 1800
+      replicaRetryLimit: 0
+      manualTriggerConfig: {
+        parallelism: 1
+        replicaCompletionCount: 1
+      }
+      registries: registries
+      secrets: secrets
+    }
+    template: {
+      containers: [
+        {
+          name: 'migrate'
+          image: image
+          command: [
+            'python'
+            'manage.py'
+            'migrate'
+            '--noinput'
+          ]
+          env: env
+          resources: {
+            cpu: json('0.5')
+            memory: '1Gi'
+          }
+        }
+      ]
+    }
+  }
+}
+
+output id string = app.id
+output name string = app.name
+output uri string = 'https://${app.properties.configuration.ingress.fqdn}'
+output migrateJobName string = migrateJob.name
+output aiProjectEndpoint string = aiProjectEndpoint
