@@ -281,6 +281,7 @@ class Reply:
         seq = 0
         sent_metadata = False
         ended = False
+        chunks = 0
         pending: Any = None
         last_event = loop.time()
         try:
@@ -323,6 +324,7 @@ class Reply:
                         sent_metadata = True
                         yield (seq, self.metadata())
                     seq += 1
+                    chunks += 1
                     yield (seq, texts[0] if len(texts) == 1 else "".join(texts))
                 elif kind is ThreadReady or item is _END:
                     if not sent_metadata:
@@ -346,7 +348,7 @@ class Reply:
                 backend=self.backend.alias,
                 reply_status=str(self.status),
                 error_code=self.error.code if self.error else None,
-                chunks=seq,
+                chunks=chunks,
                 ttfc_ms=self.ttfc_ms(),
             )
 
