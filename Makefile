@@ -33,6 +33,7 @@ help:
 	@echo "make test   - install dev deps, ruff (format + lint), pytest on SQLite and PostgreSQL"
 	@echo "make lint   - ruff format check and lint only"
 	@echo "make format - apply ruff formatting and safe fixes"
+	@echo "make emulator - the Azure Agents emulator on 127.0.0.1:8765"
 
 $(PY):
 	@py=$$($(FIND_PYTHON)) || exit 1; \
@@ -65,6 +66,10 @@ run: install
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(VENV)/bin/uvicorn chatsite.asgi:application \
 	  --host $(HOST) --port $(PORT) --no-access-log --timeout-graceful-shutdown 20
+
+.PHONY: emulator
+emulator: install
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py agent_emulator --port $${EMULATOR_PORT:-8765}
 
 .PHONY: lint
 lint: install-dev
