@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 
 from django.conf import settings
 from django.utils import timezone
+from opentelemetry import metrics, trace
 
 from chat import store
 from chat.backends.base import (
@@ -38,6 +39,15 @@ from chat.limits import StreamSlot
 from chat.models import Conversation, Message
 
 logger = logging.getLogger(__name__)
+# No-ops unless telemetry is configured (chatsite/telemetry.py).
+tracer = trace.get_tracer(__name__)
+meter = metrics.get_meter(__name__)
+replies_counter = meter.create_counter(
+    "chat.replies", description="Replies by backend and final status"
+)
+ttfc_histogram = meter.create_histogram(
+    "chat.time_to_first_chunk", unit="ms", description="Request to first chunk"
+)
 
 _END = object()
 
@@ -127,6 +137,26 @@ class Reply:
     # --- producer ------------------------------------------------------------------
 
     async def _produce(self) -> None:
+        with tracer.start_as_current_span(
+            "chat.reply",
+            attributes={
+                "chat.backend": self.backend.alias,
+                "chat.conversation_id": str(self.conversation_id),
+            },
+        ) as span:
+            try:
+                await self._relay_upstream()
+            finally:
+                span.set_attribute("chat.status", str(self.status))
+                span.set_attribute("chat.chunks", len(self.parts))
+                if self.error is not None:
+                    span.set_attribute("chat.error_code", self.error.code)
+                attributes = {"backend": self.backend.alias, "status": str(self.status)}
+                replies_counter.add(1, attributes)
+                if self.first_chunk_at is not None:
+                    ttfc_histogram.record(self.ttfc_ms() or 0.0, attributes)
+
+    async def _relay_upstream(self) -> None:
         put = self.queue.put_nowait
         completed = False
         try:

@@ -28,6 +28,8 @@ from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
+from chatsite import telemetry
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
 Scope = MutableMapping[str, Any]
@@ -59,7 +61,7 @@ django.setup(set_prefix=False)
 django_application = SharedThreadsASGIHandler()
 
 
-async def application(scope: Scope, receive: Receive, send: Send) -> None:
+async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "lifespan":
         await django_application(scope, receive, send)
         return
@@ -76,3 +78,6 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
             await lifecycle.shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+application = telemetry.configure(lifespan_application)

@@ -324,6 +324,11 @@ AZURE_AI_AGENT_ID = env_str("AZURE_AI_AGENT_ID")
 AZURE_AI_CREDENTIAL = env_choice("AZURE_AI_CREDENTIAL", "default", ("default", "dev"))
 AZURE_CLIENT_ID = env_str("AZURE_CLIENT_ID")
 
+# --- Telemetry ----------------------------------------------------------------------
+
+# Traces and metrics go to Azure Monitor when set (chatsite/telemetry.py).
+APPLICATIONINSIGHTS_CONNECTION_STRING = env_str("APPLICATIONINSIGHTS_CONNECTION_STRING")
+
 # --- Logging --------------------------------------------------------------------------
 
 LOG_LEVEL = env_choice(
