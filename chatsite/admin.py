@@ -18,7 +18,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
     ]
     list_filter = ["revoked_at", "created_at"]
     search_fields = ["name", "prefix", "user__username"]
-    readonly_fields = ["prefix", "created_at", "last_used_at"]
+    # Revoking is one-way: through the action or `manage.py api_key --revoke`.
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke_keys"]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:

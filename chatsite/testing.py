@@ -5,6 +5,7 @@ production runs it, against the test database, so tests can talk HTTP to it and
 then inspect the rows it wrote.
 """
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -16,9 +17,30 @@ from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_async_orm_connections(django_db_setup: None) -> Iterator[None]:
+    """Async ORM calls in tests run on asgiref's worker thread; its connection
+    must go back before the test database is dropped."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings: object) -> None:
+    # Tests run with debug off, where the manifest storage needs collectstatic;
+    # in-process tests render templates without it.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {
+            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        },
+    }
 
 
 def free_port() -> int:

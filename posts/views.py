@@ -17,6 +17,9 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 FIELDS: dict[str, type] = {"title": str, "body": str, "published": bool}
 REQUIRED = ("title", "body")
+# PostgreSQL text cannot hold NUL, so it is refused here rather than failing there.
+NUL = "\x00"
+NUL_MESSAGE = "must not contain NUL characters"
 
 
 def _int_param(params: QueryDict, name: str, default: int, lo: int, hi: int) -> int:
@@ -65,6 +68,9 @@ def _apply_fields(post: Post, data: dict[str, Any], *, partial: bool) -> None:
         if type(value) is not kind:
             errors[name] = [f"must be a {'boolean' if kind is bool else 'string'}"]
             continue
+        if kind is str and NUL in value:
+            errors[name] = [NUL_MESSAGE]
+            continue
         setattr(post, name, value.strip() if name == "title" else value)
     if not partial and "published" not in data:
         post.published = False
@@ -100,6 +106,8 @@ async def list_posts(request: HttpRequest) -> HttpResponse:
         request.api_user, can_see_drafts=await _can_see_drafts(request)
     )
     query = request.GET.get("q", "").strip()
+    if NUL in query:
+        raise BadRequest("invalid query parameter", fields={"q": [NUL_MESSAGE]})
     if query:
         posts = posts.matching(query)
     total = await posts.acount()
