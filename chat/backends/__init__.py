@@ -12,6 +12,8 @@ from chat.backends.base import ChatBackend
 ALIASES = {
     "local": "chat.backends.local.LocalBackend",
     "azure_agents": "chat.backends.azure_agents.AzureAgentsBackend",
+    "foundry": "chat.backends.foundry.FoundryBackend",
+    "openai": "chat.backends.openai_compat.OpenAIBackend",
 }
 
 # One backend (and so one upstream client and credential) per process and event

@@ -11,6 +11,11 @@ Served under ``{endpoint}``: ``GET /assistants/{id}``; ``POST /threads``;
 /threads/{id}/runs`` (``"stream": true`` answers SSE); ``GET
 /threads/{id}/runs/{id}``; ``POST /threads/{id}/runs/{id}/cancel``.
 
+The same server speaks the OpenAI protocols: the Responses API of new Foundry
+agents under ``{endpoint}/openai/v1`` (conversations and responses, see
+`responses`) and chat completions at ``/v1/chat/completions`` (see
+`chat_completions`), with the same options, faults, holds and recordings.
+
 Options (`EmulatorConfig` fields)
     first_token_delay, token_interval  seconds before the first / each later delta
     reply        "echo" ("You said: <last user message>"), a text, or a token list
@@ -19,9 +24,11 @@ Options (`EmulatorConfig` fields)
     agent_name, model   what GET /assistants/{id} and runs report
     fault        one of the faults below; fault_after: deltas sent before a
                  stream fault (default 2; 0 = before the first delta)
-    fault_operation     the operation an HTTP fault hits (default runs.create);
-                 also agents.get, threads.create/get/delete, messages.create/
-                 list/get, runs.list/get/cancel
+    fault_operation     the operation an HTTP fault hits; by default the next
+                 reply: runs.create, responses.create or chat.completions.create,
+                 whichever comes first. Also agents.get, threads.create/get/delete,
+                 messages.create/list/get, runs.list/get/cancel,
+                 conversations.create/get/delete, responses.get/cancel
     retry_after  seconds sent in Retry-After by http_429_retry_after
     hold_after   N: stop after N deltas until `release()`
 
@@ -30,15 +37,17 @@ Faults
     http_429_retry_after, http_500_json, http_500_html (HTML body);
     run_failed (``thread.run.failed`` + done), error_event (``event: error`` +
     done), disconnect (socket closed mid-body), hang (nothing more until the run
-    is cancelled), incomplete (body ends cleanly, no terminal event, no done).
+    is cancelled), incomplete (body ends cleanly, no terminal event, no done);
+    max_tokens, content_filter (the OpenAI protocols' truncated reply:
+    response.incomplete or that finish_reason; classic runs ignore them).
 
 Choosing options, later wins
     1. Defaults: ``emulator.config`` / ``emulator.configure(**changes)``, or
        ``POST /_emulator/config`` with a JSON object of changes.
     2. One-shot overrides, FIFO: ``emulator.push(**overrides)`` or ``POST
        /_emulator/push``. Each is used by the next request of its
-       ``fault_operation`` (default: the next run creation), so a client that
-       retries meets the next queued override, or the defaults.
+       ``fault_operation`` (default: the next reply, of any API), so a client
+       that retries meets the next queued override, or the defaults.
     3. Directives in the user message a run answers, for people at the chat page
        or curl: ``[emulator:key=value,key=value]``, keys as above plus the
        aliases interval, delay, after, hold, operation. Example: ``Hi
@@ -53,7 +62,9 @@ Control API (same server)
 
 Recordings: ``emulator.requests`` (RecordedRequest), ``emulator.deltas``
 (RecordedDelta, with ``time.time()`` and ``time.monotonic()`` taken as each delta
-is written) and ``emulator.cancelled_runs`` (run ids).
+is written) and ``emulator.cancelled_runs`` (ids of runs cancelled, and of
+responses and chat completions whose client closed the stream, which is how
+those are stopped).
 
 Behaviour kept from the service: success is always 200; errors are
 ``{"error": {"code", "message", "type", "param"}}``; a thread has one active run
@@ -63,6 +74,7 @@ thread as an incomplete message.
 """
 
 from .config import FAULTS, HTTP_FAULTS, STREAM_FAULTS, EmulatorConfig
+from .responses import FOUNDRY_AGENT_NAME, FOUNDRY_AGENT_VERSION
 from .server import DEFAULT_AGENT_ID, AgentsEmulator, RecordedRequest
 from .stream import RecordedDelta
 from .threaded import EmulatorThread
@@ -70,6 +82,8 @@ from .threaded import EmulatorThread
 __all__ = [
     "DEFAULT_AGENT_ID",
     "FAULTS",
+    "FOUNDRY_AGENT_NAME",
+    "FOUNDRY_AGENT_VERSION",
     "HTTP_FAULTS",
     "STREAM_FAULTS",
     "AgentsEmulator",

@@ -23,13 +23,29 @@ HTTP_FAULTS = frozenset(
         "http_500_html",
     }
 )
+# max_tokens and content_filter end a reply the way the OpenAI protocols report a
+# truncated one (response.incomplete, finish_reason); classic runs ignore them.
 STREAM_FAULTS = frozenset(
-    {"run_failed", "error_event", "disconnect", "hang", "incomplete"}
+    {
+        "run_failed",
+        "error_event",
+        "disconnect",
+        "hang",
+        "incomplete",
+        "max_tokens",
+        "content_filter",
+    }
 )
 FAULTS = HTTP_FAULTS | STREAM_FAULTS
 
 # "runs.create" covers both POST /threads/{id}/runs and POST /threads/runs.
-OPERATIONS = frozenset(
+RUN_CREATE = "runs.create"
+RESPONSE_CREATE = "responses.create"
+CHAT_COMPLETION_CREATE = "chat.completions.create"
+# The call that starts a reply, one per API: a fault with no operation hits the
+# next of these, whichever API the client speaks.
+REPLY_OPERATIONS = frozenset({RUN_CREATE, RESPONSE_CREATE, CHAT_COMPLETION_CREATE})
+OPERATIONS = REPLY_OPERATIONS | frozenset(
     {
         "agents.get",
         "threads.create",
@@ -38,13 +54,16 @@ OPERATIONS = frozenset(
         "messages.create",
         "messages.list",
         "messages.get",
-        "runs.create",
         "runs.list",
         "runs.get",
         "runs.cancel",
+        "conversations.create",
+        "conversations.get",
+        "conversations.delete",
+        "responses.get",
+        "responses.cancel",
     }
 )
-RUN_CREATE = "runs.create"
 
 # Short names for directives typed by hand: [emulator:tokens=300,interval=0.05].
 ALIASES = {
@@ -68,6 +87,7 @@ class EmulatorConfig:
 
     `fault_after` counts the deltas sent before a stream fault strikes, and
     `hold_after` the deltas sent before the stream waits for `release()`.
+    `fault_operation` None aims the fault at the next reply, whatever its API.
     """
 
     first_token_delay: float = 0.0
@@ -78,7 +98,7 @@ class EmulatorConfig:
     agent_name: str = "Emulated agent"
     model: str = "gpt-4o"
     fault: str | None = None
-    fault_operation: str = RUN_CREATE
+    fault_operation: str | None = None
     fault_after: int = 2
     retry_after: int = 1
     hold_after: int | None = None
@@ -89,7 +109,7 @@ class EmulatorConfig:
                 f"Unknown emulator fault {self.fault!r}; "
                 f"expected one of {', '.join(sorted(FAULTS))}."
             )
-        if self.fault_operation not in OPERATIONS:
+        if self.fault_operation is not None and self.fault_operation not in OPERATIONS:
             raise ValueError(
                 f"Unknown emulator operation {self.fault_operation!r}; "
                 f"expected one of {', '.join(sorted(OPERATIONS))}."
@@ -114,6 +134,17 @@ class EmulatorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def aims_at(self, operation: str) -> bool:
+        """True if `fault` strikes `operation`."""
+        return targets(self.fault_operation, operation)
+
+
+def targets(fault_operation: str | None, operation: str) -> bool:
+    """Whether a fault (or override) aimed at `fault_operation` hits `operation`."""
+    if fault_operation is None:
+        return operation in REPLY_OPERATIONS
+    return fault_operation == operation
 
 
 def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -170,7 +201,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "agent_name": _to_str,
     "model": _to_str,
     "fault": _optional(_to_str),
-    "fault_operation": _to_str,
+    "fault_operation": _optional(_to_str),
     "fault_after": _to_int,
     "retry_after": _to_int,
     "hold_after": _optional(_to_int),

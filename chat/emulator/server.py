@@ -1,10 +1,15 @@
-"""The aiohttp application: the Agents REST routes, fault injection, control API."""
+"""The aiohttp application: the Agents REST routes, fault injection, control API.
+
+The OpenAI-protocol APIs (`responses`, `chat_completions`) are served by the same
+application, with the same config, faults, holds and recordings.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import ipaddress
+import itertools
 import json
 import logging
 import threading
@@ -15,14 +20,18 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from .chat_completions import ChatCompletion, ChatCompletionsApi
 from .config import (
     HTTP_FAULTS,
+    REPLY_OPERATIONS,
     RUN_CREATE,
     EmulatorConfig,
     coerce_overrides,
     parse_directives,
+    targets,
 )
 from .faults import ApiError, bad_request, http_fault, not_found
+from .responses import Conversation, Response, ResponsesApi
 from .store import Message, Run, Thread, list_page, now
 from .stream import HoldGate, RecordedDelta, RunDriver, SseSink, reply_tokens
 
@@ -93,9 +102,14 @@ class AgentsEmulator:
         self.cancelled_runs: list[str] = []
         self.threads: dict[str, Thread] = {}
         self.runs: dict[str, Run] = {}
+        self.conversations: dict[str, Conversation] = {}
+        self.responses: dict[str, Response] = {}
+        self.chat_completions: dict[str, ChatCompletion] = {}
         self._overrides: list[dict[str, Any]] = []
         self._overrides_lock = threading.Lock()
         self._gate = HoldGate()
+        self._responses_api = ResponsesApi(self, self._gate)
+        self._chat_completions_api = ChatCompletionsApi(self, self._gate)
         self._tasks: set[asyncio.Task[None]] = set()
         self._operations: dict[web.AbstractRoute, str] = {}
         self._created_at = now()
@@ -164,8 +178,8 @@ class AgentsEmulator:
     def push(self, **overrides: Any) -> None:
         """Queues a one-shot override for the next matching request (FIFO).
 
-        It targets the next run creation unless `fault_operation` names another
-        operation. Thread-safe.
+        It targets the next reply (run, response or chat completion) unless
+        `fault_operation` names another operation. Thread-safe.
         """
         coerced = _aimed(coerce_overrides(overrides))
         self.config.with_overrides(coerced)  # fail now, not at request time
@@ -183,6 +197,9 @@ class AgentsEmulator:
         self._cancel_active_runs()
         self.threads.clear()
         self.runs.clear()
+        self.conversations.clear()
+        self.responses.clear()
+        self.chat_completions.clear()
         self.requests.clear()
         self.deltas.clear()
         self.cancelled_runs.clear()
@@ -192,9 +209,11 @@ class AgentsEmulator:
         self.config = dataclasses.replace(self._initial_config)
 
     def _cancel_active_runs(self) -> None:
-        for run in self.runs.values():
-            if run.active:
-                run.cancel_requested.set()
+        for reply in itertools.chain(
+            self.runs.values(), self.responses.values(), self.chat_completions.values()
+        ):
+            if reply.active:
+                reply.cancel_requested.set()
 
     # -- app -----------------------------------------------------------------
 
@@ -222,8 +241,11 @@ class AgentsEmulator:
             ("GET", run, self._runs_get, "runs.get"),
             ("POST", run + "/cancel", self._runs_cancel, "runs.cancel"),
         ]
-        for method, path, handler, operation in api:
-            route = app.router.add_route(method, PREFIX + path, handler)
+        routes = [(m, PREFIX + path, h, op) for m, path, h, op in api]
+        routes += self._responses_api.routes(PREFIX + "/openai/v1")
+        routes += self._chat_completions_api.routes()
+        for method, path, handler, operation in routes:
+            route = app.router.add_route(method, path, handler)
             self._operations[route] = operation
         control: list[tuple[str, str, Handler]] = [
             ("GET", "health", self._control_health),
@@ -249,7 +271,7 @@ class AgentsEmulator:
         if not request.path.startswith(CONTROL_PREFIX):
             record = await self._record(request, operation)
         try:
-            if operation is not None and operation != RUN_CREATE:
+            if operation is not None and operation not in REPLY_OPERATIONS:
                 thread_id = request.match_info.get("thread_id")
                 self._check_http_fault(
                     self._config_for(operation), operation, thread_id
@@ -297,6 +319,15 @@ class AgentsEmulator:
         self.requests.append(record)
         return record
 
+    def reply_config(self, operation: str, user_text: str) -> EmulatorConfig:
+        """The config of a call that starts a reply: the defaults, the next
+        override aimed at it, then the directives in the user's message."""
+        try:
+            directives = parse_directives(user_text)
+        except ValueError as exc:
+            raise bad_request(str(exc), "invalid_emulator_directive") from exc
+        return self._config_for(operation, _aimed(directives))
+
     def _config_for(
         self, operation: str, directives: Mapping[str, Any] | None = None
     ) -> EmulatorConfig:
@@ -314,7 +345,7 @@ class AgentsEmulator:
     def _pop_override(self, operation: str) -> dict[str, Any] | None:
         with self._overrides_lock:
             for index, override in enumerate(self._overrides):
-                if override.get("fault_operation", RUN_CREATE) == operation:
+                if targets(override.get("fault_operation"), operation):
                     return self._overrides.pop(index)
         return None
 
@@ -322,7 +353,7 @@ class AgentsEmulator:
     def _check_http_fault(
         config: EmulatorConfig, operation: str, thread_id: str | None
     ) -> None:
-        if config.fault in HTTP_FAULTS and config.fault_operation == operation:
+        if config.fault in HTTP_FAULTS and config.aims_at(operation):
             raise http_fault(
                 config.fault, thread_id=thread_id, retry_after=config.retry_after
             )
@@ -441,11 +472,7 @@ class AgentsEmulator:
         return await self._start_run(request, thread, body, config, messages)
 
     def _run_config(self, user_text: str, thread_id: str) -> EmulatorConfig:
-        try:
-            directives = parse_directives(user_text)
-        except ValueError as exc:
-            raise bad_request(str(exc), "invalid_emulator_directive") from exc
-        config = self._config_for(RUN_CREATE, _aimed(directives))
+        config = self.reply_config(RUN_CREATE, user_text)
         self._check_http_fault(config, RUN_CREATE, thread_id)
         return config
 
@@ -587,12 +614,12 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _aimed(overrides: dict[str, Any]) -> dict[str, Any]:
-    """A fault pushed or typed without an operation aims at run creation.
+    """A fault pushed or typed without an operation aims at the next reply.
 
     Otherwise it would inherit the defaults' `fault_operation` and could miss.
     """
     if "fault" in overrides:
-        overrides.setdefault("fault_operation", RUN_CREATE)
+        overrides.setdefault("fault_operation", None)
     return overrides
 
 

@@ -1,4 +1,5 @@
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -9,7 +10,7 @@ from django.db import connections
 from django.test import AsyncClient
 
 from chat.backends import aclose_all
-from chat.emulator import AgentsEmulator
+from chat.emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +80,37 @@ async def chat(client: AsyncClient, message: str = "Say hello", **fields: Any) -
         {"message": message, **fields},
         content_type="application/json",
     )
+
+
+@pytest.fixture
+def foundry(settings, emulator: AgentsEmulator) -> AgentsEmulator:
+    """Points the app at the emulator through the foundry backend (Responses)."""
+    settings.CHAT_BACKEND = "foundry"
+    settings.AZURE_AI_PROJECT_ENDPOINT = emulator.endpoint
+    settings.AZURE_AI_AGENT_NAME = FOUNDRY_AGENT_NAME
+    settings.AZURE_AI_AGENT_VERSION = ""
+    settings.AZURE_AI_CREDENTIAL = "dev"
+    settings.CHAT_UPSTREAM_RETRIES = 0
+    return emulator
+
+
+@pytest.fixture
+def openai_backend(settings, emulator: AgentsEmulator) -> AgentsEmulator:
+    """Points the app at the emulator's chat completions through the openai backend."""
+    settings.CHAT_BACKEND = "openai"
+    settings.OPENAI_BASE_URL = f"{emulator.base_url}/v1"
+    settings.OPENAI_API_KEY = "test-key"
+    settings.OPENAI_MODEL = "emulated-model"
+    settings.OPENAI_SYSTEM_PROMPT = ""
+    settings.OPENAI_HISTORY_CHARS = 32000
+    settings.CHAT_UPSTREAM_RETRIES = 0
+    return emulator
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 2.0) -> None:
+    """Waits for `predicate`: the emulator notices a closed stream by polling."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")

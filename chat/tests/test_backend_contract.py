@@ -140,3 +140,29 @@ class TestAzureAgentsBackend(BackendContract):
     def slow_down(self, backend: object) -> None:
         assert isinstance(backend, AgentsEmulator)
         backend.configure(tokens=300, token_interval=0.01)
+
+
+class TestFoundryBackend(BackendContract):
+    @pytest.fixture
+    def backend(self, foundry: AgentsEmulator) -> AgentsEmulator:
+        return foundry
+
+    def expected(self, message: str) -> str:
+        return f"You said: {message}"
+
+    def slow_down(self, backend: object) -> None:
+        assert isinstance(backend, AgentsEmulator)
+        backend.configure(tokens=300, token_interval=0.01)
+
+
+class TestOpenAIBackend(BackendContract):
+    @pytest.fixture
+    def backend(self, openai_backend: AgentsEmulator) -> AgentsEmulator:
+        return openai_backend
+
+    def expected(self, message: str) -> str:
+        return f"You said: {message}"
+
+    def slow_down(self, backend: object) -> None:
+        assert isinstance(backend, AgentsEmulator)
+        backend.configure(tokens=300, token_interval=0.01)

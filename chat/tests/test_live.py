@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from chat.emulator import EmulatorConfig, EmulatorThread
+from chat.emulator import FOUNDRY_AGENT_NAME, EmulatorConfig, EmulatorThread
 from chat.models import Conversation, Message
 from chatsite.testing import LiveServer
 
@@ -162,3 +162,80 @@ def test_it_stores_partial_replies_when_the_server_stops(
     assert reply.content.startswith("".join(received))
     assert emulator.cancelled_runs == [reply.upstream_run_id]
     assert Conversation.objects.get().active_since is None
+
+
+def foundry_env(emulator: EmulatorThread, **extra: str) -> dict[str, str]:
+    return {
+        "CHAT_BACKEND": "foundry",
+        "AZURE_AI_PROJECT_ENDPOINT": emulator.endpoint,
+        "AZURE_AI_AGENT_NAME": FOUNDRY_AGENT_NAME,
+        "AZURE_AI_AGENT_VERSION": "",
+        "AZURE_AI_CREDENTIAL": "dev",
+        "CHAT_UPSTREAM_RETRIES": "0",
+        **extra,
+    }
+
+
+def openai_env(emulator: EmulatorThread, **extra: str) -> dict[str, str]:
+    return {
+        "CHAT_BACKEND": "openai",
+        "OPENAI_BASE_URL": f"{emulator.base_url}/v1",
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_MODEL": "emulated-model",
+        "CHAT_UPSTREAM_RETRIES": "0",
+        **extra,
+    }
+
+
+OPENAI_PROTOCOL_ENVS = pytest.mark.parametrize(
+    "backend_env", [foundry_env, openai_env], ids=["foundry", "openai"]
+)
+
+
+@OPENAI_PROTOCOL_ENVS
+def test_it_relays_the_first_chunk_of_the_openai_protocols_unbuffered(
+    uvicorn_server_factory: ServerFactory,
+    emulator: EmulatorThread,
+    backend_env: Callable[..., dict[str, str]],
+) -> None:
+    emulator.configure(hold_after=1)
+    server = uvicorn_server_factory(backend_env(emulator))
+    with httpx.stream(
+        "POST", f"{server.url}/api/chat", json={"message": "Say hello"}, timeout=10
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = events(response)
+        assert next(stream)["type"] == "metadata"
+        assert next(stream) == {"type": "chunk", "content": "You"}
+        # The rest of the reply does not exist yet: it cannot have been buffered.
+        assert len(emulator.deltas) == 1
+        emulator.release()
+        rest = list(stream)
+    assert rest[-1]["type"] == "done"
+    assert rest[-1]["full_response"] == "You said: Say hello"
+
+
+@OPENAI_PROTOCOL_ENVS
+def test_it_ends_the_upstream_stream_when_the_client_disconnects(
+    uvicorn_server_factory: ServerFactory,
+    emulator: EmulatorThread,
+    backend_env: Callable[..., dict[str, str]],
+) -> None:
+    emulator.configure(tokens=500, token_interval=0.02)
+    server = uvicorn_server_factory(backend_env(emulator))
+    with httpx.stream(
+        "POST", f"{server.url}/api/chat", json={"message": "long"}, timeout=10
+    ) as response:
+        stream = events(response)
+        metadata = next(stream)
+        received = [next(stream)["content"] for _ in range(5)]
+    wait_for(lambda: emulator.cancelled_runs, timeout=2.0)
+    wait_for(lambda: Message.objects.filter(role="assistant").exists())
+    reply = Message.objects.get(role="assistant")
+    assert reply.status == "interrupted"
+    assert reply.content.startswith("".join(received))
+    assert emulator.cancelled_runs == [reply.upstream_run_id]
+    # Stopped upstream: far fewer than the 500 tokens went out.
+    assert len(emulator.deltas) < 100
+    conversation = Conversation.objects.get(pk=metadata["conversation_id"])
+    assert conversation.active_since is None

@@ -1,0 +1,287 @@
+"""New Azure AI Foundry agents (named and versioned, azure-ai-projects 2.x) through
+the OpenAI Responses protocol, with the conversation kept by the service.
+
+`AIProjectClient.get_openai_client()` gives an `AsyncOpenAI` on ``{project
+endpoint}/openai/v1`` that sends a bearer token for https://ai.azure.com (the dev
+token for the loopback emulator). Every call goes through that client, none
+through azure-core, whose bearer policy refuses plain http. A new chat creates a
+conversation (``conv_…``, kept where a classic thread id is); each message is one
+streamed `responses.create` naming the agent.
+
+Stop: a streamed response runs only while its stream is open, so closing it (the
+relay cancels the reply, which closes the stream) ends generation and billing.
+`cancel()` also asks ``POST /responses/{id}/cancel``, which the service honours
+only for background responses; a stop that reaches another replica therefore
+cannot end a stream there, which then finishes on its own.
+"""
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from azure.ai.projects.aio import AIProjectClient
+from azure.identity.aio import DefaultAzureCredential
+from django.conf import settings
+from openai import APIError, AsyncOpenAI, NotFoundError
+from openai.types.responses import Response
+
+from chat.backends.azure_agents import (
+    RETRY_IN,
+    DevTokenCredential,
+    is_loopback,
+    project_endpoint,
+)
+from chat.backends.base import (
+    INCOMPLETE,
+    RATE_LIMITED,
+    RUN_FAILED,
+    UPSTREAM_AUTH,
+    UPSTREAM_UNAVAILABLE,
+    BackendError,
+    ChatBackend,
+    Citation,
+    Completed,
+    Delta,
+    Event,
+    ReplyRequest,
+    RunStarted,
+    ThreadReady,
+)
+from chat.backends.openai_compat import (
+    api_error,
+    http_client,
+    incomplete,
+    stream_broke,
+    stream_error,
+)
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "the agent service"
+TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
+# Output items that wait for the client to act: chatsite runs no tools.
+CLIENT_ACTIONS = frozenset({"function_call", "mcp_approval_request"})
+
+
+def _citation(annotation: Any) -> dict[str, Any] | None:
+    """The classic backend's citation shape; Responses cite by position, so
+    there is no marker `text`, and a file citation has a filename for title."""
+    kind = getattr(annotation, "type", None)
+    if kind == "url_citation":
+        return {
+            "kind": kind,
+            "text": None,
+            "url": getattr(annotation, "url", None),
+            "title": getattr(annotation, "title", None),
+        }
+    if kind in ("file_citation", "container_file_citation"):
+        return {
+            "kind": "file_citation",
+            "text": None,
+            "file_id": getattr(annotation, "file_id", None),
+            "quote": None,
+            "title": getattr(annotation, "filename", None),
+        }
+    return None
+
+
+def _usage(response: Response) -> dict[str, Any] | None:
+    usage = response.usage
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _completed(response: Response) -> Completed:
+    if any(item.type in CLIENT_ACTIONS for item in response.output or ()):
+        raise BackendError(
+            RUN_FAILED,
+            "the agent asked for a client-side tool call, which chatsite does not run",
+        )
+    return Completed(usage=_usage(response))
+
+
+def _ended(response: Response) -> Completed:
+    """The outcome of a response.failed or response.incomplete event."""
+    if response.status == "cancelled":
+        return Completed(usage=_usage(response), cancelled=True)
+    if response.status == "incomplete":
+        details = response.incomplete_details
+        raise incomplete(details.reason if details else None)
+    error = response.error
+    code = error.code if error else None
+    message = (error.message if error else None) or ""
+    if code == "rate_limit_exceeded":
+        match = RETRY_IN.search(message)
+        raise BackendError(
+            RATE_LIMITED,
+            message or "the agent's model is rate limited",
+            retry_after=float(match.group(1)) if match else None,
+        )
+    raise BackendError(RUN_FAILED, f"the agent's response failed: {code}: {message}")
+
+
+class FoundryBackend(ChatBackend):
+    alias = "foundry"
+    label = "Azure AI Foundry agent"
+
+    def __init__(self) -> None:
+        self.endpoint = project_endpoint()
+        self.agent_name = settings.AZURE_AI_AGENT_NAME
+        self.agent_version = settings.AZURE_AI_AGENT_VERSION
+        self._project: AIProjectClient | None = None
+        self._client: AsyncOpenAI | None = None
+        self._credential: Any = None
+
+    def configuration_problems(self) -> list[str]:
+        problems = []
+        if not self.endpoint:
+            problems.append(
+                "set AZURE_AI_PROJECT_ENDPOINT (or AZURE_AI_ENDPOINT and "
+                "AZURE_AI_PROJECT_NAME)"
+            )
+        if not self.agent_name:
+            problems.append("set AZURE_AI_AGENT_NAME")
+        loopback = bool(self.endpoint) and is_loopback(self.endpoint)
+        if settings.AZURE_AI_CREDENTIAL == "dev" and self.endpoint and not loopback:
+            problems.append(
+                "AZURE_AI_CREDENTIAL=dev is only accepted for a loopback endpoint"
+            )
+        if settings.AZURE_AI_CREDENTIAL == "default" and loopback:
+            problems.append(
+                "a loopback endpoint (the emulator) needs AZURE_AI_CREDENTIAL=dev"
+            )
+        if self.endpoint.startswith("http://") and not loopback:
+            problems.append("AZURE_AI_PROJECT_ENDPOINT must use https")
+        return problems
+
+    def describe(self) -> dict[str, Any]:
+        version = f" (version {self.agent_version})" if self.agent_version else ""
+        return {
+            "backend": self.alias,
+            "agent": f"{self.agent_name}{version}" or self.label,
+            "offline": False,
+        }
+
+    def client(self) -> AsyncOpenAI:
+        if self._client is None:
+            problems = self.configuration_problems()
+            if problems:
+                raise BackendError(UPSTREAM_AUTH, "; ".join(problems))
+            if settings.AZURE_AI_CREDENTIAL == "dev":
+                self._credential = DevTokenCredential()
+            else:
+                self._credential = DefaultAzureCredential(
+                    managed_identity_client_id=settings.AZURE_CLIENT_ID or None
+                )
+            self._project = AIProjectClient(
+                endpoint=self.endpoint, credential=self._credential
+            )
+            self._client = self._project.get_openai_client(
+                http_client=http_client(), max_retries=settings.CHAT_UPSTREAM_RETRIES
+            )
+        return self._client
+
+    def _agent_reference(self) -> dict[str, str]:
+        reference = {"name": self.agent_name, "type": "agent_reference"}
+        if self.agent_version:
+            reference["version"] = self.agent_version
+        return reference
+
+    async def _respond(self, conversation_id: str, message: str) -> Any:
+        return await self.client().responses.create(
+            conversation=conversation_id,
+            input=message,
+            stream=True,
+            extra_body={"agent_reference": self._agent_reference()},
+        )
+
+    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
+        client = self.client()
+        conversation_id = request.thread_id
+        replaced = stream = None
+        try:
+            if conversation_id is not None:
+                try:
+                    stream = await self._respond(conversation_id, request.message)
+                except NotFoundError:
+                    # The conversation is gone upstream (deleted, expired): start
+                    # a new one and say so in the metadata.
+                    replaced, conversation_id = conversation_id, None
+            if conversation_id is None:
+                conversation_id = (await client.conversations.create()).id
+        except Exception as exc:
+            raise api_error(exc, SERVICE) from exc
+        # Known before the response starts, so a failed first reply keeps it.
+        yield ThreadReady(conversation_id, replaced)
+        if stream is None:
+            try:
+                stream = await self._respond(conversation_id, request.message)
+            except NotFoundError as exc:
+                # On a conversation that exists (new, or just replaced): the
+                # agent is missing.
+                raise BackendError(
+                    RUN_FAILED,
+                    f"the project has no agent {self.describe()['agent']}",
+                ) from exc
+            except Exception as exc:
+                raise api_error(exc, SERVICE) from exc
+        try:
+            async with stream:
+                async for event in stream:
+                    kind = event.type
+                    if kind in TEXT_DELTAS:
+                        if event.delta:
+                            yield Delta(event.delta)
+                    elif kind == "response.output_text.annotation.added":
+                        citation = _citation(event.annotation)
+                        if citation:
+                            yield Citation(citation)
+                    elif kind == "response.created":
+                        yield RunStarted(event.response.id)
+                    elif kind == "response.completed":
+                        yield _completed(event.response)
+                        return
+                    elif kind in ("response.failed", "response.incomplete"):
+                        yield _ended(event.response)
+                        return
+                    elif kind == "error":
+                        raise stream_error(
+                            event.code,
+                            event.message,
+                            service=SERVICE,
+                            default=UPSTREAM_UNAVAILABLE,
+                        )
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise stream_broke(exc, SERVICE) from exc
+        raise BackendError(
+            INCOMPLETE, "the agent's reply ended before the response finished"
+        )
+
+    async def cancel(self, thread_id: str, run_id: str) -> None:
+        try:
+            await self.client().responses.cancel(run_id)
+        except APIError as exc:
+            # Streamed (not background) responses cannot be cancelled this way;
+            # closing their stream already stopped them.
+            logger.info("cancel of response %s answered %s", run_id, exc.message)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            await self.client().conversations.delete(thread_id)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._project is not None:
+            await self._project.close()
+        if self._credential is not None:
+            await self._credential.close()
+        self._client = self._project = self._credential = None
