@@ -42,8 +42,19 @@ param aiProjectEndpoint string = ''
 @description('Classic agent id (asst_...). Agents are data-plane objects: create one in the Foundry portal, then set AZURE_AI_AGENT_ID and provision again.')
 param aiAgentId string = ''
 
+@description('New Foundry agent name (chatBackend foundry).')
+param aiAgentName string = ''
+
+@description('OpenAI-compatible base URL, e.g. https://<resource>.openai.azure.com/openai/v1 (chatBackend openai; the managed identity authenticates with Entra).')
+param openAiBaseUrl string = ''
+
+@description('Model or Azure OpenAI deployment name (chatBackend openai).')
+param openAiModel string = ''
+
 @allowed([
   'azure_agents'
+  'foundry'
+  'openai'
   'local'
 ])
 @description('Chat backend. local is the offline demo, useful until the agent exists.')
@@ -289,6 +300,9 @@ module web 'modules/web.bicep' = {
     chatBackend: chatBackend
     aiProjectEndpoint: !empty(aiProjectEndpoint) ? aiProjectEndpoint : (createAiServices ? aiServices.outputs.projectEndpoint : '')
     aiAgentId: aiAgentId
+    aiAgentName: aiAgentName
+    openAiBaseUrl: openAiBaseUrl
+    openAiModel: openAiModel
     containerCpu: containerCpu
     containerMemory: containerMemory
     webConcurrency: webConcurrency

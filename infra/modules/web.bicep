@@ -35,6 +35,9 @@ param logLevel string
 param chatBackend string
 param aiProjectEndpoint string
 param aiAgentId string
+param aiAgentName string
+param openAiBaseUrl string
+param openAiModel string
 
 param containerCpu string
 param containerMemory string
@@ -187,6 +190,18 @@ var baseEnv = [
   {
     name: 'AZURE_AI_AGENT_ID'
     value: aiAgentId
+  }
+  {
+    name: 'AZURE_AI_AGENT_NAME'
+    value: aiAgentName
+  }
+  {
+    name: 'OPENAI_BASE_URL'
+    value: openAiBaseUrl
+  }
+  {
+    name: 'OPENAI_MODEL'
+    value: openAiModel
   }
   {
     name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
