@@ -8,6 +8,8 @@ TOOLS := $(VENV)/tools
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/test
+# Browser tests drive the system's Chromium; Playwright must never fetch its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 # Finds an interpreter >= 3.12: $PYTHON, python3.14..python3.12, python3, then
 # pyenv-installed versions. Each candidate must actually run (pyenv shims exist

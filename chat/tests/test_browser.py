@@ -1,0 +1,502 @@
+"""The chat page in headless Chromium against the real app under uvicorn.
+
+Playwright's async API: its sync API marks an event loop as running in the main
+thread between calls, which breaks pytest-asyncio fixtures and Django's
+async-safety checks. One browser serves the module; each test gets a fresh
+context (cookies, storage) and its own server.
+"""
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from django.core.management import call_command
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Locator,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
+
+from chat.emulator import EmulatorConfig, EmulatorThread
+from chat.models import Message
+from chatsite.testing import LiveServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Records CSP violations before any page script runs.
+WATCH_CSP = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
+});
+"""
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs {CHROMIUM}"),
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def collected_static() -> None:
+    # The server runs with DEBUG off and serves STATIC_ROOT through ServeStatic.
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS
+        )
+        yield browser
+        await browser.close()
+
+
+@dataclass
+class ChatPage:
+    page: Page
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def log(self) -> Locator:
+        return self.page.locator("#messages")
+
+    @property
+    def input(self) -> Locator:
+        return self.page.get_by_label("Message", exact=True)
+
+    def assistant(self, index: int = -1) -> Locator:
+        return self.page.locator(".message-assistant").nth(index)
+
+    async def open(self, server: LiveServer) -> None:
+        await self.page.goto(f"{server.url}/")
+        await expect(self.page.locator("html.js-ready")).to_have_count(1)
+
+    async def send(self, text: str) -> None:
+        await self.input.fill(text)
+        await self.input.press("Enter")
+
+    async def wait_for_reply(self, timeout: float = 15_000) -> Locator:
+        reply = self.assistant()
+        await expect(reply).not_to_contain_class("streaming", timeout=timeout)
+        await expect(reply).not_to_have_attribute("aria-busy", "true")
+        return reply
+
+    async def assert_clean(self, allowed: tuple[str, ...] = ()) -> None:
+        """No CSP violation, script error or console error (except `allowed`)."""
+        violations = await self.page.evaluate("window.__cspViolations")
+        assert violations == []
+        problems = [p for p in self.problems if not any(a in p for a in allowed)]
+        assert problems == []
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def chat(
+    chromium: Browser, request: pytest.FixtureRequest, output_path: str
+) -> AsyncIterator[ChatPage]:
+    context = await chromium.new_context(viewport={"width": 1100, "height": 760})
+    await context.add_init_script(WATCH_CSP)
+    page = await context.new_page()
+    chat_page = ChatPage(page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            chat_page.problems.append(f"console {message.type}: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: chat_page.problems.append(f"error: {error}"))
+    yield chat_page
+    # pytest-playwright's report hook sets rep_call once the test body ran.
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        await page.screenshot(path=f"{output_path}/final-state.png", full_page=True)
+    await context.close()
+
+
+@pytest.fixture
+def local_server(uvicorn_server_factory: Callable[..., LiveServer]) -> LiveServer:
+    return uvicorn_server_factory({"CHAT_LOCAL_DELAY_MS": "2"})
+
+
+@pytest.fixture
+def agent() -> Iterator[EmulatorThread]:
+    """The Azure Agents emulator, answering slowly enough to watch."""
+    with EmulatorThread(config=EmulatorConfig(token_interval=0.02)) as emu:
+        yield emu
+
+
+@pytest.fixture
+def azure_server(
+    uvicorn_server_factory: Callable[..., LiveServer], agent: EmulatorThread
+) -> LiveServer:
+    return uvicorn_server_factory(
+        {
+            "CHAT_BACKEND": "azure_agents",
+            "AZURE_AI_PROJECT_ENDPOINT": agent.endpoint,
+            "AZURE_AI_AGENT_ID": agent.agent_id,
+            "AZURE_AI_CREDENTIAL": "dev",
+            "CHAT_UPSTREAM_RETRIES": "0",
+        }
+    )
+
+
+async def test_it_shows_text_while_the_agent_still_writes(
+    chat: ChatPage, agent: EmulatorThread, azure_server: LiveServer
+) -> None:
+    agent.configure(
+        reply="First words arrive early. The rest waits for **release**.",
+        hold_after=4,
+        annotations=True,
+    )
+    await chat.open(azure_server)
+    await chat.send("Tell me something")
+    reply = chat.assistant()
+    await expect(reply.locator(".message-body")).to_contain_text("First words arrive")
+    await expect(reply).to_contain_class("streaming")
+    await expect(reply.locator(".cursor")).to_have_count(1)
+    assert await reply.locator(".cursor").evaluate("(el) => el.getAnimations().length")
+    assert "release" not in await reply.inner_text()
+
+    agent.release()
+    await chat.wait_for_reply()
+    await expect(reply.locator("strong")).to_have_text("release")
+    await expect(reply.locator(".cursor")).to_have_count(0)
+    # Citations: the markers became footnote links, the sources are listed.
+    await expect(reply.locator(".message-body a[href^='#cite-']")).to_have_text(
+        ["[1]", "[2]"]
+    )
+    source = reply.get_by_role("link", name="What is Azure AI Foundry Agent Service?")
+    await expect(source).to_have_attribute("target", "_blank")
+    await expect(source).to_have_attribute("rel", "noopener noreferrer")
+    await expect(reply.locator(".citation-quote")).to_have_text(
+        "Agents combine a model, instructions and tools."
+    )
+    await chat.assert_clean()
+    # The agent's name, fetched with the first reply, labels the page from now on.
+    await chat.page.reload()
+    await expect(chat.page.locator("#backend-agent")).to_have_text("Emulated agent")
+    await expect(chat.page.locator("#backend-offline")).to_be_hidden()
+
+
+async def test_it_stops_a_reply_and_keeps_it_after_a_reload(
+    chat: ChatPage, agent: EmulatorThread, azure_server: LiveServer
+) -> None:
+    agent.configure(reply="Partial answer that never ends", hold_after=2)
+    await chat.open(azure_server)
+    await chat.send("Start something long")
+    reply = chat.assistant()
+    await expect(reply.locator(".message-body")).to_contain_text("Partial answer")
+    await chat.page.get_by_role("button", name="Stop").click()
+
+    await chat.wait_for_reply()
+    await expect(reply.locator(".message-status")).to_have_text("Stopped")
+    await expect(reply.locator(".message-body")).to_have_text("Partial answer")
+    await expect(chat.page.get_by_role("button", name="Send")).to_be_visible()
+    await expect(chat.input).to_be_focused()
+    deadline = time.monotonic() + 5
+    while not agent.cancelled_runs and time.monotonic() < deadline:
+        await chat.page.wait_for_timeout(50)
+    assert len(agent.cancelled_runs) == 1
+
+    await chat.page.reload()
+    stored = chat.assistant()
+    await expect(stored.locator(".message-status")).to_have_text("Stopped")
+    await expect(stored.locator(".message-body")).to_have_text("Partial answer")
+    await expect(chat.page.locator(".message-user")).to_contain_text(
+        "Start something long"
+    )
+    message = await Message.objects.filter(role=Message.Role.ASSISTANT).aget()
+    assert message.status == Message.Status.CANCELLED
+    await chat.assert_clean()
+
+
+async def test_it_shows_an_interrupted_reply_after_a_reload_mid_stream(
+    chat: ChatPage, uvicorn_server_factory: Callable[..., LiveServer]
+) -> None:
+    server = uvicorn_server_factory({"CHAT_LOCAL_DELAY_MS": "40"})
+    await chat.open(server)
+    await chat.send("Keep talking")
+    await expect(chat.assistant().locator(".message-body")).to_contain_text("Hello!")
+    await chat.page.reload()
+    # The page shows what is stored, polling while the server still finishes it.
+    stored = chat.assistant()
+    await expect(stored.locator(".message-status")).to_contain_text("Interrupted")
+    await expect(stored.locator(".message-body")).to_contain_text("Hello!")
+    await chat.assert_clean()
+
+
+async def test_it_renders_markup_in_replies_inert(
+    chat: ChatPage, local_server: LiveServer
+) -> None:
+    # The offline agent quotes the message verbatim inside its reply.
+    await chat.open(local_server)
+    await chat.send(
+        "<img src=x onerror=window.__xss=1> <script>window.__xss=2</script> "
+        '<a href="javascript:window.__xss=3">raw</a> [md](javascript:window.__xss=4) '
+        "[docs](https://example.com/docs)"
+    )
+    reply = await chat.wait_for_reply()
+    await expect(reply.locator("blockquote")).to_contain_text("<img src=x onerror=")
+    await expect(reply.locator("blockquote")).to_contain_text("<script>")
+    assert await chat.log.locator("img, script, iframe").count() == 0
+    assert await chat.log.locator("[href^='javascript:' i]").count() == 0
+    link = reply.get_by_role("link", name="docs")
+    await expect(link).to_have_attribute("target", "_blank")
+    await expect(link).to_have_attribute("rel", "noopener noreferrer")
+    await chat.page.get_by_text("md", exact=True).click()
+    assert await chat.page.evaluate("window.__xss") is None
+    await chat.assert_clean()
+
+
+async def test_it_works_with_the_keyboard_alone(
+    chat: ChatPage, local_server: LiveServer
+) -> None:
+    await chat.open(local_server)
+    await expect(chat.input).to_be_focused()
+    keyboard = chat.page.keyboard
+    await keyboard.type("first line")
+    await keyboard.press("Shift+Enter")
+    await keyboard.type("second line")
+    await expect(chat.input).to_have_value("first line\nsecond line")
+    await keyboard.press("Enter")
+
+    await expect(chat.page.locator(".message-user .message-body")).to_have_text(
+        "first line\nsecond line"
+    )
+    await expect(chat.input).to_have_value("")
+    await chat.wait_for_reply()
+    await expect(chat.input).to_be_focused()
+    await keyboard.press("Tab")
+    send = chat.page.get_by_role("button", name="Send")
+    await expect(send).to_be_focused()
+    outline = await send.evaluate("(el) => getComputedStyle(el).outlineStyle")
+    assert outline == "solid"
+    await chat.assert_clean()
+
+
+async def test_it_shows_a_rate_limit_and_retries(
+    chat: ChatPage, agent: EmulatorThread, azure_server: LiveServer
+) -> None:
+    agent.push(fault="http_429_retry_after", retry_after=1)
+    await chat.open(azure_server)
+    await chat.send("Are you busy?")
+    error = chat.assistant().locator(".message-error")
+    retry = error.get_by_role("button", name="Retry")
+    await expect(error.locator(".message-error-hint")).to_have_text("Try again in 1 s.")
+    await expect(retry).to_be_disabled()
+    await expect(retry).to_be_enabled(timeout=3000)
+    await retry.click()
+
+    reply = await chat.wait_for_reply()
+    await expect(reply.locator(".message-body")).to_have_text("You said: Are you busy?")
+    await expect(chat.page.locator(".message-error")).to_have_count(0)
+    await expect(chat.page.locator(".message-user")).to_have_count(1)
+    await chat.assert_clean()
+
+
+async def test_it_lists_switches_and_deletes_conversations(
+    chat: ChatPage, local_server: LiveServer
+) -> None:
+    await chat.open(local_server)
+    await chat.send("Alpha question")
+    await chat.wait_for_reply()
+    await chat.page.get_by_role("button", name="New conversation").click()
+    await expect(chat.input).to_be_focused()
+    await expect(chat.page.locator(".message")).to_have_count(0)
+    await chat.send("Beta question")
+    await chat.wait_for_reply()
+
+    items = chat.page.locator("#conversation-list .conversation-open")
+    await expect(items).to_have_text(["Beta question", "Alpha question"])
+    await expect(items.first).to_have_attribute("aria-current", "page")
+
+    await items.nth(1).click()
+    await expect(chat.page.locator("#conversation-title")).to_have_text(
+        "Alpha question"
+    )
+    await expect(chat.page.locator(".message-user .message-body")).to_have_text(
+        ["Alpha question"]
+    )
+    await expect(chat.assistant().locator("blockquote")).to_have_text("Alpha question")
+    alpha_hash = await chat.page.evaluate("location.hash")
+
+    await chat.page.get_by_role(
+        "button", name="Delete conversation: Beta question"
+    ).click()
+    await expect(items).to_have_text(["Alpha question"])
+    await chat.page.reload()
+    assert await chat.page.evaluate("location.hash") == alpha_hash
+    await expect(chat.page.locator(".message-user .message-body")).to_have_text(
+        ["Alpha question"]
+    )
+    await chat.assert_clean()
+
+
+async def cursor_animations(page: Page) -> int:
+    """How many animations a new streaming cursor runs on this page."""
+    return await page.evaluate(
+        """async () => {
+          const app = document.querySelector("script[type=module]").src;
+          const { StreamingMarkdown } = await import(new URL("./markdown.js", app));
+          const renderer = new StreamingMarkdown(document.createElement("div"));
+          return renderer.cursor.getAnimations().length;
+        }"""
+    )
+
+
+async def test_it_adapts_to_a_narrow_dark_screen_without_motion(
+    chat: ChatPage, local_server: LiveServer
+) -> None:
+    await chat.page.set_viewport_size({"width": 320, "height": 640})
+    await chat.page.emulate_media(color_scheme="dark", reduced_motion="reduce")
+    await chat.open(local_server)
+    await chat.send("A narrow screen with a `long_identifier_without_spaces_at_all`")
+    await chat.wait_for_reply()
+    width = await chat.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 320
+    background = await chat.page.evaluate(
+        "getComputedStyle(document.body).backgroundColor"
+    )
+    assert background == "rgb(21, 23, 27)"
+    assert await cursor_animations(chat.page) == 0
+    toggle = chat.page.get_by_role("button", name="Conversations")
+    await expect(chat.page.locator("#sidebar")).to_be_hidden()
+    await toggle.click()
+    await expect(toggle).to_have_attribute("aria-expanded", "true")
+    conversations = chat.page.locator("#conversation-list .conversation-open")
+    await expect(conversations).to_have_count(1)
+    await chat.assert_clean()
+
+
+async def test_it_handles_answers_that_are_not_event_streams(
+    chat: ChatPage, local_server: LiveServer
+) -> None:
+    async def ask_for_json(route: Route) -> None:
+        headers = {**route.request.headers, "accept": "application/json"}
+        await route.fulfill(response=await route.fetch(headers=headers))
+
+    async def rate_limit(route: Route) -> None:
+        await route.fulfill(
+            status=429,
+            headers={"Retry-After": "1"},
+            json={"error": "Too many requests", "code": "rate_limited"},
+        )
+
+    await chat.open(local_server)
+    await chat.page.route("**/api/chat", ask_for_json)
+    await chat.send("Answer in JSON")
+    reply = await chat.wait_for_reply()
+    await expect(reply.locator("blockquote")).to_have_text("Answer in JSON")
+    await expect(reply.locator("pre code")).to_contain_text("Hello from chatsite")
+
+    await chat.page.unroute("**/api/chat")
+    await chat.page.route("**/api/chat", rate_limit)
+    await chat.send("Too fast")
+    error = chat.assistant().locator(".message-error")
+    await expect(error.locator(".message-error-text")).to_have_text("Too many requests")
+    await expect(error.locator(".message-error-hint")).to_have_text("Try again in 1 s.")
+    await chat.page.unroute("**/api/chat")
+    await error.get_by_role("button", name="Retry").click()
+    reply = await chat.wait_for_reply()
+    await expect(reply.locator("blockquote")).to_have_text("Too fast")
+    await chat.assert_clean(allowed=("status of 429",))
+
+
+def save_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+# A reply of 20,000 tokens in the markdown an agent writes: paragraphs, lists,
+# code blocks and tables, rendered `perFrame` tokens at a time with the style and
+# layout work of each frame included. 4 tokens a frame is 240 tokens/s at 60 fps,
+# faster than agents write; 1 is the worst case (about 3x the run time).
+BENCHMARK = """
+async ({ tokens, perFrame }) => {
+  const app = document.querySelector("script[type=module]").src;
+  const markdown = new URL("./markdown.js", app);
+  const { StreamingMarkdown, renderMarkdown } = await import(markdown);
+  const parts = [];
+  for (let i = 0; parts.length < tokens; i++) {
+    const section = [
+      `## Section ${i}\\n\\n`,
+      ..."This paragraph explains **point".split(" ").map((w) => w + " "),
+      `${i}** with \\`inline code\\` and a [link](https://example.com/${i}). `,
+      ..."More words follow, so the paragraph wraps.\\n\\n".split(/(?<= )/),
+      "- first item\\n", "- second *item*\\n", "- third item\\n\\n",
+      "```python\\n", "def f(x):\\n", "    return x * 2\\n", "```\\n\\n",
+      "| a | b |\\n", "|---|---|\\n", `| ${i} | ${i * 2} |\\n\\n`,
+    ];
+    parts.push(...section);
+  }
+  parts.length = tokens;
+  const host = document.getElementById("messages");
+  const body = document.createElement("div");
+  body.className = "message-body markdown";
+  host.append(body);
+  const renderer = new StreamingMarkdown(body);
+  const times = [];
+  const started = performance.now();
+  for (let i = 0; i < parts.length; i += perFrame) {
+    for (const part of parts.slice(i, i + perFrame)) renderer.append(part);
+    const t0 = performance.now();
+    renderer.flush();
+    void host.scrollHeight; // include style and layout, as a real frame would
+    times.push(performance.now() - t0);
+  }
+  const t0 = performance.now();
+  renderer.finish();
+  const finish = performance.now() - t0;
+  const total = performance.now() - started;
+  const text = parts.join("");
+  // The naive way, for comparison: the whole reply re-rendered for a frame.
+  const n0 = performance.now();
+  for (let i = 0; i < 20; i++) renderMarkdown(text);
+  const naive = (performance.now() - n0) / 20;
+  times.sort((a, b) => a - b);
+  const pick = (q) => times[Math.min(times.length - 1, Math.floor(q * times.length))];
+  return {
+    tokens: parts.length, chars: text.length, frames: times.length,
+    total_ms: total, finish_ms: finish,
+    mean_ms: times.reduce((a, b) => a + b, 0) / times.length,
+    p50_ms: pick(0.5), p95_ms: pick(0.95), p99_ms: pick(0.99), max_ms: times.at(-1),
+    naive_full_render_ms: naive,
+    blocks: body.querySelectorAll("h2, p, ul, pre, table").length,
+  };
+}
+"""
+
+
+async def test_it_renders_a_20000_token_reply_within_a_frame_budget(
+    chat: ChatPage, local_server: LiveServer, output_path: str
+) -> None:
+    await chat.open(local_server)
+    result = await chat.page.evaluate(BENCHMARK, {"tokens": 20_000, "perFrame": 4})
+    save_json(Path(output_path) / "render-benchmark.json", result)
+    print("20,000-token render:", json.dumps(result))
+    assert result["tokens"] == 20_000
+    assert result["p95_ms"] < 16, result
+    assert result["total_ms"] < 30_000, result
+    await chat.assert_clean()

@@ -1,0 +1,136 @@
+// The chat API as the page uses it: JSON requests with the CSRF token, and the
+// reply stream read with fetch() + ReadableStream.
+
+import { readEvents } from "./sse.js";
+
+export class ApiError extends Error {
+  constructor(message, { status = 0, code = "", retryAfter = null, fields = null } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+    this.fields = fields;
+  }
+}
+
+function cookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [key, ...value] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(value.join("="));
+  }
+  return "";
+}
+
+// The cookie is the current token; the <meta> tag covers CSRF_COOKIE_HTTPONLY.
+function csrfToken() {
+  return cookie("csrftoken") || document.querySelector('meta[name="csrf-token"]')?.content || "";
+}
+
+function headers(extra = {}) {
+  return { "X-CSRFToken": csrfToken(), ...extra };
+}
+
+function seconds(value) {
+  const number = Number.parseFloat(value);
+  return Number.isFinite(number) && number >= 0 ? number : null;
+}
+
+async function errorFrom(response) {
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON (a proxy's HTML error page, say): keep the status line.
+  }
+  const fields = body.fields || null;
+  let message = body.error || `The server answered ${response.status} ${response.statusText}`.trim();
+  if (fields) message = Object.values(fields).flat().join(" ") || message;
+  return new ApiError(message, {
+    status: response.status,
+    code: body.code || (response.status === 429 ? "rate_limited" : `http_${response.status}`),
+    retryAfter: seconds(response.headers.get("Retry-After")) ?? seconds(body.retry_after),
+    fields,
+  });
+}
+
+async function request(url, options = {}) {
+  const response = await fetch(url, {
+    credentials: "same-origin",
+    ...options,
+    headers: { Accept: "application/json", ...options.headers },
+  });
+  if (!response.ok) throw await errorFrom(response);
+  return response;
+}
+
+// Sends a message and calls onEvent(event) for every frame of the reply, where
+// event is the parsed JSON payload ({type: "metadata" | "chunk" | ...}). A JSON
+// answer (a proxy that strips streaming, or the API's fallback) becomes the same
+// sequence of events. Rejects with ApiError before the stream starts, with an
+// AbortError when signal aborts.
+export async function streamChat(body, { signal, onEvent }) {
+  const response = await request("/api/chat", {
+    method: "POST",
+    signal,
+    headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+    body: JSON.stringify(body),
+  });
+  const type = response.headers.get("Content-Type") || "";
+  if (type.startsWith("text/event-stream")) {
+    await readEvents(response.body, (event) => {
+      let payload;
+      try {
+        payload = JSON.parse(event.data);
+      } catch {
+        return; // not one of ours; the protocol only sends JSON
+      }
+      onEvent(payload, event.id);
+    });
+    return;
+  }
+  replayJson(await response.json(), onEvent);
+}
+
+function replayJson(reply, onEvent) {
+  onEvent({ type: "metadata", ...reply });
+  if (reply.full_response) onEvent({ type: "chunk", content: reply.full_response });
+  for (const annotation of reply.annotations || []) onEvent({ type: "annotation", ...annotation });
+  if (reply.error) {
+    onEvent({ type: "error", ...reply.error });
+    return;
+  }
+  onEvent({
+    type: "done",
+    full_response: reply.full_response || "",
+    message_id: reply.message_id,
+    conversation_id: reply.conversation_id,
+    status: reply.status === "cancelled" ? "cancelled" : "complete",
+    usage: reply.usage,
+  });
+}
+
+export async function stopChat(conversationId) {
+  const response = await request(`/api/chat/${conversationId}/stop`, {
+    method: "POST",
+    headers: headers(),
+  });
+  return response.json();
+}
+
+export async function listConversations() {
+  const response = await request("/api/conversations");
+  return (await response.json()).results;
+}
+
+export async function getConversation(conversationId) {
+  const response = await request(`/api/conversations/${conversationId}`);
+  return response.json();
+}
+
+export async function deleteConversation(conversationId) {
+  await request(`/api/conversations/${conversationId}`, {
+    method: "DELETE",
+    headers: headers(),
+  });
+}
