@@ -76,6 +76,30 @@ def is_loopback(url: str) -> bool:
     return (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
 
 
+def project_endpoint_problems(endpoint: str) -> list[str]:
+    """What is wrong with a Foundry project endpoint and the credential setting:
+    a dev token only for loopback (the emulator), and DefaultAzureCredential never
+    for it (its managed-identity probe must not run off Azure)."""
+    if not endpoint:
+        return [
+            "set AZURE_AI_PROJECT_ENDPOINT (or AZURE_AI_ENDPOINT and "
+            "AZURE_AI_PROJECT_NAME)"
+        ]
+    problems = []
+    loopback = is_loopback(endpoint)
+    if settings.AZURE_AI_CREDENTIAL == "dev" and not loopback:
+        problems.append(
+            "AZURE_AI_CREDENTIAL=dev is only accepted for a loopback endpoint"
+        )
+    if settings.AZURE_AI_CREDENTIAL == "default" and loopback:
+        problems.append(
+            "a loopback endpoint (the emulator) needs AZURE_AI_CREDENTIAL=dev"
+        )
+    if endpoint.startswith("http://") and not loopback:
+        problems.append("AZURE_AI_PROJECT_ENDPOINT must use https")
+    return problems
+
+
 class DevTokenCredential:
     """A static bearer token, accepted only for loopback endpoints (the emulator)."""
 
@@ -275,25 +299,9 @@ class AzureAgentsBackend(ChatBackend):
         self._credential: Any = None
 
     def configuration_problems(self) -> list[str]:
-        problems = []
-        if not self.endpoint:
-            problems.append(
-                "set AZURE_AI_PROJECT_ENDPOINT (or AZURE_AI_ENDPOINT and "
-                "AZURE_AI_PROJECT_NAME)"
-            )
+        problems = project_endpoint_problems(self.endpoint)
         if not self.agent_id:
             problems.append("set AZURE_AI_AGENT_ID")
-        loopback = bool(self.endpoint) and is_loopback(self.endpoint)
-        if settings.AZURE_AI_CREDENTIAL == "dev" and self.endpoint and not loopback:
-            problems.append(
-                "AZURE_AI_CREDENTIAL=dev is only accepted for a loopback endpoint"
-            )
-        if settings.AZURE_AI_CREDENTIAL == "default" and loopback:
-            problems.append(
-                "a loopback endpoint (the emulator) needs AZURE_AI_CREDENTIAL=dev"
-            )
-        if self.endpoint.startswith("http://") and not loopback:
-            problems.append("AZURE_AI_PROJECT_ENDPOINT must use https")
         return problems
 
     def describe(self) -> dict[str, Any]:

@@ -29,8 +29,8 @@ from openai.types.responses import Response
 from chat.backends.azure_agents import (
     RETRY_IN,
     DevTokenCredential,
-    is_loopback,
     project_endpoint,
+    project_endpoint_problems,
 )
 from chat.backends.base import (
     INCOMPLETE,
@@ -139,25 +139,9 @@ class FoundryBackend(ChatBackend):
         self._credential: Any = None
 
     def configuration_problems(self) -> list[str]:
-        problems = []
-        if not self.endpoint:
-            problems.append(
-                "set AZURE_AI_PROJECT_ENDPOINT (or AZURE_AI_ENDPOINT and "
-                "AZURE_AI_PROJECT_NAME)"
-            )
+        problems = project_endpoint_problems(self.endpoint)
         if not self.agent_name:
             problems.append("set AZURE_AI_AGENT_NAME")
-        loopback = bool(self.endpoint) and is_loopback(self.endpoint)
-        if settings.AZURE_AI_CREDENTIAL == "dev" and self.endpoint and not loopback:
-            problems.append(
-                "AZURE_AI_CREDENTIAL=dev is only accepted for a loopback endpoint"
-            )
-        if settings.AZURE_AI_CREDENTIAL == "default" and loopback:
-            problems.append(
-                "a loopback endpoint (the emulator) needs AZURE_AI_CREDENTIAL=dev"
-            )
-        if self.endpoint.startswith("http://") and not loopback:
-            problems.append("AZURE_AI_PROJECT_ENDPOINT must use https")
         return problems
 
     def describe(self) -> dict[str, Any]:
