@@ -36,6 +36,7 @@ help:
 	@echo "make lint   - ruff format check and lint only"
 	@echo "make format - apply ruff formatting and safe fixes"
 	@echo "make emulator - the Azure Agents emulator on 127.0.0.1:8765"
+	@echo "make bench  - relay benchmark vs the old FastAPI relay (~10 min); make bench-quick < 1 min"
 
 $(PY):
 	@py=$$($(FIND_PYTHON)) || exit 1; \
@@ -72,6 +73,18 @@ run: install
 .PHONY: emulator
 emulator: install
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py agent_emulator --port $${EMULATOR_PORT:-8765}
+
+$(VENV)/.bench: bench/requirements.txt requirements.txt | $(PY)
+	$(PY) -m pip install -q -r bench/requirements.txt
+	@touch $@
+
+# Not a test: timings depend on the machine. DATABASE_URL=postgres://... for PostgreSQL.
+.PHONY: bench bench-quick
+bench: install $(VENV)/.bench
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: install $(VENV)/.bench
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 .PHONY: lint
 lint: install-dev

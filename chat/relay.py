@@ -100,6 +100,7 @@ class Reply:
         self.replaced_thread_id: str | None = None
         self.run_id: str | None = None
         self.parts: list[str] = []
+        self.delta_count = 0
         self.citations: list[dict[str, Any]] = []
         self.usage: dict[str, Any] | None = None
         self.status = Message.Status.COMPLETE
@@ -148,7 +149,7 @@ class Reply:
                 await self._relay_upstream()
             finally:
                 span.set_attribute("chat.status", str(self.status))
-                span.set_attribute("chat.chunks", len(self.parts))
+                span.set_attribute("chat.deltas", self.delta_count)
                 if self.error is not None:
                     span.set_attribute("chat.error_code", self.error.code)
                 attributes = {"backend": self.backend.alias, "status": str(self.status)}
@@ -165,7 +166,12 @@ class Reply:
                 if kind is Delta:
                     if self.first_chunk_at is None:
                         self.first_chunk_at = time.perf_counter()
-                    self.parts.append(event.text)
+                    self.delta_count += 1
+                    parts = self.parts
+                    parts.append(event.text)
+                    if len(parts) >= 256:
+                        # One string per token costs ~50 bytes each while streaming.
+                        parts[:] = ["".join(parts)]
                     put(event)
                 elif kind is ThreadReady:
                     self.thread_id = event.thread_id

@@ -70,7 +70,9 @@ async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> No
         if message["type"] == "lifespan.startup":
             from chat import lifecycle
 
+            lifecycle.tune_garbage_collector()
             lifecycle.watch_for_termination()
+            lifecycle.watch_for_count_requests()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             from chat import lifecycle

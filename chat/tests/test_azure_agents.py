@@ -274,3 +274,14 @@ def test_it_derives_the_project_endpoint_like_the_old_service(settings) -> None:
     assert project_endpoint() == (
         "https://cog-x.services.ai.azure.com/api/projects/project-x"
     )
+
+
+async def test_it_relays_and_stores_long_replies_exactly(
+    async_client: AsyncClient, azure: AgentsEmulator
+) -> None:
+    azure.configure(tokens=1000)
+    data = await reply_of(async_client)
+    expected = "".join(delta.text for delta in azure.deltas)
+    chunks = "".join(d["content"] for d in data if d["type"] == "chunk")
+    assert chunks == data[-1]["full_response"] == expected
+    assert (await stored_reply()).content == expected

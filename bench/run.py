@@ -1,0 +1,879 @@
+"""The chat relay benchmark: `make bench` (`python bench/run.py`), `make bench-quick`.
+
+Starts the Agents emulator and, per scenario, a fresh server under uvicorn: chatsite
+(production settings) and the reference relay (bench/reference_relay.py, the old
+FastAPI service). Opens N concurrent SSE streams against each, then prints one table
+per scenario with every figure beside the reference's and their ratio, checks the
+issue's targets, and writes the whole result as JSON (bench/results/latest.json;
+bench/latest.json too for a full run). bench/README.md explains each figure.
+"""
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pyspy
+import servers
+import uvloop
+from load import Load, Stream, client_session
+from servers import APP_CPU, BENCH, LOAD_CPU, ROOT, Process, Sample
+
+RESULTS = BENCH / "results"
+FD_LIMIT = 65536
+SAMPLE_EVERY = 0.2
+OURS, REFERENCE = "chatsite", "reference"
+EXPERIMENT = "chatsite+exp"  # chatsite with bench/experiments.py applied
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    streams: int
+    tokens: int
+    interval: float  # seconds between deltas
+    ramp: float = 0.0  # seconds over which the streams are opened
+    rounds: int = 1  # times the streams are opened, one round after the other
+    loops: tuple[str, ...] = ("uvloop",)  # event loops compared (burst only)
+    targets: tuple[str, ...] = (OURS, EXPERIMENT, REFERENCE)
+
+    @property
+    def stream_seconds(self) -> float:
+        return self.tokens * self.interval
+
+
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario("single", "1 stream at a time, 20 ms tokens", 1, 50, 0.02, rounds=20),
+        Scenario("c100", "100 streams opened at once, 50 ms tokens", 100, 100, 0.05),
+        Scenario("c500", "500 streams over 5 s, 50 ms tokens", 500, 100, 0.05, 5.0),
+        Scenario(
+            "hold1000", "1,000 streams over 10 s, 250 ms tokens", 1000, 160, 0.25, 10.0
+        ),
+        Scenario(
+            "hold1000-50ms",
+            "1,000 streams over 10 s, 50 ms x 300 tokens",
+            1000,
+            300,
+            0.05,
+            10.0,
+        ),
+        Scenario("fast", "20 streams, 1 ms tokens (throughput)", 20, 2000, 0.001),
+        Scenario(
+            "burst",
+            "1,000 connects at once, uvloop vs asyncio loop, 3 runs each",
+            1000,
+            40,
+            0.25,
+            rounds=3,
+            loops=("uvloop", "asyncio"),
+            targets=(OURS,),
+        ),
+    ]
+}
+QUICK = {
+    "single": replace(SCENARIOS["single"], tokens=20, rounds=4),
+    "c100": replace(SCENARIOS["c100"], title="20 streams at once", streams=20),
+    "fast": replace(SCENARIOS["fast"], streams=4, tokens=500),
+    "burst": replace(SCENARIOS["burst"], streams=200, tokens=10, rounds=1),
+}
+# Rerun under py-spy with --profile: per-delta costs (fast), per-request costs (c100).
+PROFILED = ("fast", "c100")
+DEFAULT = ["single", "c100", "c500", "hold1000", "hold1000-50ms", "fast", "burst"]
+
+
+# --- statistics -------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def dist_ms(values: list[float]) -> dict[str, float | int | None]:
+    ms = [v * 1000 for v in values]
+    out: dict[str, float | int | None] = {"n": len(ms)}
+    for name, p in (("p50", 50), ("p90", 90), ("p99", 99)):
+        value = pct(ms, p)
+        out[name] = None if value is None else round(value, 3)
+    out["max"] = round(max(ms), 3) if ms else None
+    return out
+
+
+# --- one measured run -------------------------------------------------------------
+
+
+class Emulator:
+    def __init__(self, base: str, session: aiohttp.ClientSession) -> None:
+        self.base = base
+        self.endpoint = f"{base}/api/projects/emulator"
+        self.session = session
+
+    async def prepare(self, tokens: int, interval: float) -> None:
+        async with self.session.post(f"{self.base}/_emulator/reset") as r:
+            r.raise_for_status()
+        config = {"tokens": tokens, "token_interval": interval, "first_token_delay": 0}
+        async with self.session.post(f"{self.base}/_emulator/config", json=config) as r:
+            r.raise_for_status()
+
+    async def deltas(self) -> list[dict[str, Any]]:
+        async with self.session.get(f"{self.base}/_emulator/deltas") as r:
+            r.raise_for_status()
+            return (await r.json())["deltas"]
+
+
+@dataclass
+class Server:
+    target: str
+    loop: str
+    process: Process
+    url: str
+    port: int
+    name: str
+
+    def gc_stats(self) -> dict[str, Any] | None:
+        path = RESULTS / "logs" / f"{self.name}-gc.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def start_server(
+    target: str,
+    loop: str,
+    emulator: Emulator,
+    database_url: str,
+    pin: bool,
+    experiments: str = "",
+) -> Server:
+    port = servers.free_port()
+    cpu = APP_CPU if pin else None
+    name = f"{target}-{loop}-{port}"
+    argv = servers.uvicorn_argv("gc_probe:application", port, loop=loop, app_dir=BENCH)
+    if target in (OURS, EXPERIMENT):
+        env = servers.app_env(emulator.endpoint, database_url)
+        env["GC_PROBE_APP"] = "chatsite.asgi:application"
+        if target == EXPERIMENT:
+            env["BENCH_EXPERIMENTS"] = experiments
+    else:
+        env = servers.reference_env(emulator.endpoint)
+        env["GC_PROBE_APP"] = "reference_relay:app"
+    env["GC_PROBE_OUTPUT"] = str(RESULTS / "logs" / f"{name}-gc.json")
+    process = Process(name, argv, env=env, cpu=cpu, log_dir=RESULTS / "logs")
+    base = f"http://127.0.0.1:{port}"
+    servers.wait_http(f"{base}/api/health", process)
+    return Server(target, loop, process, f"{base}/api/chat", port, name)
+
+
+async def sampler(pid: int, load_state: list[Load], out: list[tuple[Sample, int]]):
+    while True:
+        try:
+            reading = servers.sample(pid)
+        except OSError:
+            return
+        out.append((reading, load_state[0].open if load_state else 0))
+        await asyncio.sleep(SAMPLE_EVERY)
+
+
+async def queue_watcher(port: int, out: list[tuple[float, int]]) -> None:
+    while True:
+        depth = servers.listen_queue(port)
+        if depth is not None:
+            out.append((time.monotonic(), depth))
+        await asyncio.sleep(0.01)
+
+
+async def measure(
+    scenario: Scenario,
+    target: str,
+    loop: str,
+    emulator: Emulator,
+    database_url: str,
+    pin: bool,
+    profile: bool = False,
+    experiments: str = "",
+) -> dict[str, Any]:
+    server = start_server(target, loop, emulator, database_url, pin, experiments)
+    pid = server.process.pid
+    timeout = scenario.ramp + scenario.stream_seconds + 120
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        async with client_session(scenario.streams + 10) as session:
+            await emulator.prepare(tokens=5, interval=0)
+            for _ in range(3):  # imports, upstream client, first DB connection
+                await Load(server.url, 1, ramp=0, timeout=30).run(session)
+        await emulator.prepare(scenario.tokens, scenario.interval)
+        await asyncio.sleep(1.0)
+        idle = servers.sample(pid)
+        samples: list[tuple[Sample, int]] = []
+        queue: list[tuple[float, int]] = []
+        state: list[Load] = []
+        watchers = [asyncio.create_task(sampler(pid, state, samples))]
+        if scenario.name == "burst":
+            watchers.append(asyncio.create_task(queue_watcher(server.port, queue)))
+        if profile:
+            raw, _ = profile_paths(target, scenario)
+            log = RESULTS / "logs" / f"py-spy-{target}.log"
+            profiler = pyspy.start(pid, raw, log, servers.pinner(LOAD_CPU))
+        streams: list[Stream] = []
+        began = servers.sample(pid)
+        cpu0_began = servers.cpu_busy(APP_CPU)
+        async with client_session(scenario.streams + 10) as session:
+            for _ in range(scenario.rounds):
+                load = Load(
+                    server.url, scenario.streams, ramp=scenario.ramp, timeout=timeout
+                )
+                state[:] = [load]
+                streams += await load.run(session)
+        ended = servers.sample(pid)
+        cpu0_busy = servers.cpu_busy(APP_CPU) - cpu0_began
+        await asyncio.sleep(1.0)
+        after = servers.sample(pid)
+        for task in watchers:
+            task.cancel()
+        if profiler is not None:
+            pyspy.stop(profiler)
+        deltas = await emulator.deltas()
+        stored = None
+        if target != REFERENCE:
+            ids = [s.conversation_id for s in streams if s.conversation_id]
+            stored = await asyncio.to_thread(stored_replies, database_url, ids)
+    finally:
+        if profiler is not None:
+            pyspy.stop(profiler)
+        code = server.process.stop()
+    result = summarize(
+        scenario, streams, deltas, stored, idle, began, ended, after, samples, queue
+    )
+    result.update(target=target, loop=loop, server_exit_code=code)
+    if target == EXPERIMENT:
+        result["experiments"] = experiments
+    result["gc"] = server.gc_stats()
+    if pin:
+        # The app is pinned to this CPU; whatever else ran there competed with it.
+        other = cpu0_busy - result["app_cpu_s"]
+        result["other_cpu_on_app_core_s"] = round(max(other, 0.0), 2)
+    if profile:
+        result["profile"] = summarize_profile(target, scenario)
+    return result
+
+
+def stored_replies(database_url: str, conversation_ids: list[str]) -> dict[str, Any]:
+    """The assistant messages stored for these conversations, read with the ORM."""
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DJANGO_SECRET_KEY=servers.SECRET_KEY,
+        DJANGO_DEBUG="0",
+        DATABASE_URL=database_url,
+        LOG_LEVEL="WARNING",
+    )
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.db import connections
+
+    from chat.models import Message
+
+    rows = Message.objects.filter(
+        conversation_id__in=conversation_ids, role=Message.Role.ASSISTANT
+    ).values(
+        "conversation_id",
+        "content",
+        "status",
+        "upstream_run_id",
+        "time_to_first_chunk_ms",
+    )
+    by_conversation: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_conversation[str(row["conversation_id"])].append(row)
+    connections.close_all()
+    return by_conversation
+
+
+def summarize(
+    scenario: Scenario,
+    streams: list[Stream],
+    deltas: list[dict[str, Any]],
+    stored: dict[str, Any] | None,
+    idle: Sample,
+    began: Sample,
+    ended: Sample,
+    after: Sample,
+    samples: list[tuple[Sample, int]],
+    queue: list[tuple[float, int]],
+) -> dict[str, Any]:
+    by_thread: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for delta in deltas:
+        by_thread[delta["thread_id"]].append(delta)
+        by_run[delta["run_id"]].append(delta)
+    for group in (*by_thread.values(), *by_run.values()):
+        group.sort(key=lambda d: d["index"])
+
+    origin = min((s.started for s in streams), default=0.0)
+    timeline: list[list[float | None]] = []
+    relay: list[float] = []
+    steady: list[float] = []
+    # Steady state: every stream open (last one opened 2 s ago), none finished.
+    steady_from = max((s.started for s in streams), default=0.0) + 2.0
+    steady_to = min((s.ended_at or 0.0 for s in streams), default=0.0)
+    ttfc_overhead: list[float] = []
+    e2e_ttfc: list[float] = []
+    headers: list[float] = []
+    errors: Counter[str] = Counter()
+    text_mismatch = 0
+    frames = chunks = 0
+    for stream in streams:
+        if stream.headers_at is not None:
+            headers.append(stream.headers_at - stream.started)
+        frames += stream.frames
+        chunks += len(stream.chunk_texts)
+        if not stream.ok:
+            errors[(stream.error or "not ok")[:120]] += 1
+        sent = by_thread.get(stream.thread_id or "", [])
+        timeline.append(
+            [
+                _ms(stream.started, origin),
+                _ms(stream.headers_at, origin),
+                _ms(sent[0]["monotonic"] if sent else None, origin),
+                _ms(stream.first_chunk_at, origin),
+                _ms(stream.ended_at, origin),
+            ]
+        )
+        if "".join(d["text"] for d in sent) != stream.text or not sent:
+            text_mismatch += 1
+        if stream.first_chunk_at is None or not sent:
+            continue
+        e2e_ttfc.append(stream.first_chunk_at - stream.started)
+        ttfc_overhead.append(stream.first_chunk_at - sent[0]["monotonic"])
+        # Chunks may carry several deltas (the relay coalesces what queued up):
+        # a delta arrived with the first chunk that reaches its end offset.
+        ends, total = [], 0
+        for text in stream.chunk_texts:
+            total += len(text)
+            ends.append(total)
+        offset = 0
+        for delta in sent:
+            offset += len(delta["text"])
+            at = bisect.bisect_left(ends, offset)
+            if at < len(ends):
+                latency = stream.chunk_times[at] - delta["monotonic"]
+                relay.append(latency)
+                if steady_from <= delta["monotonic"] <= steady_to:
+                    steady.append(latency)
+
+    stored_mismatch = None
+    server_ttfc: list[float] = []
+    if stored is not None:
+        stored_mismatch = 0
+        for stream in streams:
+            rows = stored.get(stream.conversation_id or "", [])
+            if rows and rows[0]["time_to_first_chunk_ms"] is not None:
+                server_ttfc.append(rows[0]["time_to_first_chunk_ms"] / 1000)
+            expected = (
+                "".join(d["text"] for d in by_run.get(rows[0]["upstream_run_id"], []))
+                if len(rows) == 1
+                else None
+            )
+            if (
+                len(rows) != 1
+                or rows[0]["status"] != "complete"
+                or rows[0]["content"] != expected
+                or not expected
+            ):
+                stored_mismatch += 1
+
+    cpu = ended.cpu - began.cpu
+    peak = max(samples, key=lambda s: (s[1], s[0].at)) if samples else None
+    open_streams = peak[1] if peak else 0
+    rss_open = peak[0].rss if peak else None
+    out: dict[str, Any] = {
+        "scenario": scenario.name,
+        "streams": len(streams),
+        "ok": sum(s.ok for s in streams),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors.most_common(5)),
+        "text_mismatch": text_mismatch,
+        "stored_mismatch": stored_mismatch,
+        "deltas_sent": len(deltas),
+        "chunks_received": chunks,
+        "frames_received": frames,
+        "relay_latency_ms": dist_ms(relay),
+        "relay_latency_steady_ms": dist_ms(steady),
+        "ttfc_overhead_ms": dist_ms(ttfc_overhead),
+        "e2e_ttfc_ms": dist_ms(e2e_ttfc),
+        "headers_ms": dist_ms(headers),
+        "server_ttfc_ms": dist_ms(server_ttfc) if stored is not None else None,
+        "wall_s": round(ended.at - began.at, 2),
+        "app_cpu_s": round(cpu, 2),
+        "app_cpu_util": round(cpu / max(ended.at - began.at, 1e-9), 3),
+        "deltas_per_cpu_s": round(len(deltas) / cpu) if cpu > 0 else None,
+        "chunks_per_cpu_s": round(chunks / cpu) if cpu > 0 else None,
+        "cpu_ms_per_stream": round(cpu * 1000 / len(streams), 2) if streams else None,
+        "rss_idle_mib": round(idle.rss / 2**20, 1),
+        "rss_open_mib": round(rss_open / 2**20, 1) if rss_open else None,
+        "rss_peak_mib": round(max(s.rss for s, _ in samples) / 2**20, 1)
+        if samples
+        else None,
+        "rss_after_mib": round(after.rss / 2**20, 1),
+        "open_streams_at_sample": open_streams,
+        "kib_per_open_stream": round((rss_open - idle.rss) / 1024 / open_streams, 1)
+        if rss_open and open_streams
+        else None,
+        "threads_idle": idle.threads,
+        "threads_open": peak[0].threads if peak else None,
+        "threads_peak": max(s.threads for s, _ in samples) if samples else None,
+        "threads_after": after.threads,
+        "fds_open": peak[0].fds if peak else None,
+    }
+    if queue:
+        start = began.at
+        waiting = [(t - start, depth) for t, depth in queue if t >= start]
+        backlog = [(t, d) for t, d in waiting if d > 0]
+        out["accept_queue"] = {
+            "max_unaccepted": max((d for _, d in waiting), default=0),
+            "last_unaccepted_at_s": round(backlog[-1][0], 3) if backlog else 0.0,
+            "seconds_with_unaccepted": round(
+                sum(1 for _ in backlog) * 0.01, 2
+            ),  # approximate: one sample every 10 ms
+        }
+        out["streams_headers_over_1s"] = sum(h > 1.0 for h in headers)
+    out["timeline_fields"] = ["start", "headers", "delta0_sent", "chunk0", "end"]
+    out["timeline_ms"] = timeline
+    return out
+
+
+def _ms(at: float | None, origin: float) -> float | None:
+    return None if at is None else round((at - origin) * 1000, 1)
+
+
+# --- profiling --------------------------------------------------------------------
+
+
+def profile_paths(target: str, scenario: Scenario) -> tuple[Path, Path]:
+    stem = f"profile-{scenario.name}-{target}"
+    return RESULTS / f"{stem}.txt", RESULTS / f"{stem}-top.txt"
+
+
+def summarize_profile(target: str, scenario: Scenario) -> dict[str, Any]:
+    raw, summary = profile_paths(target, scenario)
+    if not raw.exists():
+        return {"error": "py-spy wrote no profile (see bench/results/logs)"}
+    data, text = pyspy.summarize(raw, f"{target}, scenario {scenario.name}")
+    summary.write_text(text)
+    data.update(raw=str(raw.relative_to(ROOT)), summary=str(summary.relative_to(ROOT)))
+    return data
+
+
+# --- report -----------------------------------------------------------------------
+
+ROWS = [
+    ("errors", "errors", "{}"),
+    ("text_mismatch", "client text != emulator", "{}"),
+    ("stored_mismatch", "stored reply != emulator", "{}"),
+    ("ttfc_overhead_ms.p50", "TTFC overhead p50 ms", "{:.2f}"),
+    ("ttfc_overhead_ms.p90", "TTFC overhead p90 ms", "{:.2f}"),
+    ("ttfc_overhead_ms.p99", "TTFC overhead p99 ms", "{:.2f}"),
+    ("ttfc_overhead_ms.max", "TTFC overhead max ms", "{:.2f}"),
+    ("relay_latency_ms.p50", "relay latency p50 ms", "{:.2f}"),
+    ("relay_latency_ms.p99", "relay latency p99 ms", "{:.2f}"),
+    ("relay_latency_ms.max", "relay latency max ms", "{:.2f}"),
+    ("relay_latency_steady_ms.p50", "  all open (steady): p50 ms", "{:.2f}"),
+    ("relay_latency_steady_ms.p99", "  all open (steady): p99 ms", "{:.2f}"),
+    ("e2e_ttfc_ms.p50", "end-to-end TTFC p50 ms", "{:.2f}"),
+    ("e2e_ttfc_ms.p99", "end-to-end TTFC p99 ms", "{:.2f}"),
+    ("headers_ms.p50", "response headers p50 ms", "{:.2f}"),
+    ("server_ttfc_ms.p50", "server-side TTFC p50 ms (stored)", "{:.2f}"),
+    ("deltas_per_cpu_s", "deltas relayed / CPU-s", "{:,}"),
+    ("chunks_per_cpu_s", "chunk frames sent / CPU-s", "{:,}"),
+    ("cpu_ms_per_stream", "CPU ms per stream", "{:.2f}"),
+    ("app_cpu_util", "app CPU utilisation", "{:.2f}"),
+    ("rss_idle_mib", "RSS idle MiB", "{:.1f}"),
+    ("rss_open_mib", "RSS with streams open MiB", "{:.1f}"),
+    ("rss_after_mib", "RSS after MiB", "{:.1f}"),
+    ("open_streams_at_sample", "streams open at that sample", "{}"),
+    ("kib_per_open_stream", "KiB RSS per open stream", "{:.1f}"),
+    ("threads_idle", "OS threads idle", "{}"),
+    ("threads_open", "OS threads with streams open", "{}"),
+    ("threads_after", "OS threads after", "{}"),
+    ("gc.gen2.collections", "full GC collections", "{}"),
+    ("gc.gen2.max_ms", "longest full GC pause ms", "{:.1f}"),
+    ("gc.gen0.total_ms", "GC gen0 total ms", "{:.1f}"),
+    ("other_cpu_on_app_core_s", "other processes' CPU-s on app core", "{:.2f}"),
+]
+
+
+def get(result: dict[str, Any] | None, path: str) -> Any:
+    value: Any = result
+    for key in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def fmt(value: Any, pattern: str) -> str:
+    if value is None:
+        return "-"
+    try:
+        return pattern.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def ratio(ours: Any, reference: Any) -> str:
+    if not isinstance(ours, int | float) or not isinstance(reference, int | float):
+        return ""
+    if reference == 0:
+        return "" if ours == 0 else "inf"
+    return f"{ours / reference:.2f}x"
+
+
+def table(scenario: Scenario, results: list[dict[str, Any]]) -> str:
+    by_target = {r["target"]: r for r in results}
+    ref = by_target.get(REFERENCE)
+    columns = [t for t in (OURS, EXPERIMENT, REFERENCE) if t in by_target]
+    head = f"{'':36}" + "".join(f"{t:>14}" for t in columns)
+    others = [t for t in columns if t != REFERENCE]
+    if ref is not None:
+        head += "".join(f"{t.replace('chatsite', 'ratio'):>12}" for t in others)
+    lines = [f"== {scenario.name}: {scenario.title}", head]
+    for path, label, pattern in ROWS:
+        values = [get(by_target[t], path) for t in columns]
+        if all(v is None for v in values):
+            continue
+        line = f"{label:36}" + "".join(f"{fmt(v, pattern):>14}" for v in values)
+        if ref is not None:
+            b = get(ref, path)
+            line += "".join(f"{ratio(get(by_target[t], path), b):>12}" for t in others)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def burst_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "== burst: 1,000 connects at once (chatsite), uvloop vs the asyncio loop",
+        f"{'loop':10}{'run':>4}{'errors':>8}{'max unaccepted':>16}"
+        f"{'last unaccepted s':>19}{'headers>1s':>11}{'headers p99 ms':>16}"
+        f"{'TTFC p99 ms':>13}{'TTFC max ms':>13}",
+    ]
+    for r in results:
+        queue = r.get("accept_queue") or {}
+        lines.append(
+            f"{r['loop']:10}{r['run']:>4}{r['errors']:>8}"
+            f"{queue.get('max_unaccepted', '-'):>16}"
+            f"{queue.get('last_unaccepted_at_s', '-'):>19}"
+            f"{r.get('streams_headers_over_1s', '-'):>11}"
+            f"{fmt(get(r, 'headers_ms.p99'), '{:.0f}'):>16}"
+            f"{fmt(get(r, 'e2e_ttfc_ms.p99'), '{:.0f}'):>13}"
+            f"{fmt(get(r, 'e2e_ttfc_ms.max'), '{:.0f}'):>13}"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    def pick(name: str, target: str = OURS) -> dict[str, Any] | None:
+        return next((r for r in results.get(name, []) if r["target"] == target), None)
+
+    checks: list[dict[str, Any]] = []
+
+    def check(label: str, value: Any, limit: float, *, at_least: bool = False):
+        if value is None:
+            return
+        met = value >= limit if at_least else value <= limit
+        checks.append({"target": label, "measured": value, "met": met})
+
+    single, c100, c500 = pick("single"), pick("c100"), pick("c500")
+    hold, fast = pick("hold1000"), pick("fast")
+    check("relay p50 <= 2 ms at 1 stream", get(single, "relay_latency_ms.p50"), 2)
+    check("relay p99 <= 10 ms at 1 stream", get(single, "relay_latency_ms.p99"), 10)
+    check("relay p99 <= 50 ms at 500 streams", get(c500, "relay_latency_ms.p99"), 50)
+    for scenario, mine in (("single", single), ("c100", c100)):
+        ref = pick(scenario, REFERENCE)
+        name = "1 stream" if mine is single else f"{get(mine, 'streams')} streams"
+        for p in ("p50", "p99"):
+            a, b = get(mine, f"e2e_ttfc_ms.{p}"), get(ref, f"e2e_ttfc_ms.{p}")
+            if a is not None and b:
+                check(f"e2e TTFC {p} <= 1.0x reference at {name}", round(a / b, 2), 1)
+    if hold is not None:
+        check("1,000 streams: 0 errors", hold["errors"], 0)
+        check("1,000 streams: stored replies all match", hold["stored_mismatch"], 0)
+        check(
+            "1,000 streams: relay p99 <= 100 ms", get(hold, "relay_latency_ms.p99"), 100
+        )
+        check(
+            "1,000 streams: relay p99 <= 100 ms, all open (steady)",
+            get(hold, "relay_latency_steady_ms.p99"),
+            100,
+        )
+        check(
+            "1,000 streams: <= 64 KiB RSS per stream", hold["kib_per_open_stream"], 64
+        )
+        check("1,000 streams: <= 32 KiB (stretch)", hold["kib_per_open_stream"], 32)
+        check("1,000 streams: <= 32 OS threads", hold["threads_peak"], 32)
+    ref_fast = pick("fast", REFERENCE)
+    if fast and ref_fast and fast["deltas_per_cpu_s"] and ref_fast["deltas_per_cpu_s"]:
+        value = round(fast["deltas_per_cpu_s"] / ref_fast["deltas_per_cpu_s"], 2)
+        check("deltas per CPU-second >= 1.0x reference", value, 1.0, at_least=True)
+    return checks
+
+
+# --- main -------------------------------------------------------------------------
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = FD_LIMIT if hard == resource.RLIM_INFINITY else min(FD_LIMIT, hard)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def environment(pin: bool, database: servers.Database, fd_limit: int) -> dict:
+    def version(package: str) -> str | None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as v
+
+        try:
+            return v(package)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "pinned": (
+            f"server on CPU {APP_CPU}; client, emulator, py-spy on CPU {LOAD_CPU}"
+            if pin
+            else "not pinned"
+        ),
+        "database": database.label,
+        "fd_limit": fd_limit,
+        "load_average_at_start": os.getloadavg(),
+        "packages": {
+            p: version(p)
+            for p in (
+                "django",
+                "uvicorn",
+                "uvloop",
+                "httptools",
+                "aiohttp",
+                "azure-ai-agents",
+                "azure-core",
+                "fastapi",
+                "starlette",
+                "psycopg",
+            )
+        },
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    pin = servers.can_pin() and not args.no_pin
+    if pin:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    if args.nice:
+        # Inherited by every process started below (emulator, servers, py-spy).
+        os.nice(args.nice)
+    fd_limit = raise_fd_limit()
+    (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
+    catalogue = {**SCENARIOS, **QUICK} if args.quick else SCENARIOS
+    names = args.scenario or (["single", "c100", "fast"] if args.quick else DEFAULT)
+    scenarios = [catalogue[name] for name in names]
+    targets = args.targets.split(",")
+
+    print("preparing the database ...", flush=True)
+    database = servers.prepare_database(os.environ.get("DATABASE_URL", ""))
+    emulator_process, base = servers.start_emulator(
+        RESULTS / "logs", LOAD_CPU if pin else None
+    )
+    report: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "quick": args.quick,
+        "environment": environment(pin, database, fd_limit) | {"nice": os.nice(0)},
+        "notes": [
+            "The reference relay stores nothing (the old service had no database); "
+            "chatsite writes each turn to the database (start_turn before the "
+            "upstream call, record_run when the run starts, finish_turn at the end).",
+            "Both relays make their upstream calls to the same emulator: chatsite "
+            "two per reply (threads.create with the message, runs.stream), the "
+            "reference three (threads.create, messages.create, runs.stream).",
+            "Chat rate limits are off (CHAT_RATE_LIMIT_PER_MINUTE=0, "
+            "CHAT_MAX_CONCURRENT_STREAMS=0): every stream comes from one address.",
+        ],
+        "scenarios": {},
+    }
+    try:
+        async with aiohttp.ClientSession() as control:
+            emulator = Emulator(base, control)
+            for scenario in scenarios:
+                results: list[dict[str, Any]] = []
+                for loop in scenario.loops:
+                    for target in scenario.targets:
+                        if target not in targets:
+                            continue
+                        runs = scenario.rounds if scenario.name == "burst" else 1
+                        one = replace(scenario, rounds=1) if runs > 1 else scenario
+                        for n in range(runs):
+                            print(f"-- {scenario.name}: {target} ({loop})", flush=True)
+                            result = await measure(
+                                one,
+                                target,
+                                loop,
+                                emulator,
+                                database.url,
+                                pin,
+                                experiments=args.experiments,
+                            )
+                            result["run"] = n + 1
+                            results.append(result)
+                            print(
+                                f"   {result['ok']}/{result['streams']} ok, "
+                                f"relay p99 {get(result, 'relay_latency_ms.p99')} ms,"
+                                f" {result['wall_s']} s",
+                                flush=True,
+                            )
+                if args.profile and scenario.name in PROFILED:
+                    for target in scenario.targets:
+                        if target in targets:
+                            print(f"-- {scenario.name}, profiled: {target}", flush=True)
+                            profiled = await measure(
+                                scenario,
+                                target,
+                                "uvloop",
+                                emulator,
+                                database.url,
+                                pin,
+                                profile=True,
+                                experiments=args.experiments,
+                            )
+                            profiles = report.setdefault("profiles", {})
+                            profiles[f"{scenario.name}-{target}"] = profiled["profile"]
+                report["scenarios"][scenario.name] = {
+                    "scenario": asdict(scenario),
+                    "results": results,
+                }
+                print(
+                    burst_table(results)
+                    if scenario.name == "burst"
+                    else table(scenario, results),
+                    flush=True,
+                )
+    finally:
+        emulator_process.stop()
+        database.close()
+    report["targets"] = check_targets(
+        {name: s["results"] for name, s in report["scenarios"].items()}
+    )
+    report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return report
+
+
+def print_targets(report: dict[str, Any]) -> None:
+    print("\n== targets (chatsite)")
+    for check in report["targets"]:
+        mark = "met   " if check["met"] else "MISSED"
+        print(f"  {mark} {check['target']}: {check['measured']}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+
+
+def without_timelines(report: dict[str, Any]) -> dict[str, Any]:
+    trimmed = json.loads(json.dumps(report))
+    for scenario in trimmed["scenarios"].values():
+        for result in scenario["results"]:
+            result.pop("timeline_ms", None)
+            result.pop("timeline_fields", None)
+    return trimmed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="run only this scenario (repeatable); default: all but a quick run",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small scenarios, under a minute"
+    )
+    parser.add_argument(
+        "--targets",
+        default=f"{OURS},{REFERENCE}",
+        help="comma-separated: chatsite, reference, chatsite+exp (chatsite with "
+        "bench/experiments.py applied)",
+    )
+    parser.add_argument(
+        "--experiments",
+        default="events,thread_and_run",
+        help="what chatsite+exp applies (bench/experiments.py)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="rerun the fast and c100 scenarios under py-spy (results/profile-*)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="scheduling niceness for the run (e.g. -5 on a shared machine: other "
+        "processes on the server's core otherwise show up as relay latency)",
+    )
+    parser.add_argument("--output", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    report = uvloop.run(run(args))
+    report["duration_s"] = round(time.monotonic() - started, 1)
+    print_targets(report)
+    text = json.dumps(report, indent=2) + "\n"
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    outputs = [RESULTS / f"run-{stamp}.json", RESULTS / "latest.json"]
+    for path in outputs:
+        path.write_text(text)
+    # The copy meant for the repository leaves out the per-stream timelines.
+    summary = json.dumps(without_timelines(report), indent=2) + "\n"
+    if not args.quick and not args.scenario:
+        outputs.append(BENCH / "latest.json")
+        (BENCH / "latest.json").write_text(summary)
+    if args.output:
+        outputs.append(args.output)
+        args.output.write_text(summary)
+    print(f"\nwrote {', '.join(str(p) for p in outputs)}")
+    print(f"took {report['duration_s']} s")
+
+
+if __name__ == "__main__":
+    main()
