@@ -36,6 +36,7 @@ help:
 	@echo "make lint   - ruff format check and lint only"
 	@echo "make format - apply ruff formatting and safe fixes"
 	@echo "make emulator - the Azure Agents emulator on 127.0.0.1:8765"
+	@echo "make fuzz   - schemathesis, 2,000+ cases; make soak - 500 streams for 60 s"
 	@echo "make bench  - relay benchmark vs the old FastAPI relay (~10 min); make bench-quick < 1 min"
 
 $(PY):
@@ -85,6 +86,17 @@ bench: install $(VENV)/.bench
 
 bench-quick: install $(VENV)/.bench
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+# At least 2,000 schemathesis cases over every operation (make test runs a small,
+# fixed-seed budget of the same).
+.PHONY: fuzz
+fuzz: install-dev
+	$(PY) -m chatsite.fuzz $(FUZZ_ARGS)
+
+# 500 concurrent streams for 60 s against uvicorn, the emulator and PostgreSQL.
+.PHONY: soak
+soak: install $(VENV)/.bench
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 .PHONY: lint
 lint: install-dev

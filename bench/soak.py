@@ -390,6 +390,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--ramp", type=float, default=5.0)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
         "--postgres",
         default=os.environ.get("SOAK_POSTGRES_URL", DEFAULT_POSTGRES),
@@ -410,7 +411,7 @@ def main() -> int:
         os.sched_setaffinity(0, {servers.LOAD_CPU})
     port = servers.free_port()
     argv = servers.uvicorn_argv(
-        "chatsite.asgi:application", port, loop="uvloop", app_dir=None
+        "chatsite.asgi:application", port, loop=args.loop, app_dir=None
     )
     # The log keeps WARNING and up: the SIGUSR1 count line, and any traceback.
     env = servers.app_env(f"{emulator_base}/api/projects/emulator", database_url)

@@ -10,6 +10,7 @@ inside the request's lifecycle.
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -25,6 +26,7 @@ from chat.backends.base import (
     INCOMPLETE,
     SERVER_SHUTDOWN,
     TIMEOUT,
+    UPSTREAM_DISCONNECTED,
     UPSTREAM_UNAVAILABLE,
     BackendError,
     ChatBackend,
@@ -56,6 +58,9 @@ STOPPED = "stopped"  # the user pressed stop
 DISCONNECTED = "disconnected"  # the client went away
 SHUTDOWN = "shutdown"  # the server is stopping
 TIMED_OUT = "timed_out"  # the upstream was silent too long
+
+# Errors after which the upstream run may still be generating.
+RUN_MAY_CONTINUE = {UPSTREAM_DISCONNECTED, INCOMPLETE}
 
 _STATUS_FOR_REASON = {
     STOPPED: Message.Status.CANCELLED,
@@ -201,6 +206,10 @@ class Reply:
         except BackendError as exc:
             self.error = exc
             self.status = Message.Status.FAILED
+            if exc.code in RUN_MAY_CONTINUE:
+                # Upstream, the run goes on after its stream broke: it would keep
+                # billing and refuse the conversation's next message.
+                await self._cancel_upstream()
         except asyncio.CancelledError:
             reason = self.stop_reason or DISCONNECTED
             self.status = _STATUS_FOR_REASON[reason]
@@ -223,6 +232,7 @@ class Reply:
                 UPSTREAM_UNAVAILABLE, "the agent service failed unexpectedly"
             )
             self.status = Message.Status.FAILED
+            await self._cancel_upstream()
         finally:
             try:
                 await asyncio.shield(self._persist())
@@ -338,6 +348,9 @@ class Reply:
                             now = loop.time()
                             if now - last_event >= silence_limit or now >= deadline:
                                 self.stop(TIMED_OUT)
+                                # Only keep-alives from now on, while the producer
+                                # stores the reply and cancels the run.
+                                silence_limit = deadline = math.inf
                             else:
                                 yield (seq, None)
                             continue

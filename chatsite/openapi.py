@@ -36,6 +36,22 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: ERRORS[code] for code in codes}
 
 
+# What the API refuses in text: NUL anywhere (PostgreSQL text cannot hold it) and,
+# where a value must not be blank, nothing but the whitespace str.strip() removes.
+_SPACE = (
+    "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680"
+    "\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+NO_NUL = "^[^\\u0000]*$"
+NOT_BLANK = f"^[^\\u0000]*[^\\u0000{_SPACE}][^\\u0000]*$"
+THREAD_ID = "^[A-Za-z0-9_-]{1,200}$"
+# `format` alone is an annotation in JSON Schema 2020-12; a pattern is asserted.
+UUID = {
+    "type": "string",
+    "format": "uuid",
+    "pattern": "^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$",
+}
+
 POST_ID = {
     "name": "post_id",
     "in": "path",
@@ -81,8 +97,13 @@ SCHEMAS: dict[str, Any] = {
         "required": ["title", "body"],
         "additionalProperties": False,
         "properties": {
-            "title": {"type": "string", "minLength": 1, "maxLength": 200},
-            "body": {"type": "string", "minLength": 1},
+            "title": {
+                "type": "string",
+                "maxLength": 200,
+                "pattern": NOT_BLANK,
+                "description": "Stored without leading and trailing whitespace",
+            },
+            "body": {"type": "string", "minLength": 1, "pattern": NO_NUL},
             "published": {"type": "boolean"},
         },
     },
@@ -90,8 +111,8 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "title": {"type": "string", "minLength": 1, "maxLength": 200},
-            "body": {"type": "string", "minLength": 1},
+            "title": {"type": "string", "maxLength": 200, "pattern": NOT_BLANK},
+            "body": {"type": "string", "minLength": 1, "pattern": NO_NUL},
             "published": {"type": "boolean"},
         },
     },
@@ -129,10 +150,113 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["message"],
         "properties": {
-            "message": {"type": "string", "minLength": 1},
-            "thread_id": {"type": ["string", "null"]},
-            "conversation_id": {"type": ["string", "null"], "format": "uuid"},
+            # maxLength is CHAT_MAX_MESSAGE_CHARS, set in openapi_document().
+            "message": {"type": "string", "pattern": NOT_BLANK},
+            "thread_id": {"type": ["string", "null"], "pattern": THREAD_ID},
+            "conversation_id": {**UUID, "type": ["string", "null"]},
         },
+    },
+    "ChatEvent": {
+        "type": "object",
+        "description": "One Server-Sent Event of a reply; `data` is one JSON frame.",
+        "required": ["id", "data"],
+        "properties": {
+            "event": {"const": "message"},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": _ref("ChatFrame"),
+            },
+        },
+    },
+    "ChatFrame": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": [
+                    "type",
+                    "conversation_id",
+                    "thread_id",
+                    "message_id",
+                    "backend",
+                    "agent",
+                    "offline",
+                ],
+                "properties": {
+                    "type": {"const": "metadata"},
+                    "conversation_id": {"type": "string", "format": "uuid"},
+                    "thread_id": {"type": ["string", "null"]},
+                    "message_id": {"type": "string", "format": "uuid"},
+                    "backend": {"type": "string"},
+                    "agent": {"type": "string"},
+                    "offline": {"type": "boolean"},
+                    "thread_reset": {"const": True},
+                    "previous_thread_id": {"type": "string"},
+                    "notice": {"type": "string"},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["type", "content"],
+                "properties": {
+                    "type": {"const": "chunk"},
+                    "content": {"type": "string"},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["type", "kind"],
+                "properties": {
+                    "type": {"const": "annotation"},
+                    "kind": {"enum": ["url_citation", "file_citation"]},
+                    "text": {"type": ["string", "null"]},
+                },
+            },
+            {
+                "type": "object",
+                "required": [
+                    "type",
+                    "full_response",
+                    "timestamp",
+                    "message_id",
+                    "conversation_id",
+                    "status",
+                    "usage",
+                ],
+                "properties": {
+                    "type": {"const": "done"},
+                    "full_response": {"type": "string"},
+                    "timestamp": {"type": "string", "format": "date-time"},
+                    "message_id": {"type": "string", "format": "uuid"},
+                    "conversation_id": {"type": "string", "format": "uuid"},
+                    "status": {"enum": ["complete", "cancelled"]},
+                    "usage": {"type": ["object", "null"]},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["type", "code", "message", "message_id"],
+                "properties": {
+                    "type": {"const": "error"},
+                    "code": {
+                        "enum": [
+                            "upstream_auth",
+                            "rate_limited",
+                            "upstream_unavailable",
+                            "run_failed",
+                            "upstream_disconnected",
+                            "incomplete",
+                            "timeout",
+                            "server_shutdown",
+                        ]
+                    },
+                    "message": {"type": "string"},
+                    "message_id": {"type": "string", "format": "uuid"},
+                    "retry_after": {"type": "number"},
+                },
+            },
+        ]
     },
     "ChatReply": {
         "type": "object",
@@ -159,6 +283,7 @@ SCHEMAS: dict[str, Any] = {
             "content": {"type": "string"},
             "status": {"enum": ["complete", "cancelled", "interrupted", "failed"]},
             "error_code": {"type": "string"},
+            "error_message": {"type": "string"},
             "usage": {"type": ["object", "null"]},
             "annotations": {"type": "array", "items": {"type": "object"}},
             "created_at": {"type": "string", "format": "date-time"},
@@ -173,12 +298,35 @@ SCHEMAS: dict[str, Any] = {
             "title": {"type": "string"},
             "backend": {"type": "string"},
             "thread_id": {"type": ["string", "null"]},
+            "streaming": {"type": "boolean"},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
             "messages": {"type": "array", "items": _ref("Message")},
         },
     },
 }
+
+
+def _links(target: str, *operations: str) -> dict[str, Any]:
+    """OpenAPI links passing an id from a response to operations on that resource."""
+    parameter = "post_id" if "Post" in operations[0] else "conversation_id"
+    return {
+        operation: {"operationId": operation, "parameters": {parameter: target}}
+        for operation in operations
+    }
+
+
+# A created post can then be read, replaced, patched and deleted; a listed
+# conversation read, stopped and deleted.
+POST_LINKS = _links(
+    "$response.body#/id", "getPost", "replacePost", "patchPost", "deletePost"
+)
+CONVERSATION_LINKS = _links(
+    "$response.body#/results/0/id",
+    "getConversation",
+    "stopChat",
+    "deleteConversation",
+)
 
 SSE_DESCRIPTION = """\
 Server-Sent Events, one JSON object per `data:` line, every frame with an `id:`
@@ -188,7 +336,7 @@ message_id, backend), `chunk` (`content`: text delta), `annotation` (a citation)
 cancelled) and `error` (`code`, `message`, optional `retry_after`). Comment frames
 `: keep-alive` are sent while the upstream is silent. Error codes: upstream_auth,
 rate_limited, upstream_unavailable, run_failed, upstream_disconnected, incomplete,
-timeout."""
+timeout, server_shutdown."""
 
 
 @cache
@@ -196,6 +344,18 @@ def openapi_document() -> dict[str, Any]:
     json_body = lambda name: {  # noqa: E731
         "required": True,
         "content": {"application/json": {"schema": _ref(name)}},
+    }
+    chat_request = SCHEMAS["ChatRequest"]
+    message = {
+        **chat_request["properties"]["message"],
+        "maxLength": settings.CHAT_MAX_MESSAGE_CHARS,
+    }
+    schemas = {
+        **SCHEMAS,
+        "ChatRequest": {
+            **chat_request,
+            "properties": {**chat_request["properties"], "message": message},
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -205,7 +365,7 @@ def openapi_document() -> dict[str, Any]:
             "description": "Posts, health and streaming chat.",
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
@@ -240,16 +400,23 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "listPosts",
                     "summary": "Published posts (plus own drafts; all for editors)",
+                    # An empty value counts as absent: `?limit=&q=` is the default.
                     "parameters": [
-                        {"name": n, "in": "query", "schema": s}
+                        {"name": n, "in": "query", "schema": s, "allowEmptyValue": True}
                         for n, s in (
                             (
                                 "limit",
                                 {"type": "integer", "minimum": 1, "maximum": 100},
                             ),
-                            ("offset", {"type": "integer", "minimum": 0}),
-                            ("page", {"type": "integer", "minimum": 1}),
-                            ("q", {"type": "string"}),
+                            (
+                                "offset",
+                                {"type": "integer", "minimum": 0, "maximum": 10**12},
+                            ),
+                            (
+                                "page",
+                                {"type": "integer", "minimum": 1, "maximum": 10**9},
+                            ),
+                            ("q", {"type": "string", "pattern": NO_NUL}),
                         )
                     ],
                     "responses": {
@@ -262,7 +429,7 @@ def openapi_document() -> dict[str, Any]:
                     "security": [{"apiKey": []}, {"session": []}],
                     "requestBody": json_body("PostInput"),
                     "responses": {
-                        "201": _json(_ref("Post"), "Created"),
+                        "201": {**_json(_ref("Post"), "Created"), "links": POST_LINKS},
                         **_errors("400", "401", "403", "413", "415"),
                     },
                 },
@@ -314,7 +481,8 @@ def openapi_document() -> dict[str, Any]:
                             "description": "The reply: an SSE stream, or one JSON "
                             "body when the request prefers application/json",
                             "content": {
-                                "text/event-stream": {"schema": {"type": "string"}},
+                                # OpenAPI 3.1: the schema of one event.
+                                "text/event-stream": {"schema": _ref("ChatEvent")},
                                 "application/json": {"schema": _ref("ChatReply")},
                             },
                         },
@@ -355,6 +523,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                             "Conversations",
                         )
+                        | {"links": CONVERSATION_LINKS}
                     },
                 }
             },

@@ -177,24 +177,36 @@ def test_an_api_key_name_is_inert_in_the_admin(
     assert_inert(response.content.decode(), api_key.name)
 
 
-@pytest.mark.parametrize("model", [Conversation, Message])
-def test_chat_content_is_inert_in_the_admin_where_shown(
-    admin_client: Client, author: User, model: type
+@pytest.mark.parametrize(
+    ("page", "shown"),
+    [
+        ("/admin/chat/conversation/", "title"),
+        ("/admin/chat/conversation/{conversation.pk}/change/", "content"),
+        ("/admin/chat/message/", "str"),
+        ("/admin/chat/message/{message.pk}/change/", "content"),
+    ],
+)
+def test_chat_content_is_inert_in_the_admin(
+    admin_client: Client, author: User, page: str, shown: str
 ) -> None:
-    if not admin.site.is_registered(model):
-        pytest.skip(f"{model.__name__} has no admin")
+    if not admin.site.is_registered(Conversation):
+        pytest.skip("conversations have no admin")
     conversation = Conversation.objects.create(
         owner=author, title=ALL[:200], backend="local"
     )
-    Message.objects.create(
+    # The agent's reply, as it would quote the user.
+    message = Message.objects.create(
         conversation=conversation,
         role="assistant",
         content=ALL,
         created_at=conversation.created_at,
     )
-    url = f"/admin/chat/{model.__name__.lower()}/"
+    expected = {"title": conversation.title, "content": ALL, "str": str(message)}
 
-    assert_inert(admin_client.get(url).content.decode())
+    response = admin_client.get(page.format(conversation=conversation, message=message))
+
+    assert response.status_code == 200
+    assert_inert(response.content.decode(), expected[shown])
 
 
 def test_the_login_page_keeps_a_javascript_next_inert(client: Client) -> None:
