@@ -440,6 +440,9 @@ class AzureAgentsBackend(ChatBackend):
         except HttpResponseError as exc:
             # Already finished or cancelled: nothing left to stop.
             logger.info("cancel of run %s answered %s", run_id, exc.status_code)
+        except AzureError as exc:
+            # Best effort: the reply is stored either way; the run may go on.
+            logger.warning("cancel of run %s failed: %s", run_id, exc)
 
     async def delete_thread(self, thread_id: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
