@@ -535,6 +535,11 @@ class AgentsEmulator:
             }
         )
         response.enable_chunked_encoding()
+        if config.fault == "incomplete":
+            # The run goes on in this handler after the body ends early; the client
+            # must not send its next request (a cancel, say) on this connection,
+            # where it would wait for the whole run.
+            response.force_close()
         await response.prepare(request)
         request[STREAMING] = True
         driver.sink = SseSink(request, response, run, self.deltas.append)

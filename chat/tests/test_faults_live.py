@@ -366,15 +366,7 @@ def test_it_keeps_the_partial_reply_when_the_upstream_stream_breaks(
     ("fault", "code"),
     [
         ("disconnect", "upstream_disconnected"),
-        pytest.param(
-            "incomplete",
-            "incomplete",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the relay sends the cancel, but the emulator answers 400 "
-                "for a run whose body it ended with the `incomplete` fault",
-            ),
-        ),
+        ("incomplete", "incomplete"),
     ],
 )
 def test_it_cancels_the_run_whose_stream_broke(
