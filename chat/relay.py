@@ -125,9 +125,12 @@ class Reply:
         ACTIVE[self.conversation_id] = self
 
     def stop(self, reason: str) -> None:
-        """Ends the reply early; the first reason given wins."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
+        """Ends the reply early. The first reason wins, and the producer is
+        cancelled once: a second cancel would interrupt its cleanup (storing the
+        reply, cancelling the run, freeing the caller's stream slot)."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
         if self.task is not None and not self.task.done():
             self.task.cancel()
 

@@ -464,6 +464,34 @@ def test_it_cancels_the_run_when_the_client_leaves_before_the_first_token(
     assert emulator.cancelled_runs == [reply.upstream_run_id]
 
 
+def test_it_frees_the_stream_slot_when_the_client_leaves_after_stop(
+    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
+) -> None:
+    # Stop, then close the tab: the disconnect stops the reply a second time
+    # while it cancels its run and stores itself. With one stream allowed per
+    # caller, a slot that is never freed refuses every later message with 429.
+    emulator.reset()
+    server = uvicorn_server_factory(
+        azure_env(emulator, CHAT_MAX_CONCURRENT_STREAMS="1", **SERVER_ENV)
+    )
+    for attempt in range(3):
+        emulator.push(**LONG_REPLY)
+        with httpx.stream(
+            "POST", f"{server.url}/api/chat", json={"message": "long"}, timeout=10
+        ) as response:
+            assert response.status_code == 200, f"attempt {attempt}"
+            lines = response.iter_lines()
+            frames = read_until_chunks(lines, 3)
+            conversation_id = frames[0]["conversation_id"]
+            stop = httpx.post(f"{server.url}/api/chat/{conversation_id}/stop")
+            assert stop.status_code == 200
+        reply = wait_for_reply(conversation_id)
+        assert reply.status == "cancelled"
+        assert reply.content.startswith(chunks_text(frames))
+        wait_for(lambda n=attempt: len(emulator.cancelled_runs) > n)
+    assert frames_of(post(server))[-1]["type"] == "done"
+
+
 # --- the server stops ---------------------------------------------------------
 
 
