@@ -44,6 +44,11 @@ _SPACE = (
 )
 NO_NUL = "^[^\\u0000]*$"
 NOT_BLANK = f"^[^\\u0000]*[^\\u0000{_SPACE}][^\\u0000]*$"
+# A post title: 1 to 200 characters once stripped, any whitespace around them.
+TITLE = (
+    f"^[{_SPACE}]*[^\\u0000{_SPACE}]"
+    f"([^\\u0000]{{0,198}}[^\\u0000{_SPACE}])?[{_SPACE}]*$"
+)
 THREAD_ID = "^[A-Za-z0-9_-]{1,200}$"
 # `format` alone is an annotation in JSON Schema 2020-12; a pattern is asserted.
 UUID = {
@@ -99,9 +104,9 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "title": {
                 "type": "string",
-                "maxLength": 200,
-                "pattern": NOT_BLANK,
-                "description": "Stored without leading and trailing whitespace",
+                "pattern": TITLE,
+                "description": "At most 200 characters; stored without leading "
+                "and trailing whitespace",
             },
             "body": {"type": "string", "minLength": 1, "pattern": NO_NUL},
             "published": {"type": "boolean"},
@@ -111,7 +116,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "title": {"type": "string", "maxLength": 200, "pattern": NOT_BLANK},
+            "title": {"type": "string", "pattern": TITLE},
             "body": {"type": "string", "minLength": 1, "pattern": NO_NUL},
             "published": {"type": "boolean"},
         },
