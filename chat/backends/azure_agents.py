@@ -276,13 +276,19 @@ def _run_failure(run: dict[str, Any]) -> BackendError:
         reason = (run.get("incomplete_details") or {}).get("reason", "unknown")
         message = message or f"the run stopped early ({reason})"
     if code == "rate_limit_exceeded":
-        match = RETRY_IN.search(message)
-        return BackendError(
-            RATE_LIMITED,
-            message or "the agent's model is rate limited",
-            retry_after=float(match.group(1)) if match else None,
-        )
+        return model_rate_limited(message)
     return BackendError(RUN_FAILED, f"the agent's run {status}: {code}: {message}")
+
+
+def model_rate_limited(message: str) -> BackendError:
+    """A run that failed on the model's rate limit; its message says when to retry
+    ("Try again in 20 seconds")."""
+    match = RETRY_IN.search(message)
+    return BackendError(
+        RATE_LIMITED,
+        message or "the agent's model is rate limited",
+        retry_after=float(match.group(1)) if match else None,
+    )
 
 
 class AzureAgentsBackend(ChatBackend):

@@ -27,14 +27,13 @@ from openai import APIError, AsyncOpenAI, NotFoundError
 from openai.types.responses import Response
 
 from chat.backends.azure_agents import (
-    RETRY_IN,
     DevTokenCredential,
+    model_rate_limited,
     project_endpoint,
     project_endpoint_problems,
 )
 from chat.backends.base import (
     INCOMPLETE,
-    RATE_LIMITED,
     RUN_FAILED,
     UPSTREAM_AUTH,
     UPSTREAM_UNAVAILABLE,
@@ -117,12 +116,7 @@ def _ended(response: Response) -> Completed:
     code = error.code if error else None
     message = (error.message if error else None) or ""
     if code == "rate_limit_exceeded":
-        match = RETRY_IN.search(message)
-        raise BackendError(
-            RATE_LIMITED,
-            message or "the agent's model is rate limited",
-            retry_after=float(match.group(1)) if match else None,
-        )
+        raise model_rate_limited(message)
     raise BackendError(RUN_FAILED, f"the agent's response failed: {code}: {message}")
 
 
