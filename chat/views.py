@@ -66,7 +66,7 @@ def _parse_chat_request(
         raise _invalid(f"message is longer than {limit} characters", "message")
     thread_id = data.get("thread_id")
     if thread_id is not None and (
-        not isinstance(thread_id, str) or not THREAD_ID.match(thread_id)
+        not isinstance(thread_id, str) or not THREAD_ID.fullmatch(thread_id)
     ):
         raise _invalid("thread_id is not a valid thread id", "thread_id")
     raw_conversation = data.get("conversation_id")

@@ -1,3 +1,4 @@
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,15 +21,25 @@ REQUIRED = ("title", "body")
 # PostgreSQL text cannot hold NUL, so it is refused here rather than failing there.
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
+INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _single(params: QueryDict, name: str) -> str | None:
+    """The parameter's value; given twice, it is refused rather than guessed."""
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise BadRequest("invalid query parameter", fields={name: ["given twice"]})
+    return values[0] if values else None
 
 
 def _int_param(params: QueryDict, name: str, default: int, lo: int, hi: int) -> int:
-    raw = params.get(name)
+    raw = _single(params, name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
-    except ValueError:
+        # int() alone would also take " 7", "+7", "7_0" and other scripts' digits.
+        value = int(raw) if INTEGER.fullmatch(raw) else lo - 1
+    except ValueError:  # more digits than int() converts
         value = lo - 1
     if not lo <= value <= hi:
         raise BadRequest(
@@ -40,10 +51,12 @@ def _int_param(params: QueryDict, name: str, default: int, lo: int, hi: int) -> 
 
 def _page_window(params: QueryDict) -> tuple[int, int]:
     limit = _int_param(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    # Checked even when `page` wins, so a bad offset is never silently ignored.
+    offset = _int_param(params, "offset", 0, 0, 10**12)
     if "page" in params:
         page = _int_param(params, "page", 1, 1, 10**9)
         return limit, (page - 1) * limit
-    return limit, _int_param(params, "offset", 0, 0, 10**12)
+    return limit, offset
 
 
 def _page_link(request: HttpRequest, limit: int, offset: int) -> str:
@@ -105,7 +118,7 @@ async def list_posts(request: HttpRequest) -> HttpResponse:
     posts = Post.objects.visible_to(
         request.api_user, can_see_drafts=await _can_see_drafts(request)
     )
-    query = request.GET.get("q", "").strip()
+    query = (_single(request.GET, "q") or "").strip()
     if NUL in query:
         raise BadRequest("invalid query parameter", fields={"q": [NUL_MESSAGE]})
     if query:
