@@ -116,6 +116,18 @@ class DevTokenCredential:
         return None
 
 
+def credential() -> Any:
+    """The credential AZURE_AI_CREDENTIAL names: a static dev token, or
+    DefaultAzureCredential (the managed identity chosen by AZURE_CLIENT_ID)."""
+    if settings.AZURE_AI_CREDENTIAL == "dev":
+        return DevTokenCredential()
+    from azure.identity.aio import DefaultAzureCredential
+
+    return DefaultAzureCredential(
+        managed_identity_client_id=settings.AZURE_CLIENT_ID or None
+    )
+
+
 class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):
     """Lets the bearer token travel over plain http, for loopback endpoints only."""
 
@@ -322,14 +334,7 @@ class AzureAgentsBackend(ChatBackend):
             problems = self.configuration_problems()
             if problems:
                 raise BackendError(UPSTREAM_AUTH, "; ".join(problems))
-            if settings.AZURE_AI_CREDENTIAL == "dev":
-                self._credential = DevTokenCredential()
-            else:
-                from azure.identity.aio import DefaultAzureCredential
-
-                self._credential = DefaultAzureCredential(
-                    managed_identity_client_id=settings.AZURE_CLIENT_ID or None
-                )
+            self._credential = credential()
             # Our own session: the SDK's default caps a process at 100 concurrent
             # connections, so the 101st open chat would silently queue.
             limit = settings.CHAT_UPSTREAM_MAX_CONNECTIONS

@@ -21,13 +21,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from azure.ai.projects.aio import AIProjectClient
-from azure.identity.aio import DefaultAzureCredential
 from django.conf import settings
 from openai import APIError, AsyncOpenAI, NotFoundError
 from openai.types.responses import Response
 
 from chat.backends.azure_agents import (
-    DevTokenCredential,
+    credential,
     model_rate_limited,
     project_endpoint,
     project_endpoint_problems,
@@ -151,12 +150,7 @@ class FoundryBackend(ChatBackend):
             problems = self.configuration_problems()
             if problems:
                 raise BackendError(UPSTREAM_AUTH, "; ".join(problems))
-            if settings.AZURE_AI_CREDENTIAL == "dev":
-                self._credential = DevTokenCredential()
-            else:
-                self._credential = DefaultAzureCredential(
-                    managed_identity_client_id=settings.AZURE_CLIENT_ID or None
-                )
+            self._credential = credential()
             self._project = AIProjectClient(
                 endpoint=self.endpoint, credential=self._credential
             )

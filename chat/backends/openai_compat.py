@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 from azure.core.exceptions import ClientAuthenticationError
-from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+from azure.identity.aio import get_bearer_token_provider
 from django.conf import settings
 from openai import (
     APIConnectionError,
@@ -31,7 +31,11 @@ from openai import (
     DefaultAsyncHttpxClient,
 )
 
-from chat.backends.azure_agents import RETRY_IN, DevTokenCredential, is_loopback
+from chat.backends.azure_agents import (
+    RETRY_IN,
+    credential,
+    is_loopback,
+)
 from chat.backends.base import (
     INCOMPLETE,
     RATE_LIMITED,
@@ -231,12 +235,7 @@ class OpenAIBackend(ChatBackend):
             return settings.OPENAI_API_KEY
         if not self._uses_entra():
             return NO_KEY
-        if settings.AZURE_AI_CREDENTIAL == "dev":
-            self._credential = DevTokenCredential()
-        else:
-            self._credential = DefaultAzureCredential(
-                managed_identity_client_id=settings.AZURE_CLIENT_ID or None
-            )
+        self._credential = credential()
         return get_bearer_token_provider(self._credential, AZURE_OPENAI_SCOPE)
 
     def client(self) -> AsyncOpenAI:
