@@ -68,7 +68,7 @@ def watch_for_count_requests() -> None:
 def log_counts() -> dict[str, int]:
     counts = {
         "asyncio_tasks": len(asyncio.all_tasks()),
-        "open_replies": len(relay.ACTIVE),
+        "open_replies": len(relay.open_replies()),
         "threads": threading.active_count(),
     }
     # Asked for explicitly, so it shows at every usual LOG_LEVEL.
@@ -83,7 +83,7 @@ def _schedule_drain(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def stop_open_replies() -> list[relay.Reply]:
-    replies = list(relay.ACTIVE.values())
+    replies = relay.open_replies()
     for reply in replies:
         reply.stop(relay.SHUTDOWN)
     if replies:
@@ -98,12 +98,7 @@ async def shutdown(grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
     cleanup when the loop gets control again, which is here: waiting lets each
     producer store its partial reply and cancel its upstream run.
     """
-    replies = stop_open_replies()
-    tasks = {reply.task for reply in replies if reply.task is not None}
-    if tasks:
-        _done, pending = await asyncio.wait(tasks, timeout=grace)
-        if pending:
-            logger.warning(
-                "%d replies did not finish storing at shutdown", len(pending)
-            )
+    pending = await relay.wait_closed(stop_open_replies(), grace)
+    if pending:
+        logger.warning("%d replies did not finish storing at shutdown", pending)
     await aclose_all()

@@ -8,6 +8,7 @@ at once. Both are checked before any stream starts; over a limit the caller gets
 
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.core.cache import cache
@@ -23,19 +24,6 @@ def caller_key(request: HttpRequest) -> str:
     # Behind the Container Apps proxy, uvicorn's --proxy-headers puts the client's
     # address here from X-Forwarded-For.
     return f"ip:{request.META.get('REMOTE_ADDR', 'unknown')}"
-
-
-class StreamSlot:
-    """One of the caller's concurrent-stream slots; release it when the reply ends."""
-
-    def __init__(self, key: str | None) -> None:
-        self.key = key
-
-    async def release(self) -> None:
-        if self.key is not None:
-            key, self.key = self.key, None
-            with contextlib.suppress(ValueError):  # expired meanwhile
-                await cache.adecr(key)
 
 
 def _limited(message: str, retry_after: int) -> BadRequest:
@@ -60,14 +48,24 @@ async def check_message_rate(request: HttpRequest) -> None:
         raise _limited(f"too many messages: at most {limit} per minute", retry_after)
 
 
-async def acquire_stream_slot(request: HttpRequest) -> StreamSlot:
+@contextlib.asynccontextmanager
+async def stream_slot(caller: str) -> AsyncIterator[None]:
+    """Holds one of the caller's concurrent-stream slots for the life of a reply.
+
+    Entering raises the 429 when the caller has none left; leaving gives the slot
+    back, whatever ended the reply."""
     limit = settings.CHAT_MAX_CONCURRENT_STREAMS
     if not limit:
-        return StreamSlot(None)
-    key = f"chat:streams:{caller_key(request)}"
+        yield
+        return
+    key = f"chat:streams:{caller}"
     # The timeout only matters if a process dies holding slots.
     await cache.aadd(key, 0, timeout=int(settings.CHAT_MAX_STREAM_SECONDS) + 60)
     if await cache.aincr(key) > limit:
         await cache.adecr(key)
         raise _limited(f"too many replies streaming at once (at most {limit})", 5)
-    return StreamSlot(key)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # expired meanwhile
+            await cache.adecr(key)

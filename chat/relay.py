@@ -1,16 +1,22 @@
 """The relay: one assistant reply in flight, from the backend to the client.
 
-The upstream is consumed by its own task (the producer), which feeds a queue and,
-whatever happens, stores the reply and cancels the upstream run when it did not
-finish. The response body is a thin async generator reading that queue. Django
-cancels the body generator when the client disconnects; the producer's cleanup
-still runs, and the generator waits for it (bounded) so the database work stays
-inside the request's lifecycle.
+The views use its small public API: `start` takes the caller's stream slot and
+the conversation's lock, stores the user message and starts the reply; `stop`,
+`discard` and `open_replies` find replies by conversation. Everything else
+belongs to the reply itself.
+
+The upstream is consumed by its own task (the producer), which feeds a queue,
+enforces the upstream silence and total-duration limits and, whatever happens,
+stores the reply, cancels the upstream run when it did not finish and gives the
+stream slot back. The response body reads that queue as typed frames
+(`chat.frames`). Django cancels the body generator when the client disconnects;
+the producer's cleanup still runs, and the generator waits for it (bounded) so the
+database work stays inside the request's lifecycle.
 """
 
 import asyncio
+import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -21,7 +27,7 @@ from django.conf import settings
 from django.utils import timezone
 from opentelemetry import metrics, trace
 
-from chat import store
+from chat import frames, limits, store
 from chat.backends.base import (
     INCOMPLETE,
     SERVER_SHUTDOWN,
@@ -37,8 +43,8 @@ from chat.backends.base import (
     RunStarted,
     ThreadReady,
 )
-from chat.limits import StreamSlot
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, Owner
+from chatsite import requestlog
 
 logger = logging.getLogger(__name__)
 # No-ops unless telemetry is configured (chatsite/telemetry.py).
@@ -71,14 +77,108 @@ _STATUS_FOR_REASON = {
 
 # In-flight replies of this process, by conversation id: stop requests and
 # shutdown find them here. Strong references also keep the producer tasks alive.
-ACTIVE: dict[UUID, "Reply"] = {}
+_ACTIVE: dict[UUID, "Reply"] = {}
 
 UPSTREAM_CANCEL_TIMEOUT = 5.0
 CLEANUP_TIMEOUT = 10.0
 
-# A frame is (event id, payload): a str payload is a chunk's text, a dict any
-# other frame, None a keep-alive comment.
-Frame = tuple[int, str | dict[str, Any] | None]
+# What the reply's body yields: (event id, frame), or (event id, None) for a
+# keep-alive comment.
+Event = tuple[int, frames.Frame | None]
+
+
+# --- the public API -------------------------------------------------------------------
+
+
+async def start(
+    backend: ChatBackend,
+    *,
+    owner: Owner,
+    caller: str,
+    message: str,
+    conversation_id: UUID | None,
+    thread_id: str | None,
+    started: float,
+) -> "Reply":
+    """Starts a reply to `message` and returns it, streaming.
+
+    Raises the caller's 429 when no stream slot is left, `store.NotFound` for a
+    conversation or thread that is not the owner's and `store.Busy` while another
+    reply streams in it. From here the reply owns the slot and the lock."""
+    async with contextlib.AsyncExitStack() as resources:
+        await resources.enter_async_context(limits.stream_slot(caller))
+        turn = await store.start_turn(
+            owner=owner,
+            backend=backend.alias,
+            message=message,
+            conversation_id=conversation_id,
+            thread_id=thread_id,
+            with_history=backend.needs_history,
+        )
+        reply = Reply(
+            backend=backend,
+            conversation=turn.conversation,
+            request=ReplyRequest(
+                message=message,
+                thread_id=turn.conversation.upstream_thread_id or None,
+                history=turn.history,
+            ),
+            started=started,
+            resources=resources.pop_all(),
+        )
+    reply.start()
+    return reply
+
+
+async def stop(conversation: Conversation, backend: ChatBackend) -> bool:
+    """Stops the conversation's reply, here or on another replica. False when
+    nothing is streaming in it."""
+    reply = _ACTIVE.get(conversation.pk)
+    if reply is not None:
+        reply.stop(STOPPED)
+        return True
+    if conversation.active_since and conversation.active_run_id:
+        # Streaming on another replica: cancelling the upstream run ends that
+        # stream there with status "cancelled".
+        await backend.cancel(
+            conversation.upstream_thread_id, conversation.active_run_id
+        )
+        return True
+    return False
+
+
+async def discard(conversation: Conversation, backend: ChatBackend) -> None:
+    """Deletes a conversation: stops its reply (waiting for it to be stored),
+    deletes its upstream thread where the service keeps one, then the rows."""
+    reply = _ACTIVE.get(conversation.pk)
+    if reply is not None:
+        reply.stop(STOPPED)
+        await wait_closed([reply], CLEANUP_TIMEOUT)
+    thread_id = conversation.upstream_thread_id
+    if thread_id and conversation.backend == backend.alias:
+        try:
+            await backend.delete_thread(thread_id)
+        except Exception:
+            logger.warning(
+                "deleting upstream thread %s failed", thread_id, exc_info=True
+            )
+    await conversation.adelete()
+
+
+def open_replies() -> list["Reply"]:
+    return list(_ACTIVE.values())
+
+
+async def wait_closed(replies: list["Reply"], timeout: float) -> int:
+    """Waits until the replies are stored; returns how many were not in time."""
+    tasks = {reply.task for reply in replies if reply.task is not None}
+    if not tasks:
+        return 0
+    _done, pending = await asyncio.wait(tasks, timeout=timeout)
+    return len(pending)
+
+
+# --- one reply ------------------------------------------------------------------------
 
 
 class Reply:
@@ -89,16 +189,14 @@ class Reply:
         conversation: Conversation,
         request: ReplyRequest,
         started: float,
-        slot: StreamSlot | None = None,
-        log_fields: dict[str, Any] | None = None,
+        resources: contextlib.AsyncExitStack | None = None,
     ) -> None:
         self.backend = backend
         self.conversation_id: UUID = conversation.pk
         self.request = request
         self.started = started
-        self.slot = slot
-        # Filled when the reply ends, for the request's log line.
-        self.log_fields = log_fields if log_fields is not None else {}
+        # What the reply holds until it is stored (the caller's stream slot).
+        self.resources = resources or contextlib.AsyncExitStack()
         self.created_at: datetime = timezone.now()
         self.message_id = uuid4()
         self.thread_id: str | None = request.thread_id
@@ -115,6 +213,9 @@ class Reply:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self._record_run: asyncio.Task[None] | None = None
+        self._last_event = 0.0
+        self._deadline = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # --- control -------------------------------------------------------------------
 
@@ -122,7 +223,7 @@ class Reply:
         self.task = asyncio.create_task(
             self._produce(), name=f"chat-reply-{self.conversation_id}"
         )
-        ACTIVE[self.conversation_id] = self
+        _ACTIVE[self.conversation_id] = self
 
     def stop(self, reason: str) -> None:
         """Ends the reply early. The first reason wins, and the producer is
@@ -142,6 +243,31 @@ class Reply:
         if self.first_chunk_at is None:
             return None
         return round((self.first_chunk_at - self.started) * 1000, 3)
+
+    # --- limits --------------------------------------------------------------------
+
+    def _watch_time(self) -> None:
+        """Stops the reply when the upstream is silent for too long or the reply
+        outlives its maximum duration. One timer, re-armed only when it fires."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._last_event = now
+        self._deadline = now + settings.CHAT_MAX_STREAM_SECONDS
+        self._watchdog = loop.call_at(self._due(), self._check_time)
+
+    def _due(self) -> float:
+        return min(
+            self._last_event + settings.CHAT_UPSTREAM_TIMEOUT_SECONDS, self._deadline
+        )
+
+    def _check_time(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = self._due()
+        if loop.time() >= due:
+            self._watchdog = None
+            self.stop(TIMED_OUT)
+        else:
+            self._watchdog = loop.call_at(due, self._check_time)
 
     # --- producer ------------------------------------------------------------------
 
@@ -167,9 +293,12 @@ class Reply:
 
     async def _relay_upstream(self) -> None:
         put = self.queue.put_nowait
+        clock = asyncio.get_running_loop().time
         completed = False
+        self._watch_time()
         try:
             async for event in self.backend.stream_reply(self.request):
+                self._last_event = clock()
                 kind = type(event)
                 if kind is Delta:
                     if self.first_chunk_at is None:
@@ -237,12 +366,13 @@ class Reply:
             self.status = Message.Status.FAILED
             await self._cancel_upstream()
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             try:
                 await asyncio.shield(self._persist())
-                if self.slot is not None:
-                    await asyncio.shield(self.slot.release())
+                await asyncio.shield(self.resources.aclose())
             finally:
-                ACTIVE.pop(self.conversation_id, None)
+                _ACTIVE.pop(self.conversation_id, None)
                 put(_END)
 
     async def _cancel_upstream(self) -> None:
@@ -282,57 +412,51 @@ class Reply:
 
     # --- consumer ------------------------------------------------------------------
 
-    def metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "type": "metadata",
-            "conversation_id": str(self.conversation_id),
-            "thread_id": self.thread_id,
-            "message_id": str(self.message_id),
-            **self.backend.describe(),
-        }
+    def metadata(self) -> frames.Metadata:
+        meta: dict[str, Any] = {}
         if self.replaced_thread_id:
-            meta["thread_reset"] = True
-            meta["previous_thread_id"] = self.replaced_thread_id
-            meta["notice"] = "the previous agent thread was gone; a new one was started"
-        return meta
-
-    def final_frame(self) -> dict[str, Any]:
-        if self.error is not None:
-            frame: dict[str, Any] = {
-                "type": "error",
-                "code": self.error.code,
-                "message": self.error.message,
-                "message_id": str(self.message_id),
+            meta = {
+                "thread_reset": True,
+                "previous_thread_id": self.replaced_thread_id,
+                "notice": "the previous agent thread was gone; a new one was started",
             }
-            if self.error.retry_after is not None:
-                frame["retry_after"] = self.error.retry_after
-            return frame
-        return {
-            "type": "done",
-            "full_response": self.text,
-            "timestamp": timezone.now().isoformat(),
-            "message_id": str(self.message_id),
-            "conversation_id": str(self.conversation_id),
-            "status": (
+        return frames.Metadata(
+            conversation_id=str(self.conversation_id),
+            thread_id=self.thread_id,
+            message_id=str(self.message_id),
+            **self.backend.describe(),
+            **meta,
+        )
+
+    def final_frame(self) -> frames.Done | frames.Error:
+        if self.error is not None:
+            return frames.Error(
+                code=self.error.code,
+                message=self.error.message,
+                message_id=str(self.message_id),
+                retry_after=self.error.retry_after,
+            )
+        return frames.Done(
+            full_response=self.text,
+            timestamp=timezone.now().isoformat(),
+            message_id=str(self.message_id),
+            conversation_id=str(self.conversation_id),
+            status=(
                 "cancelled" if self.status == Message.Status.CANCELLED else "complete"
             ),
-            "usage": self.usage,
-        }
+            usage=self.usage,
+        )
 
-    async def frames(self) -> AsyncIterator[Frame]:
+    async def frames(self) -> AsyncIterator[Event]:
         """The reply as frames, in order: metadata, chunks and citations, then one
-        `done` or `error`. Keep-alives are interleaved while the upstream is silent."""
-        loop = asyncio.get_running_loop()
+        `done` or `error`. Keep-alives are interleaved while nothing arrives."""
         keepalive = settings.CHAT_KEEPALIVE_SECONDS
-        silence_limit = settings.CHAT_UPSTREAM_TIMEOUT_SECONDS
-        deadline = loop.time() + settings.CHAT_MAX_STREAM_SECONDS
         queue = self.queue
         seq = 0
         sent_metadata = False
         ended = False
         chunks = 0
         pending: Any = None
-        last_event = loop.time()
         try:
             while True:
                 if pending is not None:
@@ -341,23 +465,12 @@ class Reply:
                     try:
                         item = queue.get_nowait()
                     except asyncio.QueueEmpty:
-                        now = loop.time()
-                        wait = min(keepalive, last_event + silence_limit - now)
-                        wait = min(wait, deadline - now)
                         try:
-                            async with asyncio.timeout(max(wait, 0)):
+                            async with asyncio.timeout(keepalive):
                                 item = await queue.get()
                         except TimeoutError:
-                            now = loop.time()
-                            if now - last_event >= silence_limit or now >= deadline:
-                                self.stop(TIMED_OUT)
-                                # Only keep-alives from now on, while the producer
-                                # stores the reply and cancels the run.
-                                silence_limit = deadline = math.inf
-                            else:
-                                yield (seq, None)
+                            yield (seq, None)
                             continue
-                    last_event = loop.time()
                 kind = type(item)
                 if kind is Delta:
                     # Coalesce deltas that queued up while the client was slow.
@@ -377,7 +490,12 @@ class Reply:
                         yield (seq, self.metadata())
                     seq += 1
                     chunks += 1
-                    yield (seq, texts[0] if len(texts) == 1 else "".join(texts))
+                    yield (
+                        seq,
+                        frames.Chunk(
+                            content=texts[0] if len(texts) == 1 else "".join(texts)
+                        ),
+                    )
                 elif kind is ThreadReady or item is _END:
                     if not sent_metadata:
                         sent_metadata = True
@@ -389,14 +507,14 @@ class Reply:
                         return
                 elif kind is Citation:
                     seq += 1
-                    yield (seq, {"type": "annotation", **item.data})
+                    yield (seq, frames.Annotation(**item.data))
         finally:
             task = self.task
             if task is not None and not ended:
                 self.stop(DISCONNECTED)
             if task is not None:
                 await asyncio.wait({task}, timeout=CLEANUP_TIMEOUT)
-            self.log_fields.update(
+            requestlog.annotate(
                 backend=self.backend.alias,
                 reply_status=str(self.status),
                 error_code=self.error.code if self.error else None,
@@ -404,9 +522,15 @@ class Reply:
                 ttfc_ms=self.ttfc_ms(),
             )
 
+    async def sse(self) -> AsyncIterator[bytes]:
+        """The reply as the bytes of a `text/event-stream` body."""
+        encode, keepalive = frames.encode, frames.KEEPALIVE
+        async for seq, frame in self.frames():
+            yield keepalive if frame is None else encode(seq, frame)
+
     async def collect(self) -> dict[str, Any]:
         """The whole reply as one JSON object (the non-streaming fallback)."""
-        async for _frame in self.frames():
+        async for _event in self.frames():
             pass
         body: dict[str, Any] = {
             "conversation_id": str(self.conversation_id),

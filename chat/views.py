@@ -1,4 +1,3 @@
-import asyncio
 import logging
 import re
 import secrets
@@ -10,11 +9,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 
-from chat import limits, sse, store
+from chat import limits, relay, store
 from chat.backends import get_backend
-from chat.backends.base import INVALID_REQUEST, ReplyRequest
+from chat.backends.base import INVALID_REQUEST
 from chat.models import Conversation, Owner
-from chat.relay import ACTIVE, CLEANUP_TIMEOUT, STOPPED, Reply
 from chatsite.api import (
     BadRequest,
     api_view,
@@ -32,6 +30,7 @@ THREAD_ID = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 JSON_ERROR_STATUS = {"rate_limited": 429, "timeout": 504}
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+BUSY = "a reply is already streaming in this conversation; stop it or wait"
 
 
 async def _owner(request: HttpRequest, *, create: bool) -> Owner:
@@ -86,70 +85,35 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in accept and "text/event-stream" not in accept
 
 
-async def _sse_body(reply: Reply):
-    encode, encode_chunk, keepalive = sse.encode, sse.encode_chunk, sse.KEEPALIVE
-    async for seq, payload in reply.frames():
-        if type(payload) is str:
-            yield encode_chunk(seq, payload)
-        elif payload is None:
-            yield keepalive
-        else:
-            yield encode(seq, payload)
-
-
 async def post_chat(request: HttpRequest) -> HttpResponse:
     started = time.perf_counter()
     if settings.CHAT_REQUIRE_LOGIN and not request.api_user.is_authenticated:
         raise BadRequest("log in to chat", 401, code="login_required")
-    data = parse_json_object(request)
-    message, thread_id, conversation_id = _parse_chat_request(data)
+    message, thread_id, conversation_id = _parse_chat_request(
+        parse_json_object(request)
+    )
     await limits.check_message_rate(request)
-    owner = await _owner(request, create=True)
-    backend = get_backend()
-    slot = await limits.acquire_stream_slot(request)
     try:
-        turn = await store.start_turn(
-            owner=owner,
-            backend=backend.alias,
+        reply = await relay.start(
+            get_backend(),
+            owner=await _owner(request, create=True),
+            caller=limits.caller_key(request),
             message=message,
             conversation_id=conversation_id,
             thread_id=thread_id,
-            with_history=backend.needs_history,
+            started=started,
         )
     except store.NotFound:
-        await slot.release()
         raise BadRequest("conversation not found", 404, code="not_found") from None
     except store.Busy:
-        await slot.release()
-        raise BadRequest(
-            "a reply is already streaming in this conversation; stop it or wait",
-            409,
-            code="conversation_busy",
-        ) from None
-    except BaseException:
-        await slot.release()
-        raise
-    reply = Reply(
-        backend=backend,
-        conversation=turn.conversation,
-        request=ReplyRequest(
-            message=message,
-            thread_id=turn.conversation.upstream_thread_id or None,
-            history=turn.history,
-        ),
-        started=started,
-        slot=slot,
-        log_fields=getattr(request, "log_fields", None),
-    )
-    reply.start()
+        raise BadRequest(BUSY, 409, code="conversation_busy") from None
     if _wants_json(request):
         body = await reply.collect()
-        status = 200
-        if body["error"]:
-            status = JSON_ERROR_STATUS.get(body["error"]["code"], 502)
+        error = body["error"]
+        status = JSON_ERROR_STATUS.get(error["code"], 502) if error else 200
         return json_response(body, status=status)
     return StreamingHttpResponse(
-        _sse_body(reply),
+        reply.sse(),
         content_type="text/event-stream; charset=utf-8",
         headers=SSE_HEADERS,
     )
@@ -169,24 +133,12 @@ async def _owned_conversation(
 
 async def post_stop(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = await _owned_conversation(request, conversation_id)
-    reply = ACTIVE.get(conversation.pk)
-    if reply is not None:
-        reply.stop(STOPPED)
-        return json_response(
-            {"status": "stopping", "conversation_id": str(conversation.pk)}
+    if not await relay.stop(conversation, get_backend()):
+        return json_error(
+            "nothing is streaming in this conversation", 409, code="not_streaming"
         )
-    if conversation.active_since and conversation.active_run_id:
-        # Streaming on another replica: cancelling the upstream run ends that
-        # stream there with status "cancelled".
-        backend = get_backend()
-        await backend.cancel(
-            conversation.upstream_thread_id, conversation.active_run_id
-        )
-        return json_response(
-            {"status": "stopping", "conversation_id": str(conversation.pk)}
-        )
-    return json_error(
-        "nothing is streaming in this conversation", 409, code="not_streaming"
+    return json_response(
+        {"status": "stopping", "conversation_id": str(conversation.pk)}
     )
 
 
@@ -212,20 +164,7 @@ async def delete_conversation(
     request: HttpRequest, conversation_id: uuid.UUID
 ) -> HttpResponse:
     conversation = await _owned_conversation(request, conversation_id)
-    reply = ACTIVE.get(conversation.pk)
-    if reply is not None and reply.task is not None:
-        reply.stop(STOPPED)
-        await asyncio.wait({reply.task}, timeout=CLEANUP_TIMEOUT)
-    if conversation.upstream_thread_id and conversation.backend == get_backend().alias:
-        try:
-            await get_backend().delete_thread(conversation.upstream_thread_id)
-        except Exception:
-            logger.warning(
-                "deleting upstream thread %s failed",
-                conversation.upstream_thread_id,
-                exc_info=True,
-            )
-    await conversation.adelete()
+    await relay.discard(conversation, get_backend())
     return HttpResponse(status=204)
 
 

@@ -24,6 +24,8 @@ from django.contrib.sessions.exceptions import SessionInterrupted
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, csp, csrf, security
 
+from chatsite import requestlog
+
 
 class InlineHooksMixin:
     """Replaces `MiddlewareMixin.__acall__` with one that does not hop threads."""
@@ -104,7 +106,7 @@ access_logger = logging.getLogger("chatsite.request")
 class RequestLogMiddleware:
     """One structured log line per request, with a request id (also sent back in
     `X-Request-ID`). Streaming responses are logged when the stream ends, with
-    what the view put in `request.log_fields` (time to first chunk, chunk count).
+    what was added with `requestlog.annotate` (time to first chunk, chunk count).
     Never logs bodies, message content, tokens or secrets."""
 
     sync_capable = False
@@ -120,15 +122,15 @@ class RequestLogMiddleware:
         request.request_id = (
             incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         )
-        request.log_fields = {}
+        fields = requestlog.begin()
         response = await self.get_response(request)
         response["X-Request-ID"] = request.request_id
         if response.streaming and response.is_async:
             response.streaming_content = self._logged(
-                request, response, started, response.streaming_content
+                request, response, started, fields, response.streaming_content
             )
         else:
-            self._log(request, response, started)
+            self._log(request, response, started, fields)
         return response
 
     async def _logged(
@@ -136,16 +138,21 @@ class RequestLogMiddleware:
         request: HttpRequest,
         response: HttpResponseBase,
         started: float,
+        fields: dict[str, Any],
         content: AsyncIterator[bytes],
     ) -> AsyncIterator[bytes]:
         try:
             async for part in content:
                 yield part
         finally:
-            self._log(request, response, started)
+            self._log(request, response, started, fields)
 
     def _log(
-        self, request: HttpRequest, response: HttpResponseBase, started: float
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        started: float,
+        fields: dict[str, Any],
     ) -> None:
         access_logger.info(
             "%s %s %s",
@@ -158,6 +165,6 @@ class RequestLogMiddleware:
                 "path": request.path,
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                **request.log_fields,
+                **fields,
             },
         )

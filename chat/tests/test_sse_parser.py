@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from chat import sse
+from chat import frames
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 PARSER = BASE_DIR / "static" / "chat" / "sse.js"
@@ -98,9 +98,16 @@ def test_it_parses_the_shared_vectors(
 
 
 def encoded_reply() -> tuple[bytes, list[dict[str, Any]]]:
-    """A reply framed by chat/sse.py, and the events it must parse back to."""
-    payloads: list[tuple[int, dict[str, Any]]] = [
-        (0, {"type": "metadata", "conversation_id": "c1", "agent": "Agent «Ω»"}),
+    """A reply framed by chat/frames.py, and the events it must parse back to."""
+    replies: list[frames.Frame] = [
+        frames.Metadata(
+            conversation_id="c1",
+            thread_id=None,
+            message_id="m1",
+            backend="local",
+            agent="Agent «Ω»",
+            offline=True,
+        )
     ]
     texts = [
         "Hello",
@@ -113,25 +120,27 @@ def encoded_reply() -> tuple[bytes, list[dict[str, Any]]]:
         "é" * 300,
         "",
     ]
-    for seq, text in enumerate(texts, start=1):
-        payloads.append((seq, {"type": "chunk", "content": text}))
-    payloads.append(
-        (
-            len(payloads),
-            {"type": "annotation", "kind": "url_citation", "text": "【4:0†source】"},
+    replies += [frames.Chunk(content=text) for text in texts]
+    replies.append(
+        frames.Annotation(kind="url_citation", text="【4:0†source】", url="https://e")
+    )
+    replies.append(
+        frames.Done(
+            full_response="".join(texts),
+            timestamp="2026-01-01T00:00:00+00:00",
+            message_id="m1",
+            conversation_id="c1",
+            status="cancelled",
+            usage=None,
         )
     )
-    payloads.append(
-        (len(payloads), {"type": "done", "status": "cancelled", "usage": None})
-    )
     body = b""
-    for seq, payload in payloads:
-        if payload["type"] == "chunk":
-            body += sse.encode_chunk(seq, payload["content"])
-        else:
-            body += sse.encode(seq, payload)
-        body += sse.KEEPALIVE
-    events = [{"id": str(seq), "data": payload} for seq, payload in payloads]
+    for seq, frame in enumerate(replies):
+        body += frames.encode(seq, frame) + frames.KEEPALIVE
+    events = [
+        {"id": str(seq), "data": frame.model_dump()}
+        for seq, frame in enumerate(replies)
+    ]
     return body, events
 
 

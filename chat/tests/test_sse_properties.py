@@ -1,5 +1,5 @@
 """Property tests of the SSE framing: whatever the text, and wherever the network
-splits the bytes, what chat/sse.py writes parses back to the same events.
+splits the bytes, what chat/frames.py writes parses back to the same events.
 
 The parser is a line-for-line Python port of the page's (static/chat/sse.js), so
 the shared vectors in sse_vectors.json check that the port and the page agree.
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from chat import sse
+from chat import frames
 
 VECTORS = json.loads((Path(__file__).parent / "sse_vectors.json").read_text())
 DIGITS = re.compile(r"^\d+$")
@@ -185,24 +185,40 @@ cut_lists = st.lists(st.integers(0, 10**9), max_size=30)
 @example(7, "\r\n\r\n")
 @example(1, "\ud7ff\ue000\U0010ffff")
 def test_it_round_trips_any_chunk_text(event_id: int, text: str) -> None:
-    body = sse.encode_chunk(event_id, text)
+    body = frames.encode(event_id, frames.Chunk(content=text))
     assert parse([body]) == [
         {"id": str(event_id), "data": {"type": "chunk", "content": text}}
     ]
 
 
-@given(event_ids, st.dictionaries(tricky_texts, json_values, max_size=6))
-def test_it_round_trips_any_json_frame(event_id: int, payload: dict) -> None:
-    body = sse.encode(event_id, payload)
-    assert parse([body]) == [{"id": str(event_id), "data": payload}]
+@given(
+    event_ids, tricky_texts, tricky_texts, st.dictionaries(tricky_texts, json_values)
+)
+def test_it_round_trips_any_json_frame(
+    event_id: int, text: str, code: str, usage: dict
+) -> None:
+    for frame in (
+        frames.Error(code=code, message=text, message_id=code, retry_after=1.5),
+        frames.Done(
+            full_response=text,
+            timestamp=code,
+            message_id=code,
+            conversation_id=text,
+            status="complete",
+            usage=usage,
+        ),
+        frames.Annotation(kind="file_citation", text=text, quote=code),
+    ):
+        body = frames.encode(event_id, frame)
+        assert parse([body]) == [{"id": str(event_id), "data": frame.model_dump()}]
 
 
 @given(event_ids, tricky_texts)
 def test_it_writes_each_frame_as_exactly_two_lines(event_id: int, text: str) -> None:
     # A raw CR or LF in the JSON would end the data line early.
     for body in (
-        sse.encode_chunk(event_id, text),
-        sse.encode(event_id, {"type": "error", "message": text}),
+        frames.encode(event_id, frames.Chunk(content=text)),
+        frames.encode(event_id, frames.Error(code="c", message=text, message_id="m")),
     ):
         head, data, blank = body.split(b"\n", 2)
         assert head == b"id: %d" % event_id
@@ -218,7 +234,7 @@ def test_it_writes_each_frame_as_exactly_two_lines(event_id: int, text: str) -> 
 def test_it_round_trips_huge_chunks_split_anywhere(
     event_id: int, text: str, cuts: list[int]
 ) -> None:
-    body = sse.encode_chunk(event_id, text)
+    body = frames.encode(event_id, frames.Chunk(content=text))
     events = parse(split_at(body, cuts))
     assert events == [{"id": str(event_id), "data": {"type": "chunk", "content": text}}]
 
@@ -227,22 +243,37 @@ def reply_stream(
     chunks: list[str], keepalives: list[bool]
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """A reply framed the way the view frames it, and the events it must give."""
-    frames = [(0, {"type": "metadata", "conversation_id": "c", "agent": "Ω"})]
-    frames += [
-        (n, {"type": "chunk", "content": text}) for n, text in enumerate(chunks, 1)
+    reply: list[frames.Frame] = [
+        frames.Metadata(
+            conversation_id="c",
+            thread_id="t",
+            message_id="m",
+            backend="local",
+            agent="Ω",
+            offline=True,
+        )
     ]
-    frames.append((len(frames), {"type": "done", "full_response": "".join(chunks)}))
+    reply += [frames.Chunk(content=text) for text in chunks]
+    reply.append(
+        frames.Done(
+            full_response="".join(chunks),
+            timestamp="now",
+            message_id="m",
+            conversation_id="c",
+            status="complete",
+            usage=None,
+        )
+    )
     body = b""
-    for (seq, payload), keepalive in zip(
-        frames, [*keepalives, *[False] * len(frames)], strict=False
+    for seq, (frame, keepalive) in enumerate(
+        zip(reply, [*keepalives, *[False] * len(reply)], strict=False)
     ):
         if keepalive:
-            body += sse.KEEPALIVE
-        if payload["type"] == "chunk":
-            body += sse.encode_chunk(seq, payload["content"])
-        else:
-            body += sse.encode(seq, payload)
-    return body, [{"id": str(seq), "data": payload} for seq, payload in frames]
+            body += frames.KEEPALIVE
+        body += frames.encode(seq, frame)
+    return body, [
+        {"id": str(seq), "data": frame.model_dump()} for seq, frame in enumerate(reply)
+    ]
 
 
 @given(

@@ -1,0 +1,99 @@
+"""The chat stream's frames: their shapes (pydantic models) and their bytes.
+
+Every frame is `id: <n>\\ndata: <one-line JSON>\\n\\n`, the format the earlier chat
+service used, so its clients keep working. JSON never contains a raw CR or LF
+(orjson escapes them), so one `data:` line always carries the whole payload.
+Comment frames (`: keep-alive`) keep idle connections open through proxies.
+
+The relay builds frames only through these models; `encode` is the one place
+that turns them into bytes, and the OpenAPI document takes their JSON Schemas
+from `FRAME_MODELS`.
+"""
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+KEEPALIVE = b": keep-alive\n\n"
+_CHUNK = b'id: %d\ndata: {"type":"chunk","content":%b}\n\n'
+_FRAME = b"id: %d\ndata: %b\n\n"
+
+
+def _unless_none(field_type: Any) -> Any:
+    """An optional field that is left out of the frame when it is None."""
+    return Annotated[field_type | None, Field(default=None, exclude_if=_is_none)]
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class Metadata(Frame):
+    """First frame: where the reply is stored and which agent writes it."""
+
+    type: Literal["metadata"] = "metadata"
+    conversation_id: str
+    thread_id: str | None
+    message_id: str
+    backend: str
+    agent: str
+    offline: bool
+    thread_reset: _unless_none(bool)
+    previous_thread_id: _unless_none(str)
+    notice: _unless_none(str)
+
+
+class Chunk(Frame):
+    """The next piece of the reply's text."""
+
+    type: Literal["chunk"] = "chunk"
+    content: str
+
+
+class Annotation(Frame):
+    """A citation the agent attached to the reply."""
+
+    type: Literal["annotation"] = "annotation"
+    kind: Literal["url_citation", "file_citation"]
+    text: str | None
+    url: _unless_none(str)
+    title: _unless_none(str)
+    file_id: _unless_none(str)
+    quote: _unless_none(str)
+
+
+class Done(Frame):
+    """The last frame of a reply that finished or was stopped."""
+
+    type: Literal["done"] = "done"
+    full_response: str
+    timestamp: str
+    message_id: str
+    conversation_id: str
+    status: Literal["complete", "cancelled"]
+    usage: dict[str, Any] | None
+
+
+class Error(Frame):
+    """The last frame of a reply that failed; `code` is stable, `message` human."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    message_id: str
+    retry_after: _unless_none(int | float)
+
+
+FRAME_MODELS: tuple[type[Frame], ...] = (Metadata, Chunk, Annotation, Done, Error)
+
+
+def encode(event_id: int, frame: Frame) -> bytes:
+    if type(frame) is Chunk:
+        # The hot path: one frame per delta, so it skips the generic dump.
+        return _CHUNK % (event_id, orjson.dumps(frame.content))
+    return _FRAME % (event_id, orjson.dumps(frame.model_dump()))
