@@ -10,17 +10,13 @@ per-event model classes.
 import asyncio
 import contextlib
 import logging
-import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from azure.ai.agents.aio import AgentsClient
 from azure.ai.agents.models import BaseAsyncAgentEventHandler
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -34,6 +30,13 @@ from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from django.conf import settings
 
+from chat.backends._azure import (
+    credential,
+    is_loopback,
+    project_endpoint,
+    project_endpoint_problems,
+)
+from chat.backends._errors import model_rate_limited
 from chat.backends.base import (
     INCOMPLETE,
     RATE_LIMITED,
@@ -55,77 +58,6 @@ from chat.backends.base import (
 logger = logging.getLogger(__name__)
 
 SCOPE = "https://ai.azure.com/.default"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-RETRY_IN = re.compile(r"(?:try again|retry) in (\d+(?:\.\d+)?) ?s", re.IGNORECASE)
-
-
-def project_endpoint() -> str:
-    """AZURE_AI_PROJECT_ENDPOINT, or the one the earlier service derived from
-    AZURE_AI_ENDPOINT (…cognitiveservices.azure.com) and AZURE_AI_PROJECT_NAME."""
-    if settings.AZURE_AI_PROJECT_ENDPOINT:
-        return settings.AZURE_AI_PROJECT_ENDPOINT.rstrip("/")
-    if settings.AZURE_AI_ENDPOINT and settings.AZURE_AI_PROJECT_NAME:
-        base = settings.AZURE_AI_ENDPOINT.rstrip("/").replace(
-            ".cognitiveservices.azure.com", ".services.ai.azure.com"
-        )
-        return f"{base}/api/projects/{settings.AZURE_AI_PROJECT_NAME}"
-    return ""
-
-
-def is_loopback(url: str) -> bool:
-    return (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
-
-
-def project_endpoint_problems(endpoint: str) -> list[str]:
-    """What is wrong with a Foundry project endpoint and the credential setting:
-    a dev token only for loopback (the emulator), and DefaultAzureCredential never
-    for it (its managed-identity probe must not run off Azure)."""
-    if not endpoint:
-        return [
-            "set AZURE_AI_PROJECT_ENDPOINT (or AZURE_AI_ENDPOINT and "
-            "AZURE_AI_PROJECT_NAME)"
-        ]
-    problems = []
-    loopback = is_loopback(endpoint)
-    if settings.AZURE_AI_CREDENTIAL == "dev" and not loopback:
-        problems.append(
-            "AZURE_AI_CREDENTIAL=dev is only accepted for a loopback endpoint"
-        )
-    if settings.AZURE_AI_CREDENTIAL == "default" and loopback:
-        problems.append(
-            "a loopback endpoint (the emulator) needs AZURE_AI_CREDENTIAL=dev"
-        )
-    if endpoint.startswith("http://") and not loopback:
-        problems.append("AZURE_AI_PROJECT_ENDPOINT must use https")
-    return problems
-
-
-class DevTokenCredential:
-    """A static bearer token, accepted only for loopback endpoints (the emulator)."""
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("dev-token", int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> "DevTokenCredential":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-
-def credential() -> Any:
-    """The credential AZURE_AI_CREDENTIAL names: a static dev token, or
-    DefaultAzureCredential (the managed identity chosen by AZURE_CLIENT_ID)."""
-    if settings.AZURE_AI_CREDENTIAL == "dev":
-        return DevTokenCredential()
-    from azure.identity.aio import DefaultAzureCredential
-
-    return DefaultAzureCredential(
-        managed_identity_client_id=settings.AZURE_CLIENT_ID or None
-    )
 
 
 class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):
@@ -290,17 +222,6 @@ def _run_failure(run: dict[str, Any]) -> BackendError:
     if code == "rate_limit_exceeded":
         return model_rate_limited(message)
     return BackendError(RUN_FAILED, f"the agent's run {status}: {code}: {message}")
-
-
-def model_rate_limited(message: str) -> BackendError:
-    """A run that failed on the model's rate limit; its message says when to retry
-    ("Try again in 20 seconds")."""
-    match = RETRY_IN.search(message)
-    return BackendError(
-        RATE_LIMITED,
-        message or "the agent's model is rate limited",
-        retry_after=float(match.group(1)) if match else None,
-    )
 
 
 class AzureAgentsBackend(ChatBackend):

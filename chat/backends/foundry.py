@@ -25,12 +25,13 @@ from django.conf import settings
 from openai import APIError, AsyncOpenAI, NotFoundError
 from openai.types.responses import Response
 
-from chat.backends.azure_agents import (
+from chat.backends._azure import (
     credential,
-    model_rate_limited,
     project_endpoint,
     project_endpoint_problems,
 )
+from chat.backends._errors import incomplete, model_rate_limited, stream_error
+from chat.backends._openai import api_error, http_client, stream_broke
 from chat.backends.base import (
     INCOMPLETE,
     RUN_FAILED,
@@ -45,13 +46,6 @@ from chat.backends.base import (
     ReplyRequest,
     RunStarted,
     ThreadReady,
-)
-from chat.backends.openai_compat import (
-    api_error,
-    http_client,
-    incomplete,
-    stream_broke,
-    stream_error,
 )
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,6 @@ optional `OPENAI_SYSTEM_PROMPT`. The thread id is ours (``oa_<hex>``). Stop clos
 the stream, which is what ends generation on these servers; `cancel` has nothing
 to call. A reply cut short by the token limit (finish_reason "length") or by the
 content filter ends with the `incomplete` error, keeping the text that arrived.
-
-The error mapping here serves the foundry backend too: both speak through the
-openai client.
 """
 
 import logging
@@ -19,30 +16,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx2
-from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import get_bearer_token_provider
 from django.conf import settings
-from openai import (
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    AsyncOpenAI,
-    DefaultAsyncHttpxClient,
-)
+from openai import AsyncOpenAI
 
-from chat.backends.azure_agents import (
-    RETRY_IN,
-    credential,
-    is_loopback,
-)
+from chat.backends._azure import credential, is_loopback
+from chat.backends._errors import INCOMPLETE_REASONS, incomplete
+from chat.backends._openai import api_error, http_client, stream_broke
 from chat.backends.base import (
     INCOMPLETE,
-    RATE_LIMITED,
-    RUN_FAILED,
     UPSTREAM_AUTH,
-    UPSTREAM_DISCONNECTED,
-    UPSTREAM_UNAVAILABLE,
     BackendError,
     ChatBackend,
     Completed,
@@ -60,107 +43,12 @@ AZURE_HOST_SUFFIXES = (".azure.com", ".azure.us", ".azure.cn")
 # The openai client insists on a key; servers without authentication ignore it.
 NO_KEY = "none"
 SERVICE = "the model server"
-SERVER_ERROR_CODES = frozenset(
-    {"server_error", "internal_error", "internal_server_error", "service_unavailable"}
-)
-# Why a reply stopped early, by finish_reason or Responses incomplete reason.
-INCOMPLETE_REASONS = {
-    "length": "the reply reached the model's output token limit",
-    "max_output_tokens": "the reply reached the model's output token limit",
-    "content_filter": "the content filter stopped the reply",
-}
 
 ApiKey = str | Callable[[], Awaitable[str]]
 
 
 def is_azure(url: str) -> bool:
     return (urlsplit(url).hostname or "").endswith(AZURE_HOST_SUFFIXES)
-
-
-def http_client() -> httpx2.AsyncClient:
-    """An HTTP pool as large as the other backends' (CHAT_UPSTREAM_MAX_CONNECTIONS)."""
-    limit = settings.CHAT_UPSTREAM_MAX_CONNECTIONS
-    return DefaultAsyncHttpxClient(
-        limits=httpx2.Limits(
-            max_connections=limit, max_keepalive_connections=min(limit, 100)
-        )
-    )
-
-
-def _retry_after(headers: httpx2.Headers) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        try:
-            return float(headers[name]) * scale
-        except (KeyError, ValueError):
-            continue
-    return None
-
-
-def api_error(exc: BaseException, service: str = SERVICE) -> BackendError:
-    """Turns an openai client exception raised before streaming into a stable
-    error; anything else is re-raised."""
-    if isinstance(exc, BackendError):
-        return exc
-    if isinstance(exc, APIStatusError):
-        status = exc.status_code
-        if status in (401, 403):
-            return BackendError(
-                UPSTREAM_AUTH, f"{service} refused our credentials (HTTP {status})"
-            )
-        if status == 429:
-            return BackendError(
-                RATE_LIMITED,
-                f"{service} is rate limiting requests; try again shortly",
-                retry_after=_retry_after(exc.response.headers),
-            )
-        if status >= 500:
-            return BackendError(
-                UPSTREAM_UNAVAILABLE, f"{service} failed (HTTP {status})"
-            )
-        detail = exc.body.get("message") if isinstance(exc.body, dict) else None
-        return BackendError(
-            RUN_FAILED,
-            f"{service} rejected the request (HTTP {status}): {detail or exc.message}",
-        )
-    if isinstance(exc, APIConnectionError):
-        return BackendError(UPSTREAM_UNAVAILABLE, f"could not reach {service}")
-    if isinstance(exc, ClientAuthenticationError):
-        return BackendError(UPSTREAM_AUTH, f"could not get a token: {exc.message}")
-    raise exc
-
-
-def stream_error(
-    code: str | None, message: str | None, *, service: str, default: str
-) -> BackendError:
-    """An error the service reported inside a stream, by its code."""
-    message = message or "no details"
-    if code == "rate_limit_exceeded":
-        match = RETRY_IN.search(message)
-        return BackendError(
-            RATE_LIMITED,
-            message,
-            retry_after=float(match.group(1)) if match else None,
-        )
-    if code in SERVER_ERROR_CODES:
-        default = UPSTREAM_UNAVAILABLE
-    return BackendError(default, f"{service} reported an error: {code}: {message}")
-
-
-def stream_broke(exc: Exception, service: str = SERVICE) -> BackendError:
-    """Maps what the openai client raises while iterating a stream."""
-    if isinstance(exc, APIConnectionError):
-        return BackendError(
-            UPSTREAM_DISCONNECTED, f"the connection to {service} was cut"
-        )
-    if isinstance(exc, APIError):
-        # A `{"error": ...}` object in the stream.
-        return stream_error(exc.code, exc.message, service=service, default=RUN_FAILED)
-    raise exc
-
-
-def incomplete(reason: str | None) -> BackendError:
-    message = INCOMPLETE_REASONS.get(reason or "")
-    return BackendError(INCOMPLETE, message or f"the reply stopped early ({reason})")
 
 
 def history_messages(request: ReplyRequest) -> list[dict[str, str]]:
@@ -262,7 +150,7 @@ class OpenAIBackend(ChatBackend):
                 stream_options={"include_usage": True},
             )
         except Exception as exc:
-            raise api_error(exc) from exc
+            raise api_error(exc, SERVICE) from exc
         run_id = finish_reason = None
         usage = None
         try:
@@ -282,7 +170,7 @@ class OpenAIBackend(ChatBackend):
                             "total_tokens": chunk.usage.total_tokens,
                         }
         except Exception as exc:
-            raise stream_broke(exc) from exc
+            raise stream_broke(exc, SERVICE) from exc
         if finish_reason is None:
             raise BackendError(INCOMPLETE, "the model's reply ended before it finished")
         if finish_reason in INCOMPLETE_REASONS:
