@@ -1,26 +1,48 @@
-"""The JSON API's cross-cutting pieces: errors, body parsing, method dispatch,
-authentication (session or API key) and CSRF for cookie-authenticated writes.
+"""The JSON API's cross-cutting pieces: errors, body parsing and validation, method
+dispatch, authentication (session or API key) and CSRF for cookie-authenticated
+writes.
 
 View bodies show only the HTTP contract; everything here is applied by decorators.
 """
 
 import functools
 import hashlib
+import itertools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import orjson
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 Handler = Callable[..., Awaitable[HttpResponse]]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+INVALID_FIELDS = "invalid fields"
+# NUL as a regex escape that JSON Schema (ECMA-262) and Python read alike.
+NUL = "\\u0000"
+# What a client is told for pydantic's own errors; `Text` words its own.
+ERROR_MESSAGES = {
+    "missing": "this field is required",
+    "extra_forbidden": "unknown field",
+    "string_type": "must be a string",
+    "bool_type": "must be a boolean",
+}
 
 
 def json_response(
@@ -99,6 +121,156 @@ def parse_json_object(request: HttpRequest) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+class JsonBody(BaseModel):
+    """The shape of a JSON request body, the one definition that validates it
+    (`validate`, `parse_body`) and documents it (the OpenAPI components).
+
+    Types are strict, as JSON has them (no "1" for 1, no 1 for true), and unknown
+    keys are refused. A refusal is a 400 `{"error": "invalid fields", "fields":
+    {name: [message, ...]}}`; a body sets `first_problem_only` to answer with its
+    first problem alone, as the `error` and the one field, and `error_code` to add
+    a `code`. `error_message` words each problem.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    error_code: ClassVar[str | None] = None
+    first_problem_only: ClassVar[bool] = False
+
+    @classmethod
+    def error_message(cls, error: ErrorDetails) -> str:
+        return ERROR_MESSAGES.get(error["type"], error["msg"])
+
+
+def validate[Body: JsonBody](data: dict[str, Any], model: type[Body]) -> Body:
+    """`data` as a `model`, or BadRequest (400) with what is wrong, by field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _refusal(model, exc) from None
+
+
+def parse_body[Body: JsonBody](request: HttpRequest, model: type[Body]) -> Body:
+    """The request's JSON object as a `model`: `parse_json_object`, then `validate`."""
+    return validate(parse_json_object(request), model)
+
+
+def _refusal(model: type[JsonBody], exc: ValidationError) -> BadRequest:
+    fields: dict[str, list[str]] = {}
+    for error in sorted(exc.errors(include_url=False), key=_unknown_keys_first):
+        name = str(error["loc"][0]) if error["loc"] else NON_FIELD_ERRORS
+        fields.setdefault(name, []).append(model.error_message(error))
+    if model.first_problem_only:
+        name, (message, *_) = next(iter(fields.items()))
+        return BadRequest(message, code=model.error_code, fields={name: [message]})
+    return BadRequest(INVALID_FIELDS, code=model.error_code, fields=fields)
+
+
+def _unknown_keys_first(error: ErrorDetails) -> tuple[bool, str]:
+    # Then the model's fields in their order (sorting is stable).
+    if error["type"] == "extra_forbidden":
+        return False, str(error["loc"][0])
+    return True, ""
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """The rules for a JSON string, `Annotated[str, Text(...)]`, which validate it
+    and give its JSON Schema alike.
+
+    NUL is always refused: PostgreSQL text cannot hold it. With `strip` the value
+    is kept stripped (str.strip()) and the lengths count what is left; `needs_text`
+    asks for more than whitespace; `max_length` may be a callable, read when
+    validating (a setting). `enforce_limits=False` documents the lengths without
+    checking them, for a model field whose full_clean() checks them. (A stripped
+    Text takes a min_length of 0 or 1 and a max_length of at least 2.)
+
+    The schema is one `pattern` that accepts exactly the strings validation
+    accepts, with minLength/maxLength where nothing is stripped.
+    """
+
+    strip: bool = False
+    needs_text: bool = False
+    min_length: int = 0
+    max_length: int | Callable[[], int] | None = None
+    enforce_limits: bool = True
+
+    def limit(self) -> int | None:
+        return self.max_length() if callable(self.max_length) else self.max_length
+
+    def clean(self, value: str) -> str:
+        if self.strip:
+            value = value.strip()
+        enforce = self.enforce_limits
+        if enforce and self.needs_text and not value.strip():
+            raise PydanticCustomError("blank", "must not be blank")
+        if enforce and len(value) < self.min_length:
+            raise PydanticCustomError(
+                "too_short",
+                "is shorter than {min_length} characters",
+                {"min_length": self.min_length},
+            )
+        if "\x00" in value:
+            raise PydanticCustomError("nul", "must not contain NUL characters")
+        limit = self.limit() if enforce else None
+        if limit is not None and len(value) > limit:
+            raise PydanticCustomError(
+                "too_long",
+                "is longer than {max_length} characters",
+                {"max_length": limit},
+            )
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.clean, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        limit = self.limit()
+        if self.strip:
+            json_schema["pattern"] = self._stripped_pattern(limit)
+            return json_schema
+        json_schema["pattern"] = (
+            f"^[^{NUL}]*[^{NUL}{_spaces()}][^{NUL}]*$"
+            if self.needs_text
+            else f"^[^{NUL}]*$"
+        )
+        if self.min_length:
+            json_schema["minLength"] = self.min_length
+        if limit is not None:
+            json_schema["maxLength"] = limit
+        return json_schema
+
+    def _stripped_pattern(self, limit: int | None) -> str:
+        # Whitespace around up to `limit` characters that start and end with one
+        # strip() keeps.
+        space = _spaces()
+        kept = f"[^{NUL}{space}]"
+        between = "*" if limit is None else f"{{0,{limit - 2}}}"
+        text = f"{kept}([^{NUL}]{between}{kept})?"
+        if not self.min_length:
+            text = f"({text})?"
+        return f"^[{space}]*{text}[{space}]*$"
+
+
+@functools.cache
+def _spaces() -> str:
+    """What str.strip() removes, as the inside of a regex character class."""
+    # No character beyond the BMP is whitespace.
+    codes = [code for code in range(0x10000) if chr(code).isspace()]
+    runs = itertools.groupby(enumerate(codes), lambda pair: pair[1] - pair[0])
+    ranges = []
+    for _, run in runs:
+        first, *rest = [code for _, code in run]
+        last = rest[-1] if rest else first
+        ranges.append(f"\\u{first:04x}" + (f"-\\u{last:04x}" if last != first else ""))
+    return "".join(ranges)
 
 
 def hash_api_key(raw_key: str) -> str:

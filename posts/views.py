@@ -6,18 +6,19 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
 
 from chatsite.api import (
+    INVALID_FIELDS,
     BadRequest,
     api_view,
     json_response,
     parse_json_object,
     require_permission,
+    validate,
 )
 from posts.models import Post
+from posts.schemas import PostInput, PostPatch
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-FIELDS: dict[str, type] = {"title": str, "body": str, "published": bool}
-REQUIRED = ("title", "body")
 # PostgreSQL text cannot hold NUL, so it is refused here rather than failing there.
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
@@ -69,24 +70,17 @@ def _page_link(request: HttpRequest, limit: int, offset: int) -> str:
 
 def _apply_fields(post: Post, data: dict[str, Any], *, partial: bool) -> None:
     """Copies JSON fields onto `post` and validates them; saves nothing."""
-    errors: dict[str, list[str]] = {}
-    for name in sorted(set(data) - set(FIELDS)):
-        errors[name] = ["unknown field"]
-    for name, kind in FIELDS.items():
-        if name not in data:
-            if not partial and name in REQUIRED:
-                errors[name] = ["this field is required"]
-            continue
-        value = data[name]
-        if type(value) is not kind:
-            errors[name] = [f"must be a {'boolean' if kind is bool else 'string'}"]
-            continue
-        if kind is str and NUL in value:
-            errors[name] = [NUL_MESSAGE]
-            continue
-        setattr(post, name, value.strip() if name == "title" else value)
-    if not partial and "published" not in data:
-        post.published = False
+    try:
+        fields = validate(data, PostPatch if partial else PostInput).model_dump()
+        errors: dict[str, list[str]] = {}
+    except BadRequest as exc:
+        # The right fields are copied all the same, so the row check below adds
+        # only what the request leaves wrong (a new post's missing title, say).
+        errors = exc.fields or {}
+        right = {name: value for name, value in data.items() if name not in errors}
+        fields = PostPatch.model_validate(right).model_dump()
+    for name, value in fields.items():
+        setattr(post, name, value)
     try:
         post.full_clean(
             exclude=["author"], validate_unique=False, validate_constraints=False
@@ -95,7 +89,7 @@ def _apply_fields(post: Post, data: dict[str, Any], *, partial: bool) -> None:
         for name, messages in exc.message_dict.items():
             errors.setdefault(name, []).extend(messages)
     if errors:
-        raise BadRequest("invalid fields", fields=errors)
+        raise BadRequest(INVALID_FIELDS, fields=errors)
 
 
 async def _can_see_drafts(request: HttpRequest) -> bool:
