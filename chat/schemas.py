@@ -1,0 +1,55 @@
+"""The chat API's request body."""
+
+import uuid
+from typing import Annotated, Any, ClassVar
+
+from django.conf import settings
+from pydantic import BeforeValidator, ConfigDict, Field
+from pydantic_core import ErrorDetails
+
+from chat.backends.base import INVALID_REQUEST
+from chatsite.api import JsonBody, Text
+
+THREAD_ID = "^[A-Za-z0-9_-]{1,200}$"
+# How a conversation id is written; any form uuid.UUID() reads is accepted.
+CANONICAL_UUID = "^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"
+
+
+def _max_message_chars() -> int:
+    return settings.CHAT_MAX_MESSAGE_CHARS
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(str(value))
+
+
+class ChatRequest(JsonBody):
+    """A message for the agent: a new conversation, or the next message of
+    `conversation_id`. Other keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    # The first problem alone, named in `error`, as chat clients have always had it.
+    first_problem_only = True
+    error_code = INVALID_REQUEST
+
+    message: Annotated[str, Text(needs_text=True, max_length=_max_message_chars)]
+    thread_id: Annotated[str, Field(pattern=THREAD_ID)] | None = None
+    conversation_id: Annotated[
+        Annotated[uuid.UUID, Field(json_schema_extra={"pattern": CANONICAL_UUID})]
+        | None,
+        BeforeValidator(_uuid),
+    ] = None
+
+    # Each field's message for whatever is wrong with it, but NUL and length.
+    FIELD_ERRORS: ClassVar[dict[str, str]] = {
+        "message": "message must be a non-empty string",
+        "thread_id": "thread_id is not a valid thread id",
+        "conversation_id": "conversation_id is not a valid UUID",
+    }
+
+    @classmethod
+    def error_message(cls, error: ErrorDetails) -> str:
+        name = str(error["loc"][0])
+        if error["type"] in ("nul", "too_long"):
+            return f"{name} {error['msg']}"
+        return cls.FIELD_ERRORS[name]
