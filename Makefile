@@ -73,7 +73,7 @@ run: install
 
 .PHONY: emulator
 emulator: install
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py agent_emulator --port $${EMULATOR_PORT:-8765}
+	$(PY) -m emulator --port $${EMULATOR_PORT:-8765}
 
 $(VENV)/.bench: bench/requirements.txt requirements.txt | $(PY)
 	$(PY) -m pip install -q -r bench/requirements.txt

@@ -1,6 +1,6 @@
 """The Agents emulator as the benchmark's upstream: `python bench/emulator.py --port N`.
 
-The same server as `manage.py agent_emulator` (chat.emulator.AgentsEmulator), with
+The same server as `python -m emulator` (emulator.AgentsEmulator), with
 two changes that keep the load generator out of the measurement: it runs on uvloop,
 and it listens with a deep accept queue (aiohttp's default of 128 drops SYNs when
 1,000 app connections arrive at once, and each drop costs the app a 1 s retry).
@@ -17,10 +17,13 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-# Appended, so a PYTHONPATH entry can supply another copy of the emulator.
-sys.path.append(str(Path(__file__).resolve().parent.parent))
+# Appended, so a PYTHONPATH entry can supply another copy of the emulator; the
+# script's own folder goes, as this file's name would shadow the package.
+BENCH = Path(__file__).resolve().parent
+sys.path = [entry for entry in sys.path if Path(entry).resolve() != BENCH]
+sys.path.append(str(BENCH.parent))
 
-from chat.emulator import AgentsEmulator
+from emulator import AgentsEmulator  # noqa: E402
 
 BACKLOG = 4096
 

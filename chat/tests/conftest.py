@@ -10,7 +10,7 @@ from django.db import connections
 from django.test import AsyncClient
 
 from chat.backends import aclose_all
-from chat.emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
+from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 
 
 @pytest.fixture(autouse=True)

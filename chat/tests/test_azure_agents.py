@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from django.test import AsyncClient
 
-from chat.emulator import AgentsEmulator
 from chat.models import Conversation, Message
 from chat.tests.conftest import chat, data_frames, parse_sse, read_stream
+from emulator import AgentsEmulator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,9 +9,9 @@ from django.test import AsyncClient
 from chat.backends import get_backend
 from chat.backends.base import Completed, Delta, ReplyRequest, RunStarted, ThreadReady
 from chat.backends.local import demo_reply
-from chat.emulator import AgentsEmulator
 from chat.models import Conversation, Message
 from chat.tests.conftest import chat, data_frames, parse_sse, read_stream
+from emulator import AgentsEmulator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

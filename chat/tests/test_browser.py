@@ -26,9 +26,9 @@ from playwright.async_api import (
     expect,
 )
 
-from chat.emulator import EmulatorConfig, EmulatorThread
 from chat.models import Message
 from chatsite.testing import LiveServer
+from emulator import EmulatorConfig, EmulatorThread
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -20,10 +20,10 @@ import httpx
 import pytest
 from django.db import connection
 
-from chat.emulator import EmulatorConfig, EmulatorThread
 from chat.models import Conversation, Message
 from chat.tests.test_live import azure_env, wait_for
 from chatsite.testing import LiveServer, start_server
+from emulator import EmulatorConfig, EmulatorThread
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 

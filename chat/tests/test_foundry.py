@@ -8,7 +8,6 @@ import asyncio
 import pytest
 from django.test import AsyncClient
 
-from chat.emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 from chat.models import Conversation, Message
 from chat.tests.conftest import (
     chat,
@@ -17,6 +16,7 @@ from chat.tests.conftest import (
     parse_sse,
     read_stream,
 )
+from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

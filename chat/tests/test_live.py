@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from chat.emulator import FOUNDRY_AGENT_NAME, EmulatorConfig, EmulatorThread
 from chat.models import Conversation, Message
 from chatsite.testing import LiveServer
+from emulator import FOUNDRY_AGENT_NAME, EmulatorConfig, EmulatorThread
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 

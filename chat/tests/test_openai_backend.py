@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from django.test import AsyncClient
 
-from chat.emulator import AgentsEmulator
 from chat.models import Conversation, Message
 from chat.tests.conftest import (
     chat,
@@ -16,6 +15,7 @@ from chat.tests.conftest import (
     parse_sse,
     read_stream,
 )
+from emulator import AgentsEmulator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -29,8 +29,8 @@ from openai.types.responses import (
     ResponseIncompleteEvent,
 )
 
-from chat.backends.azure_agents import DevTokenCredential
-from chat.emulator import FOUNDRY_AGENT_NAME, AgentsEmulator, EmulatorConfig
+from chat.backends._azure import DevTokenCredential
+from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator, EmulatorConfig
 
 AGENT = {"agent_reference": {"name": FOUNDRY_AGENT_NAME, "type": "agent_reference"}}
 RESPONSE_EVENTS = [

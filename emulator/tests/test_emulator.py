@@ -37,7 +37,7 @@ from azure.core.pipeline.policies import (
     BearerTokenCredentialPolicy,
 )
 
-from chat.emulator import AgentsEmulator, EmulatorConfig, EmulatorThread
+from emulator import AgentsEmulator, EmulatorConfig, EmulatorThread
 
 SCOPE = "https://ai.azure.com/.default"
 TERMINAL = ("thread.run.completed", "thread.run.failed", "thread.run.cancelled")
@@ -654,12 +654,19 @@ async def test_it_refuses_non_loopback_hosts() -> None:
         await AgentsEmulator().start(host="0.0.0.0")
 
 
-def test_the_management_command_serves_until_sigterm() -> None:
-    root = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY_POINTS = {
+    "module": [sys.executable, "-m", "emulator"],
+    "manage.py": [sys.executable, "manage.py", "agent_emulator"],
+}
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_it_serves_from_the_command_line_until_sigterm(command: list[str]) -> None:
     env = {**os.environ, "DJANGO_DEBUG": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "agent_emulator", "--port", "0"],
-        cwd=root,
+        [*command, "--port", "0"],
+        cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -667,7 +674,7 @@ def test_the_management_command_serves_until_sigterm() -> None:
     )
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(4)]
+        lines = [process.stdout.readline() for _ in range(16)]
         endpoint = lines[3].strip().removeprefix("AZURE_AI_PROJECT_ENDPOINT=")
         base = endpoint.removesuffix("/api/projects/emulator")
         with urlopen(f"{base}/_emulator/health", timeout=5) as response:
@@ -676,11 +683,16 @@ def test_the_management_command_serves_until_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
+    settings = [line.strip() for line in lines if line.startswith("  ")]
+    for backend in ("azure_agents", "foundry", "openai"):
+        assert f"CHAT_BACKEND={backend}" in settings
+    assert "AZURE_AI_AGENT_NAME=emulator-agent" in settings
+    assert f"OPENAI_BASE_URL={base}/v1" in settings
     assert "Emulator stopped." in out
 
     refused = subprocess.run(
-        [sys.executable, "manage.py", "agent_emulator", "--host", "0.0.0.0"],
-        cwd=root,
+        [*command, "--host", "0.0.0.0"],
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -688,3 +700,22 @@ def test_the_management_command_serves_until_sigterm() -> None:
     )
     assert refused.returncode != 0
     assert "--allow-remote" in refused.stderr
+
+
+def test_the_management_command_says_when_the_emulator_is_absent() -> None:
+    # As in the production image, which leaves the emulator out.
+    absent = (
+        "import runpy, sys; sys.modules['emulator'] = None; "
+        "sys.argv = ['manage.py', 'agent_emulator']; "
+        "runpy.run_path('manage.py', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", absent],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "CommandError: The emulator is not available" in result.stderr

@@ -4,6 +4,8 @@ It speaks the wire protocol azure-ai-agents 1.1.0 (`AgentsClient`, sync and asyn
 expects, so the app, its tests, benchmarks and a user's CI can run with no Azure
 account. Give the SDK `emulator.endpoint` (``http://127.0.0.1:PORT/api/projects/
 emulator``; any project name and any ``api-version`` work) and `emulator.agent_id`.
+``python -m emulator`` serves it until Ctrl-C and prints the settings that point
+the app at it.
 
 Served under ``{endpoint}``: ``GET /assistants/{id}``; ``POST /threads``;
 ``POST /threads/runs``; ``GET|DELETE /threads/{id}``; ``POST|GET
