@@ -16,28 +16,24 @@ incomplete behave as for runs. An http_404 fault is an unknown model.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import secrets
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .config import CHAT_COMPLETION_CREATE
-from .faults import ApiError, bad_request
-from .responses import (
-    SSE_HEADERS,
-    PacedReply,
+from .faults import check_http_fault
+from .http import (
+    ApiError,
     Route,
-    check_http_fault,
+    bad_request,
     content_text,
-    last_user_text,
+    open_stream,
     read_json,
     sse_frame,
 )
-from .store import Message, now
-from .stream import SERVER_ERROR, HoldGate, Token, reply_tokens
+from .store import ChatCompletion, Message, last_user_text
+from .stream import SERVER_ERROR, ConnectionReply, HoldGate, Token, reply_tokens
 
 if TYPE_CHECKING:
     from .server import AgentsEmulator
@@ -51,43 +47,7 @@ MODEL_ERROR = {
 FINISH_REASONS = {"max_tokens": "length", "content_filter": "content_filter"}
 
 
-@dataclass
-class ChatCompletion:
-    model: str
-    id: str = field(default_factory=lambda: f"chatcmpl-{secrets.token_hex(12)}")
-    created: int = field(default_factory=now)
-    status: str = "in_progress"
-    text: str = ""
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None
-    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    @property
-    def active(self) -> bool:
-        return self.status == "in_progress"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The whole completion, as answered without streaming."""
-        message = {"role": "assistant", "content": self.text, "refusal": None}
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": self.finish_reason,
-                }
-            ],
-            "usage": self.usage,
-        }
-
-
-class CompletionStream(PacedReply):
+class CompletionStream(ConnectionReply):
     def __init__(
         self,
         *,
@@ -142,7 +102,7 @@ class CompletionStream(PacedReply):
         await self._chunk({}, finish_reason=reason)
         if self.include_usage:
             await self._send(sse_frame(self._base(choices=[], usage=completion.usage)))
-        await self._send("data: [DONE]\n\n")
+        await self._send(sse_frame("[DONE]"))
 
     def _stop(self, status: str) -> None:
         self.completion.status = status
@@ -175,10 +135,6 @@ class CompletionStream(PacedReply):
             "finish_reason": finish_reason,
         }
         await self._send(sse_frame(self._base(choices=[choice])), record)
-
-    async def _send(self, frame: str, record: tuple[int, str] | None = None) -> None:
-        if self.sink is not None:
-            await self.sink.send(frame, record)
 
 
 class ChatCompletionsApi:
@@ -223,9 +179,7 @@ class ChatCompletionsApi:
             if completion.status == "failed":
                 raise ApiError(500, "server_error", SERVER_ERROR["message"])
             return web.json_response(completion.to_dict())
-        response = web.StreamResponse(headers=SSE_HEADERS)
-        response.enable_chunked_encoding()
-        await response.prepare(request)
+        response = await open_stream(request)
         await stream.serve(request, response)
         return response
 

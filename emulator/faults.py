@@ -1,78 +1,26 @@
-"""Error replies: the service's JSON error body and the injectable HTTP faults.
+"""Injected HTTP faults: whether one hits a call, and the error it answers with.
 
-The SDK reads `{"error": {"code", "message", "type", "param"}}` for every non-200
-status; only `http_500_html` breaks that on purpose, as a misbehaving proxy would.
+Stream faults strike inside a reply, in `stream.PacedReply`.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from aiohttp import web
-
-_HTML_500 = (
-    "<!DOCTYPE html>\n<html><head><title>500 Internal Server Error</title></head>"
-    "<body><h1>Internal Server Error</h1></body></html>\n"
-)
+from .config import HTTP_FAULTS, EmulatorConfig
+from .http import ApiError, not_found
 
 
-class ApiError(Exception):
-    """Raised by handlers; the emulator middleware turns it into the reply."""
+def check_http_fault(
+    config: EmulatorConfig, operation: str, missing: tuple[str, str]
+) -> None:
+    """Raises the HTTP fault `config` aims at `operation`, if any.
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        error_type: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-        html: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.error_type = error_type
-        self.headers = headers or {}
-        self.html = html
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "type": self.error_type,
-                "param": None,
-            }
-        }
-
-    def to_response(self) -> web.Response:
-        if self.html:
-            return web.Response(
-                status=self.status,
-                text=_HTML_500,
-                content_type="text/html",
-                headers=self.headers,
-            )
-        return web.Response(
-            status=self.status,
-            text=json.dumps(self.body()),
-            content_type="application/json",
-            headers=self.headers,
-        )
+    `missing` is the (kind, id) an http_404 says it could not find.
+    """
+    if config.fault in HTTP_FAULTS and config.aims_at(operation):
+        raise http_fault(config.fault, missing=missing, retry_after=config.retry_after)
 
 
-def not_found(kind: str, ident: str) -> ApiError:
-    return ApiError(404, "not_found", f"No {kind} found with id '{ident}'.")
-
-
-def bad_request(message: str, code: str = "invalid_request_error") -> ApiError:
-    return ApiError(400, code, message)
-
-
-def http_fault(fault: str, *, thread_id: str | None, retry_after: int) -> ApiError:
+def http_fault(fault: str, *, missing: tuple[str, str], retry_after: int) -> ApiError:
     """The error an injected HTTP fault answers with, worded like the service."""
     match fault:
         case "http_401":
@@ -92,7 +40,7 @@ def http_fault(fault: str, *, thread_id: str | None, retry_after: int) -> ApiErr
                 error_type="permission_error",
             )
         case "http_404":
-            return not_found("thread", thread_id or "thread_unknown")
+            return not_found(*missing)
         case "http_429":
             return ApiError(
                 429,

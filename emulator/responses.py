@@ -1,5 +1,4 @@
-"""The OpenAI Responses API of new Foundry agents, and the pieces the chat
-completions API shares with it (the paced reply loop, the frame sink).
+"""The OpenAI Responses API of new Foundry agents, with its conversations.
 
 azure-ai-projects 2.x's `get_openai_client()` points the openai client at
 ``{endpoint}/openai/v1``; served there: ``POST /conversations``, ``GET|DELETE
@@ -29,28 +28,33 @@ emulator does not run, so it answers 400 as the service does for the others.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import json
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .config import HTTP_FAULTS, RESPONSE_CREATE, STREAM_FAULTS, EmulatorConfig
-from .faults import ApiError, bad_request, http_fault, not_found
-from .store import Message, new_id, now
+from .config import RESPONSE_CREATE
+from .faults import check_http_fault
+from .http import (
+    ApiError,
+    Route,
+    bad_request,
+    content_text,
+    deleted,
+    find,
+    metadata,
+    open_stream,
+    read_json,
+    sse_frame,
+)
+from .store import Conversation, Message, Response, last_user_text
 from .stream import (
     CITATION_FILE_ID,
     CITATION_TITLE,
     CITATION_URL,
     SERVER_ERROR,
+    ConnectionReply,
     HoldGate,
-    RecordedDelta,
     Token,
     reply_tokens,
 )
@@ -58,379 +62,12 @@ from .stream import (
 if TYPE_CHECKING:
     from .server import AgentsEmulator
 
-logger = logging.getLogger("chat.emulator")
-
 FOUNDRY_AGENT_NAME = "emulator-agent"
 FOUNDRY_AGENT_VERSION = "1"
 CITATION_FILENAME = "agents-overview.md"
-# How often a reply that is sending nothing checks that its client is still there.
-CLIENT_POLL_SECONDS = 0.02
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-}
-ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Route = tuple[str, str, Handler, str]
 
 
-@dataclass
-class Conversation:
-    metadata: dict[str, Any] = field(default_factory=dict)
-    id: str = field(default_factory=lambda: new_id("conv"))
-    created_at: int = field(default_factory=now)
-    messages: list[Message] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "conversation",
-            "created_at": self.created_at,
-            "metadata": self.metadata,
-        }
-
-
-@dataclass
-class Response:
-    model: str
-    conversation_id: str | None
-    agent: dict[str, Any] | None
-    id: str = field(default_factory=lambda: new_id("resp"))
-    item_id: str = field(default_factory=lambda: new_id("msg"))
-    created_at: int = field(default_factory=now)
-    status: str = "in_progress"
-    text: str = ""
-    annotations: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, str] | None = None
-    incomplete_details: dict[str, str] | None = None
-    usage: dict[str, Any] | None = None
-    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
-
-    def content_part(self) -> dict[str, Any]:
-        return {
-            "type": "output_text",
-            "text": self.text,
-            "annotations": self.annotations,
-            "logprobs": [],
-        }
-
-    def item(self, status: str, *, with_content: bool = True) -> dict[str, Any]:
-        return {
-            "id": self.item_id,
-            "type": "message",
-            "status": status,
-            "role": "assistant",
-            "content": [self.content_part()] if with_content else [],
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.active:
-            output = [self.item("in_progress")] if self.text else []
-        else:
-            status = "completed" if self.status == "completed" else "incomplete"
-            output = [self.item(status)]
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": self.status,
-            "background": False,
-            "error": self.error,
-            "incomplete_details": self.incomplete_details,
-            "instructions": None,
-            "max_output_tokens": None,
-            "model": self.model,
-            "output": output,
-            "parallel_tool_calls": True,
-            "previous_response_id": None,
-            "store": True,
-            "temperature": 1.0,
-            "text": {"format": {"type": "text"}},
-            "tool_choice": "auto",
-            "tools": [],
-            "top_p": 1.0,
-            "truncation": "disabled",
-            "usage": self.usage,
-            "metadata": {},
-            "conversation": (
-                {"id": self.conversation_id} if self.conversation_id else None
-            ),
-            "agent_reference": self.agent,
-        }
-
-
-# -- shared by the OpenAI-protocol APIs -----------------------------------------
-
-
-class FrameSink:
-    """Writes a reply's frames as chunks of one response; detaches (and calls
-    `on_gone`) when a write finds the client gone."""
-
-    def __init__(
-        self,
-        request: web.BaseRequest,
-        response: web.StreamResponse,
-        *,
-        run_id: str,
-        thread_id: str,
-        deltas: list[RecordedDelta],
-        on_gone: Callable[[], None],
-    ) -> None:
-        self._request = request
-        self._response = response
-        self._run_id = run_id
-        self._thread_id = thread_id
-        self._deltas = deltas
-        self._on_gone = on_gone
-        self.attached = True
-
-    async def send(self, frame: str, delta: tuple[int, str] | None = None) -> None:
-        if not self.attached:
-            return
-        wall, mono = time.time(), time.monotonic()
-        try:
-            await self._response.write(frame.encode())
-        except ConnectionError:
-            self.attached = False
-            self._on_gone()
-            return
-        if delta is not None:
-            index, text = delta
-            self._deltas.append(
-                RecordedDelta(self._run_id, self._thread_id, index, text, wall, mono)
-            )
-
-    async def end(self) -> None:
-        if self.attached:
-            self.attached = False
-            with contextlib.suppress(ConnectionError):
-                await self._response.write_eof()
-
-    def cut(self) -> None:
-        """Closes the socket inside the chunked body, as a dropped connection does."""
-        self.attached = False
-        if self._request.transport is not None:
-            self._request.transport.close()
-
-
-class PacedReply:
-    """One reply of an OpenAI-protocol API, tied to its client's connection.
-
-    `drive` sends the tokens at the configured pace, holds and applies stream
-    faults as a classic run does; subclasses write their protocol's frames. The
-    reply stops when its client goes away: a write fails, or, while nothing is
-    being written, the connection is seen closed.
-    """
-
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        thread_id: str,
-        cancel_requested: asyncio.Event,
-        config: EmulatorConfig,
-        tokens: list[Token],
-        gate: HoldGate,
-        deltas: list[RecordedDelta],
-        on_cancelled: Callable[[str], None],
-    ) -> None:
-        self.run_id = run_id
-        self.thread_id = thread_id
-        self.cancel_requested = cancel_requested
-        self.config = config
-        self.tokens = tokens
-        self.gate = gate
-        self.deltas = deltas
-        self.on_cancelled = on_cancelled
-        self.sink: FrameSink | None = None
-        self.sent = 0
-        self.client_gone = False
-
-    @property
-    def active(self) -> bool:
-        raise NotImplementedError
-
-    async def serve(
-        self, request: web.Request, response: web.StreamResponse | None
-    ) -> None:
-        """Drives the reply, streaming into `response` when given."""
-        if response is not None:
-            self.sink = FrameSink(
-                request,
-                response,
-                run_id=self.run_id,
-                thread_id=self.thread_id,
-                deltas=self.deltas,
-                on_gone=self.client_left,
-            )
-        watcher = asyncio.create_task(self._watch(request))
-        try:
-            await self.drive()
-        except Exception:
-            if self.sink is None:
-                raise
-            # The headers are gone: cut the body rather than answer twice.
-            logger.exception("Emulator stream %s failed", self.run_id)
-            self.sink.cut()
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        if self.sink is not None:
-            await self.sink.end()
-
-    def client_left(self) -> None:
-        if self.active:
-            self.client_gone = True
-            self.cancel_requested.set()
-
-    async def _watch(self, request: web.Request) -> None:
-        while True:
-            await asyncio.sleep(CLIENT_POLL_SECONDS)
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                self.client_left()
-                return
-
-    async def drive(self) -> None:
-        config, tokens = self.config, self.tokens
-        await self._start()
-        fault = config.fault if config.fault in STREAM_FAULTS else None
-        for index in range(len(tokens) + 1):
-            if fault and index == min(config.fault_after, len(tokens)):
-                return await self._strike(fault)
-            if self._holds_at(index) and await self.gate.wait(self.cancel_requested):
-                return await self._cancelled()
-            if index == len(tokens):
-                break
-            delay = config.first_token_delay if index == 0 else config.token_interval
-            if await self._pause(delay):
-                return await self._cancelled()
-            await self._delta(index, tokens[index])
-            self.sent += 1
-        if self.cancel_requested.is_set():
-            return await self._cancelled()
-        await self._completed()
-
-    def _holds_at(self, index: int) -> bool:
-        hold_after = self.config.hold_after
-        return hold_after is not None and index == min(hold_after, len(self.tokens))
-
-    async def _pause(self, seconds: float | None) -> bool:
-        """Sleeps (forever if None) unless cancelled; True if cancelled."""
-        cancelled = self.cancel_requested
-        if seconds == 0:
-            await asyncio.sleep(0)
-            return cancelled.is_set()
-        try:
-            async with asyncio.timeout(seconds):
-                await cancelled.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def _strike(self, fault: str) -> None:
-        """Applies a stream fault, which ends the reply: a reply on a cut or
-        ended connection stops, as a foreground response does."""
-        match fault:
-            case "hang":
-                await self._pause(None)
-                await self._cancelled()
-            case "disconnect":
-                # Stopped before the cut, so the closed socket is not taken for a
-                # client that left.
-                self._stop("failed")
-                if self.sink is not None:
-                    self.sink.cut()
-            case "incomplete":
-                self._stop("failed")
-                if self.sink is not None:
-                    await self.sink.end()
-            case _:
-                await self._fail(fault)
-
-    async def _cancelled(self) -> None:
-        self._stop("cancelled")
-        if self.client_gone:
-            self.on_cancelled(self.run_id)
-
-    def _stop(self, status: str) -> None:
-        """Ends the reply with `status`, keeping what was sent."""
-        raise NotImplementedError
-
-    async def _start(self) -> None:
-        raise NotImplementedError
-
-    async def _delta(self, index: int, token: Token) -> None:
-        raise NotImplementedError
-
-    async def _completed(self) -> None:
-        raise NotImplementedError
-
-    async def _fail(self, fault: str) -> None:
-        """Ends the reply the protocol's way for run_failed, error_event,
-        max_tokens or content_filter."""
-        raise NotImplementedError
-
-
-def sse_frame(data: dict[str, Any], event: str | None = None) -> str:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {payload}\n\n" if event else f"data: {payload}\n\n"
-
-
-def check_http_fault(
-    config: EmulatorConfig, operation: str, missing: tuple[str, str]
-) -> None:
-    """Raises the HTTP fault aimed at `operation`; a 404 is about `missing`,
-    a (kind, id) pair."""
-    if config.fault not in HTTP_FAULTS or not config.aims_at(operation):
-        return
-    if config.fault == "http_404":
-        raise not_found(*missing)
-    raise http_fault(config.fault, thread_id=None, retry_after=config.retry_after)
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request("The request body is not valid JSON.") from exc
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    return body
-
-
-def content_text(content: Any) -> str:
-    """Text of a message: a string or a list of text parts (any text type)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict)
-            and part.get("type") in ("text", "input_text", "output_text")
-        )
-    raise bad_request("Invalid type for 'content': expected a string or an array.")
-
-
-def last_user_text(messages: list[Message]) -> str:
-    users = [m for m in messages if m.role == "user"]
-    return users[-1].text if users else ""
-
-
-# -- the Responses API -----------------------------------------------------------
-
-
-class ResponseStream(PacedReply):
+class ResponseStream(ConnectionReply):
     def __init__(
         self,
         *,
@@ -554,8 +191,7 @@ class ResponseStream(PacedReply):
     ) -> None:
         data = {"type": event, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        if self.sink is not None:
-            await self.sink.send(sse_frame(data, event), record)
+        await self._send(sse_frame(data, event), record)
 
 
 def _citations(offset: int) -> list[dict[str, Any]]:
@@ -601,24 +237,15 @@ class ResponsesApi:
         ]
 
     def _conversation(self, conversation_id: str) -> Conversation:
-        conversation = self.emulator.conversations.get(conversation_id)
-        if conversation is None:
-            raise not_found("conversation", conversation_id)
-        return conversation
+        return find(self.emulator.conversations, conversation_id, "conversation")
 
     def _response(self, request: web.Request) -> Response:
         response_id = request.match_info["response_id"]
-        response = self.emulator.responses.get(response_id)
-        if response is None:
-            raise not_found("response", response_id)
-        return response
+        return find(self.emulator.responses, response_id, "response")
 
     async def _create_conversation(self, request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
-        metadata = body.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise bad_request("Invalid type for 'metadata': expected an object.")
-        conversation = Conversation(metadata=metadata)
+        conversation = Conversation(metadata=metadata(body))
         conversation.messages = _input_messages(conversation.id, body.get("items"))
         self.emulator.conversations[conversation.id] = conversation
         return web.json_response(conversation.to_dict())
@@ -633,9 +260,7 @@ class ResponsesApi:
             if response.conversation_id == conversation.id and response.active:
                 response.cancel_requested.set()
         del self.emulator.conversations[conversation.id]
-        return web.json_response(
-            {"id": conversation.id, "object": "conversation.deleted", "deleted": True}
-        )
+        return deleted("conversation", conversation.id)
 
     async def _get_response(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self._response(request).to_dict())
@@ -679,9 +304,7 @@ class ResponsesApi:
         if not body.get("stream"):
             await stream.serve(request, None)
             return web.json_response(response.to_dict())
-        http_response = web.StreamResponse(headers=SSE_HEADERS)
-        http_response.enable_chunked_encoding()
-        await http_response.prepare(request)
+        http_response = await open_stream(request)
         await stream.serve(request, http_response)
         return http_response
 

@@ -1,7 +1,9 @@
-"""The aiohttp application: the Agents REST routes, fault injection, control API.
+"""`AgentsEmulator`: one aiohttp application serving every protocol.
 
-The OpenAI-protocol APIs (`responses`, `chat_completions`) are served by the same
-application, with the same config, faults, holds and recordings.
+The classic Agents API (`agents`), the Responses API (`responses`), chat
+completions (`chat_completions`) and the control API (`control`) share its config,
+overrides, holds and recordings; its middleware records each request, applies the
+HTTP faults aimed at it and turns errors into the service's error body.
 """
 
 from __future__ import annotations
@@ -14,34 +16,33 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
 from aiohttp import web
 
-from .chat_completions import ChatCompletion, ChatCompletionsApi
+from .agents import AgentsApi
+from .chat_completions import ChatCompletionsApi
 from .config import (
-    HTTP_FAULTS,
     REPLY_OPERATIONS,
-    RUN_CREATE,
     EmulatorConfig,
     coerce_overrides,
     parse_directives,
     targets,
 )
-from .faults import ApiError, bad_request, http_fault, not_found
-from .responses import Conversation, Response, ResponsesApi
-from .store import Message, Run, Thread, list_page, now
-from .stream import HoldGate, RecordedDelta, RunDriver, SseSink, reply_tokens
+from .control import CONTROL_PREFIX, ControlApi
+from .faults import check_http_fault
+from .http import STREAMING, ApiError, Handler, bad_request
+from .responses import ResponsesApi
+from .store import ChatCompletion, Conversation, Response, Run, Thread
+from .stream import HoldGate, RecordedDelta
 
-logger = logging.getLogger("chat.emulator")
+logger = logging.getLogger("emulator")
 
 DEFAULT_AGENT_ID = "asst_emulator"
 DEFAULT_PROJECT = "emulator"
-INSTRUCTIONS = "You are a helpful assistant."
 PREFIX = "/api/projects/{project}"
-CONTROL_PREFIX = "/_emulator/"
 RECORDED_HEADERS = (
     "Authorization",
     "User-Agent",
@@ -49,11 +50,6 @@ RECORDED_HEADERS = (
     "Accept",
     "x-ms-client-request-id",
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Set once a stream's headers are sent: an error can no longer become a reply.
-STREAMING = web.RequestKey("emulator_streaming", bool)
 
 
 @dataclass
@@ -107,12 +103,11 @@ class AgentsEmulator:
         self.chat_completions: dict[str, ChatCompletion] = {}
         self._overrides: list[dict[str, Any]] = []
         self._overrides_lock = threading.Lock()
-        self._gate = HoldGate()
-        self._responses_api = ResponsesApi(self, self._gate)
-        self._chat_completions_api = ChatCompletionsApi(self, self._gate)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.gate = HoldGate()
+        self._agents_api = AgentsApi(self, self.gate)
+        self._responses_api = ResponsesApi(self, self.gate)
+        self._chat_completions_api = ChatCompletionsApi(self, self.gate)
         self._operations: dict[web.AbstractRoute, str] = {}
-        self._created_at = now()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._host = "127.0.0.1"
@@ -139,8 +134,7 @@ class AgentsEmulator:
 
     async def stop(self) -> None:
         self._cancel_active_runs()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._agents_api.wait_for_runs()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -186,11 +180,17 @@ class AgentsEmulator:
         with self._overrides_lock:
             self._overrides.append(coerced)
 
+    @property
+    def queued(self) -> int:
+        """How many one-shot overrides wait for their request."""
+        with self._overrides_lock:
+            return len(self._overrides)
+
     def release(self) -> None:
         """Lets streams held by `hold_after` continue. Thread-safe."""
         if self._loop is None:
             raise RuntimeError("The emulator is not started.")
-        self._loop.call_soon_threadsafe(self._gate.release)
+        self._loop.call_soon_threadsafe(self.gate.release)
 
     def reset(self) -> None:
         """Forgets all state, recordings and overrides; restores the start config."""
@@ -205,7 +205,7 @@ class AgentsEmulator:
         self.cancelled_runs.clear()
         with self._overrides_lock:
             self._overrides.clear()
-        self._gate.reset()
+        self.gate.reset()
         self.config = dataclasses.replace(self._initial_config)
 
     def _cancel_active_runs(self) -> None:
@@ -219,47 +219,14 @@ class AgentsEmulator:
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        thread = "/threads/{thread_id}"
-        run = thread + "/runs/{run_id}"
-        api: list[tuple[str, str, Handler, str]] = [
-            ("GET", "/assistants/{agent_id}", self._agents_get, "agents.get"),
-            ("POST", "/threads", self._threads_create, "threads.create"),
-            # Before the {thread_id} routes, as on the service.
-            ("POST", "/threads/runs", self._threads_create_and_run, RUN_CREATE),
-            ("GET", thread, self._threads_get, "threads.get"),
-            ("DELETE", thread, self._threads_delete, "threads.delete"),
-            ("POST", thread + "/messages", self._messages_create, "messages.create"),
-            ("GET", thread + "/messages", self._messages_list, "messages.list"),
-            (
-                "GET",
-                thread + "/messages/{message_id}",
-                self._messages_get,
-                "messages.get",
-            ),
-            ("POST", thread + "/runs", self._runs_create, RUN_CREATE),
-            ("GET", thread + "/runs", self._runs_list, "runs.list"),
-            ("GET", run, self._runs_get, "runs.get"),
-            ("POST", run + "/cancel", self._runs_cancel, "runs.cancel"),
-        ]
-        routes = [(m, PREFIX + path, h, op) for m, path, h, op in api]
+        routes = self._agents_api.routes(PREFIX)
         routes += self._responses_api.routes(PREFIX + "/openai/v1")
         routes += self._chat_completions_api.routes()
         for method, path, handler, operation in routes:
             route = app.router.add_route(method, path, handler)
             self._operations[route] = operation
-        control: list[tuple[str, str, Handler]] = [
-            ("GET", "health", self._control_health),
-            ("GET", "config", self._control_config),
-            ("POST", "config", self._control_config),
-            ("POST", "push", self._control_push),
-            ("POST", "release", self._control_release),
-            ("GET", "requests", self._control_requests),
-            ("GET", "deltas", self._control_deltas),
-            ("GET", "cancelled", self._control_cancelled),
-            ("POST", "reset", self._control_reset),
-        ]
-        for method, name, handler in control:
-            app.router.add_route(method, CONTROL_PREFIX + name, handler)
+        for method, path, handler in ControlApi(self).routes():
+            app.router.add_route(method, path, handler)
         return app
 
     @web.middleware
@@ -272,10 +239,9 @@ class AgentsEmulator:
             record = await self._record(request, operation)
         try:
             if operation is not None and operation not in REPLY_OPERATIONS:
-                thread_id = request.match_info.get("thread_id")
-                self._check_http_fault(
-                    self._config_for(operation), operation, thread_id
-                )
+                thread_id = request.match_info.get("thread_id") or "thread_unknown"
+                config = self._config_for(operation)
+                check_http_fault(config, operation, ("thread", thread_id))
             response = await handler(request)
         except ApiError as error:
             response = error.to_response()
@@ -349,274 +315,6 @@ class AgentsEmulator:
                     return self._overrides.pop(index)
         return None
 
-    @staticmethod
-    def _check_http_fault(
-        config: EmulatorConfig, operation: str, thread_id: str | None
-    ) -> None:
-        if config.fault in HTTP_FAULTS and config.aims_at(operation):
-            raise http_fault(
-                config.fault, thread_id=thread_id, retry_after=config.retry_after
-            )
-
-    # -- lookups -------------------------------------------------------------
-
-    def _thread(self, request: web.Request) -> Thread:
-        thread_id = request.match_info["thread_id"]
-        thread = self.threads.get(thread_id)
-        if thread is None:
-            raise not_found("thread", thread_id)
-        return thread
-
-    def _run(self, request: web.Request) -> Run:
-        thread = self._thread(request)
-        run_id = request.match_info["run_id"]
-        run = self.runs.get(run_id)
-        if run is None or run.thread_id != thread.id:
-            raise not_found("run", run_id)
-        return run
-
-    # -- agents and threads --------------------------------------------------
-
-    async def _agents_get(self, request: web.Request) -> web.StreamResponse:
-        agent_id = request.match_info["agent_id"]
-        if agent_id != self.agent_id:
-            raise not_found("assistant", agent_id)
-        return web.json_response(
-            {
-                "id": self.agent_id,
-                "object": "assistant",
-                "created_at": self._created_at,
-                "name": self.config.agent_name,
-                "description": None,
-                "model": self.config.model,
-                "instructions": INSTRUCTIONS,
-                "tools": [],
-                "tool_resources": {},
-                "temperature": 1.0,
-                "top_p": 1.0,
-                "response_format": "auto",
-                "metadata": {},
-            }
-        )
-
-    async def _threads_create(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        thread = Thread(metadata=_metadata(body))
-        thread.messages = _parse_messages(thread.id, body.get("messages"))
-        self.threads[thread.id] = thread
-        return web.json_response(thread.to_dict())
-
-    async def _threads_get(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self._thread(request).to_dict())
-
-    async def _threads_delete(self, request: web.Request) -> web.StreamResponse:
-        thread = self._thread(request)
-        for run in thread.runs:
-            if run.active:
-                run.cancel_requested.set()
-            self.runs.pop(run.id, None)
-        del self.threads[thread.id]
-        return web.json_response(
-            {"id": thread.id, "object": "thread.deleted", "deleted": True}
-        )
-
-    # -- messages ------------------------------------------------------------
-
-    async def _messages_create(self, request: web.Request) -> web.StreamResponse:
-        thread = self._thread(request)
-        body = await _json_body(request)
-        if (active := thread.active_run) is not None:
-            raise bad_request(
-                f"Can't add messages to {thread.id} while a run {active.id} is active."
-            )
-        message = _parse_message(thread.id, body)
-        thread.messages.append(message)
-        return web.json_response(message.to_dict())
-
-    async def _messages_list(self, request: web.Request) -> web.StreamResponse:
-        thread = self._thread(request)
-        messages = thread.messages
-        if run_id := request.query.get("run_id"):
-            messages = [m for m in messages if m.run_id == run_id]
-        return web.json_response(_page(messages, request))
-
-    async def _messages_get(self, request: web.Request) -> web.StreamResponse:
-        thread = self._thread(request)
-        message_id = request.match_info["message_id"]
-        for message in thread.messages:
-            if message.id == message_id:
-                return web.json_response(message.to_dict())
-        raise not_found("message", message_id)
-
-    # -- runs ----------------------------------------------------------------
-
-    async def _runs_create(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        thread_id = request.match_info["thread_id"]
-        thread = self.threads.get(thread_id)
-        extra = _parse_messages(thread_id, body.get("additional_messages"))
-        fallback = thread.last_user_text if thread is not None else ""
-        config = self._run_config(_last_user_text(extra, fallback), thread_id)
-        if thread is None:
-            raise not_found("thread", thread_id)
-        return await self._start_run(request, thread, body, config, extra)
-
-    async def _threads_create_and_run(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        spec = body.get("thread") or {}
-        if not isinstance(spec, dict):
-            raise bad_request("Invalid type for 'thread': expected an object.")
-        thread = Thread(metadata=_metadata(spec))
-        messages = _parse_messages(thread.id, spec.get("messages"))
-        config = self._run_config(_last_user_text(messages, ""), thread.id)
-        return await self._start_run(request, thread, body, config, messages)
-
-    def _run_config(self, user_text: str, thread_id: str) -> EmulatorConfig:
-        config = self.reply_config(RUN_CREATE, user_text)
-        self._check_http_fault(config, RUN_CREATE, thread_id)
-        return config
-
-    async def _start_run(
-        self,
-        request: web.Request,
-        thread: Thread,
-        body: dict[str, Any],
-        config: EmulatorConfig,
-        new_messages: list[Message],
-    ) -> web.StreamResponse:
-        assistant_id = body.get("assistant_id")
-        if not assistant_id:
-            raise bad_request("Missing required parameter: 'assistant_id'.")
-        if assistant_id != self.agent_id:
-            raise not_found("assistant", str(assistant_id))
-        if (active := thread.active_run) is not None:
-            raise ApiError(
-                400,
-                "thread_run_active",
-                f"Thread {thread.id} already has an active run {active.id}.",
-            )
-        self.threads[thread.id] = thread
-        thread.messages.extend(new_messages)
-        instructions = body.get("instructions") or INSTRUCTIONS
-        if extra_instructions := body.get("additional_instructions"):
-            instructions = f"{instructions}\n{extra_instructions}"
-        run = Run(
-            thread_id=thread.id,
-            assistant_id=assistant_id,
-            model=body.get("model") or config.model,
-            instructions=instructions,
-            stream=bool(body.get("stream")),
-            metadata=_metadata(body),
-            temperature=_number(body.get("temperature"), 1.0),
-            top_p=_number(body.get("top_p"), 1.0),
-        )
-        thread.runs.append(run)
-        self.runs[run.id] = run
-        driver = RunDriver(
-            thread=thread,
-            run=run,
-            config=config,
-            tokens=reply_tokens(config, thread.last_user_text),
-            prompt_tokens=sum(len(m.text.split()) for m in thread.messages),
-            gate=self._gate,
-            sink=None,
-        )
-        if not run.stream:
-            created = run.to_dict()
-            task = asyncio.create_task(driver.drive())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return web.json_response(created)
-
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-            }
-        )
-        response.enable_chunked_encoding()
-        if config.fault == "incomplete":
-            # The run goes on in this handler after the body ends early; the client
-            # must not send its next request (a cancel, say) on this connection,
-            # where it would wait for the whole run.
-            response.force_close()
-        await response.prepare(request)
-        request[STREAMING] = True
-        driver.sink = SseSink(request, response, run, self.deltas.append)
-        await driver.drive()
-        await driver.sink.end()
-        return response
-
-    async def _runs_list(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(_page(self._thread(request).runs, request))
-
-    async def _runs_get(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self._run(request).to_dict())
-
-    async def _runs_cancel(self, request: web.Request) -> web.StreamResponse:
-        run = self._run(request)
-        if run.status not in ("queued", "in_progress", "requires_action"):
-            raise bad_request(f"Cannot cancel run with status '{run.status}'.")
-        run.status = "cancelling"
-        run.cancel_requested.set()
-        self.cancelled_runs.append(run.id)
-        return web.json_response(run.to_dict())
-
-    # -- control API -----------------------------------------------------------
-
-    async def _control_health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {"status": "ok", "endpoint": self.endpoint, "agent_id": self.agent_id}
-        )
-
-    async def _control_config(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "POST":
-            try:
-                self.configure(**await _json_body(request))
-            except ValueError as exc:
-                raise bad_request(str(exc), "invalid_emulator_config") from exc
-        return web.json_response(self.config.to_dict())
-
-    async def _control_push(self, request: web.Request) -> web.StreamResponse:
-        try:
-            self.push(**await _json_body(request))
-        except ValueError as exc:
-            raise bad_request(str(exc), "invalid_emulator_config") from exc
-        with self._overrides_lock:
-            queued = len(self._overrides)
-        return web.json_response({"queued": queued})
-
-    async def _control_release(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"released": self._gate.release()})
-
-    async def _control_requests(self, request: web.Request) -> web.StreamResponse:
-        records = [dataclasses.asdict(r) for r in self.requests]
-        return web.json_response({"requests": records})
-
-    async def _control_deltas(self, request: web.Request) -> web.StreamResponse:
-        records = [dataclasses.asdict(d) for d in self.deltas]
-        return web.json_response({"deltas": records})
-
-    async def _control_cancelled(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"cancelled_runs": self.cancelled_runs})
-
-    async def _control_reset(self, request: web.Request) -> web.StreamResponse:
-        self.reset()
-        return web.json_response({"reset": True})
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request("The request body is not valid JSON.") from exc
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.")
-    return body
-
 
 def _aimed(overrides: dict[str, Any]) -> dict[str, Any]:
     """A fault pushed or typed without an operation aims at the next reply.
@@ -626,65 +324,3 @@ def _aimed(overrides: dict[str, Any]) -> dict[str, Any]:
     if "fault" in overrides:
         overrides.setdefault("fault_operation", None)
     return overrides
-
-
-def _number(value: Any, default: float) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_request(f"Invalid number: {value!r}.")
-    return float(value)
-
-
-def _metadata(body: Mapping[str, Any]) -> dict[str, Any]:
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise bad_request("Invalid type for 'metadata': expected an object.")
-    return metadata
-
-
-def _page(items: list[Any], request: web.Request) -> dict[str, Any]:
-    try:
-        return list_page(items, request.query)
-    except ValueError as exc:
-        raise bad_request(str(exc)) from exc
-
-
-def _parse_messages(thread_id: str, raw: Any) -> list[Message]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise bad_request("Invalid type for 'messages': expected an array.")
-    return [_parse_message(thread_id, item) for item in raw]
-
-
-def _parse_message(thread_id: str, raw: Any) -> Message:
-    if not isinstance(raw, dict):
-        raise bad_request("Invalid message: expected an object.")
-    role = raw.get("role")
-    if role not in ("user", "assistant"):
-        raise bad_request(f"Invalid value for 'role': {role!r}.")
-    return Message(
-        thread_id=thread_id,
-        role=role,
-        text=_content_text(raw.get("content")),
-        metadata=_metadata(raw),
-    )
-
-
-def _content_text(content: Any) -> str:
-    """Text of a message: a plain string or a list of `{"type": "text"}` blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(block.get("text", ""))
-            for block in content
-            if isinstance(block, dict) and block.get("type") == "text"
-        )
-    raise bad_request("Invalid type for 'content': expected a string or an array.")
-
-
-def _last_user_text(messages: list[Message], fallback: str) -> str:
-    users = [m for m in messages if m.role == "user"]
-    return users[-1].text if users else fallback

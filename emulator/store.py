@@ -1,7 +1,9 @@
-"""In-memory threads, messages and runs, serialised exactly as the service does.
+"""In-memory state, serialised exactly as the services do.
 
-Field names follow azure-ai-agents 1.1.0 (`azure/ai/agents/models/_models.py`):
-timestamps are unix seconds and the agent id travels as `assistant_id`.
+Threads, messages and runs follow azure-ai-agents 1.1.0
+(`azure/ai/agents/models/_models.py`): timestamps are unix seconds and the agent id
+travels as `assistant_id`. Conversations, responses and chat completions follow
+the openai client's types.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 ACTIVE_STATUSES = frozenset({"queued", "in_progress", "requires_action", "cancelling"})
+RESPONSE_ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
 RUN_LIFETIME_SECONDS = 600
 
 
@@ -23,6 +26,11 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+def last_user_text(messages: Iterable[Message], fallback: str = "") -> str:
+    users = [m for m in messages if m.role == "user"]
+    return users[-1].text if users else fallback
 
 
 @dataclass
@@ -143,8 +151,7 @@ class Thread:
 
     @property
     def last_user_text(self) -> str:
-        users = [m for m in self.messages if m.role == "user"]
-        return users[-1].text if users else ""
+        return last_user_text(self.messages)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +160,131 @@ class Thread:
             "created_at": self.created_at,
             "metadata": self.metadata,
             "tool_resources": {},
+        }
+
+
+@dataclass
+class Conversation:
+    metadata: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: new_id("conv"))
+    created_at: int = field(default_factory=now)
+    messages: list[Message] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "conversation",
+            "created_at": self.created_at,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class Response:
+    model: str
+    conversation_id: str | None
+    agent: dict[str, Any] | None
+    id: str = field(default_factory=lambda: new_id("resp"))
+    item_id: str = field(default_factory=lambda: new_id("msg"))
+    created_at: int = field(default_factory=now)
+    status: str = "in_progress"
+    text: str = ""
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    incomplete_details: dict[str, str] | None = None
+    usage: dict[str, Any] | None = None
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status in RESPONSE_ACTIVE_STATUSES
+
+    def content_part(self) -> dict[str, Any]:
+        return {
+            "type": "output_text",
+            "text": self.text,
+            "annotations": self.annotations,
+            "logprobs": [],
+        }
+
+    def item(self, status: str, *, with_content: bool = True) -> dict[str, Any]:
+        return {
+            "id": self.item_id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": [self.content_part()] if with_content else [],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.active:
+            output = [self.item("in_progress")] if self.text else []
+        else:
+            status = "completed" if self.status == "completed" else "incomplete"
+            output = [self.item(status)]
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": self.status,
+            "background": False,
+            "error": self.error,
+            "incomplete_details": self.incomplete_details,
+            "instructions": None,
+            "max_output_tokens": None,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": self.usage,
+            "metadata": {},
+            "conversation": (
+                {"id": self.conversation_id} if self.conversation_id else None
+            ),
+            "agent_reference": self.agent,
+        }
+
+
+@dataclass
+class ChatCompletion:
+    model: str
+    id: str = field(default_factory=lambda: f"chatcmpl-{secrets.token_hex(12)}")
+    created: int = field(default_factory=now)
+    status: str = "in_progress"
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "in_progress"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole completion, as answered without streaming."""
+        message = {"role": "assistant", "content": self.text, "refusal": None}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": self.usage,
         }
 
 

@@ -1,15 +1,18 @@
-"""Driving one run: the reply tokens, the SSE event sequence and stream faults.
+"""The paced-stream engine every protocol's replies run on.
 
-The run lives on the server, not on the connection: when the client goes away
-(or a `disconnect`/`incomplete` fault cuts the body) the run keeps going until it
-completes or is cancelled, as on the real service. Only `hang` stops it for good.
+`PacedReply.drive` sends a reply's tokens at the configured pace, waits at
+`hold_after` for `release()`, and applies stream faults; a protocol writes its own
+frames in a subclass. A classic run lives on the server: when its client goes away
+(or a `disconnect`/`incomplete` fault cuts the body) it keeps going until it
+completes or is cancelled, as on the real service. A `ConnectionReply` (a response
+or a chat completion) lives on its connection and stops then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -19,7 +22,8 @@ from typing import Any
 from aiohttp import web
 
 from .config import STREAM_FAULTS, EmulatorConfig, strip_directives
-from .store import Message, Run, Thread, new_id, now
+
+logger = logging.getLogger("emulator")
 
 CITATION_URL = "https://learn.microsoft.com/azure/ai-foundry/agents/overview"
 CITATION_TITLE = "What is Azure AI Foundry Agent Service?"
@@ -27,6 +31,9 @@ CITATION_FILE_ID = "assistant-emulatorfile0001"
 CITATION_QUOTE = "Agents combine a model, instructions and tools."
 
 SERVER_ERROR = {"code": "server_error", "message": "Sorry, something went wrong."}
+
+# How often a reply that is sending nothing checks that its client is still there.
+CLIENT_POLL_SECONDS = 0.02
 
 # Words with their leading whitespace, so joining the tokens restores the text.
 _TOKEN_RE = re.compile(r"\s*\S+|\s+")
@@ -40,7 +47,7 @@ class Token:
 
 @dataclass(frozen=True)
 class RecordedDelta:
-    """One `thread.message.delta` as it was handed to the socket."""
+    """One text delta as it was handed to the socket."""
 
     run_id: str
     thread_id: str
@@ -132,37 +139,32 @@ class HoldGate:
         return not waiter.done()
 
 
-class SseSink:
-    """Writes events as chunks of one response; detaches once the client leaves."""
+class FrameSink:
+    """Writes a reply's frames as chunks of one response, recording each delta;
+    detaches (and tells the reply) when a write finds the client gone."""
 
     def __init__(
-        self,
-        request: web.BaseRequest,
-        response: web.StreamResponse,
-        run: Run,
-        on_delta: Callable[[RecordedDelta], None],
+        self, request: web.BaseRequest, response: web.StreamResponse, reply: PacedReply
     ) -> None:
         self._request = request
         self._response = response
-        self._run = run
-        self._on_delta = on_delta
+        self._reply = reply
         self.attached = True
 
-    async def send(self, event: str, data: str, delta: tuple[int, str] | None) -> None:
+    async def send(self, frame: str, delta: tuple[int, str] | None = None) -> None:
         if not self.attached:
             return
         wall, mono = time.time(), time.monotonic()
         try:
-            await self._response.write(f"event: {event}\ndata: {data}\n\n".encode())
+            await self._response.write(frame.encode())
         except ConnectionError:
             self.attached = False
+            self._reply.client_left()
             return
         if delta is not None:
-            index, text = delta
-            self._on_delta(
-                RecordedDelta(
-                    self._run.id, self._run.thread_id, index, text, wall, mono
-                )
+            reply, (index, text) = self._reply, delta
+            reply.deltas.append(
+                RecordedDelta(reply.run_id, reply.thread_id, index, text, wall, mono)
             )
 
     async def end(self) -> None:
@@ -179,57 +181,51 @@ class SseSink:
             self._request.transport.close()
 
 
-class RunDriver:
-    """Takes a run from queued to a terminal status, streaming if given a sink."""
+class PacedReply:
+    """Takes one reply from start to a terminal state, streaming once attached.
+
+    Subclasses write their protocol's frames in `_start`, `_delta`, `_completed`,
+    `_fail` (run_failed, error_event, max_tokens, content_filter) and `_cancelled`.
+    """
 
     def __init__(
         self,
         *,
-        thread: Thread,
-        run: Run,
+        run_id: str,
+        thread_id: str,
+        cancel_requested: asyncio.Event,
         config: EmulatorConfig,
         tokens: list[Token],
-        prompt_tokens: int,
         gate: HoldGate,
-        sink: SseSink | None,
+        deltas: list[RecordedDelta],
     ) -> None:
-        self.thread = thread
-        self.run = run
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self.cancel_requested = cancel_requested
         self.config = config
         self.tokens = tokens
-        self.prompt_tokens = prompt_tokens
         self.gate = gate
-        self.sink = sink
-        self.message = Message(
-            thread_id=thread.id,
-            role="assistant",
-            text="",
-            run_id=run.id,
-            assistant_id=run.assistant_id,
-            status="in_progress",
-            completed_at=None,
-        )
-        self.step_id = new_id("step")
-        self.step_created_at = now()
+        self.deltas = deltas
+        self.sink: FrameSink | None = None
+        self.sent = 0
+
+    def attach(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Streams the reply's frames into `response` from now on."""
+        self.sink = FrameSink(request, response, self)
+
+    def client_left(self) -> None:
+        """A write found the client gone; a run goes on without it."""
 
     async def drive(self) -> None:
-        run, config, tokens = self.run, self.config, self.tokens
-        await self._emit("thread.run.created", run.to_dict())
-        await self._emit("thread.run.queued", run.to_dict())
-        run.status, run.started_at = "in_progress", now()
-        await self._emit("thread.run.in_progress", run.to_dict())
-        self.thread.messages.append(self.message)
-        await self._emit("thread.run.step.created", self._step("in_progress"))
-        await self._emit("thread.message.created", self.message.to_dict())
-        await self._emit("thread.message.in_progress", self.message.to_dict())
-
+        config, tokens = self.config, self.tokens
+        await self._start()
         fault = config.fault if config.fault in STREAM_FAULTS else None
         for index in range(len(tokens) + 1):
             if fault and index == min(config.fault_after, len(tokens)):
                 if await self._strike(fault):
                     return
                 fault = None
-            if self._holds_at(index) and await self.gate.wait(run.cancel_requested):
+            if self._holds_at(index) and await self.gate.wait(self.cancel_requested):
                 return await self._cancelled()
             if index == len(tokens):
                 break
@@ -237,7 +233,8 @@ class RunDriver:
             if await self._pause(delay):
                 return await self._cancelled()
             await self._delta(index, tokens[index])
-        if run.cancel_requested.is_set():
+            self.sent += 1
+        if self.cancel_requested.is_set():
             return await self._cancelled()
         await self._completed()
 
@@ -245,43 +242,9 @@ class RunDriver:
         hold_after = self.config.hold_after
         return hold_after is not None and index == min(hold_after, len(self.tokens))
 
-    async def _delta(self, index: int, token: Token) -> None:
-        self.message.text += token.text
-        for annotation in token.annotations:
-            self.message.annotations.append(
-                {key: value for key, value in annotation.items() if key != "index"}
-            )
-        text: dict[str, Any] = {"value": token.text}
-        if token.annotations:
-            text["annotations"] = list(token.annotations)
-        delta = {"content": [{"index": 0, "type": "text", "text": text}]}
-        data = {"id": self.message.id, "object": "thread.message.delta", "delta": delta}
-        await self._emit("thread.message.delta", data, delta=(index, token.text))
-
-    async def _strike(self, fault: str) -> bool:
-        """Applies a stream fault; True if it ended the run."""
-        match fault:
-            case "run_failed":
-                await self._failed(event="thread.run.failed")
-                return True
-            case "error_event":
-                await self._failed(event="error")
-                return True
-            case "hang":
-                await self._pause(None)
-                await self._cancelled()
-                return True
-            case "disconnect":
-                if self.sink is not None:
-                    self.sink.cut()
-            case "incomplete":
-                if self.sink is not None:
-                    await self.sink.end()
-        return False
-
     async def _pause(self, seconds: float | None) -> bool:
         """Sleeps (forever if None) unless cancelled; True if cancelled."""
-        cancelled = self.run.cancel_requested
+        cancelled = self.cancel_requested
         if seconds == 0:
             # Still yield, so a cancel request can land between zero-delay tokens.
             await asyncio.sleep(0)
@@ -293,76 +256,109 @@ class RunDriver:
             return False
         return True
 
-    async def _completed(self) -> None:
-        run, message = self.run, self.message
-        message.status, message.completed_at = "completed", now()
-        await self._emit("thread.message.completed", message.to_dict())
-        completion = len(self.tokens)
-        usage = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
-        step = self._step("completed", completed_at=now(), usage=usage)
-        await self._emit("thread.run.step.completed", step)
-        run.status, run.completed_at, run.usage = "completed", now(), usage
-        await self._emit("thread.run.completed", run.to_dict())
-        await self._emit_done()
+    async def _strike(self, fault: str) -> bool:
+        """Applies a stream fault; True if it ended the reply."""
+        match fault:
+            case "hang":
+                await self._pause(None)
+                await self._cancelled()
+            case "disconnect":
+                if self.sink is not None:
+                    self.sink.cut()
+                return False
+            case "incomplete":
+                if self.sink is not None:
+                    await self.sink.end()
+                return False
+            case _:
+                await self._fail(fault)
+        return True
 
-    async def _failed(self, *, event: str) -> None:
-        run = self.run
-        run.status, run.failed_at, run.last_error = "failed", now(), dict(SERVER_ERROR)
-        self._stop_message("run_failed")
-        if event == "error":
-            await self._emit("error", {"error": dict(SERVER_ERROR)})
-        else:
-            await self._emit(event, run.to_dict())
-        await self._emit_done()
+    async def _send(self, frame: str, delta: tuple[int, str] | None = None) -> None:
+        if self.sink is not None:
+            await self.sink.send(frame, delta)
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _delta(self, index: int, token: Token) -> None:
+        raise NotImplementedError
+
+    async def _completed(self) -> None:
+        raise NotImplementedError
+
+    async def _fail(self, fault: str) -> None:
+        raise NotImplementedError
 
     async def _cancelled(self) -> None:
-        run = self.run
-        run.status, run.cancelled_at = "cancelled", now()
-        self._stop_message("run_cancelled")
-        await self._emit("thread.run.cancelled", run.to_dict())
-        await self._emit_done()
+        raise NotImplementedError
 
-    def _stop_message(self, reason: str) -> None:
-        """Keeps the partial reply in the thread, marked incomplete."""
-        message = self.message
-        message.status, message.incomplete_at = "incomplete", now()
-        message.incomplete_details = {"reason": reason}
 
-    def _step(self, status: str, **changes: Any) -> dict[str, Any]:
-        run = self.run
-        step = {
-            "id": self.step_id,
-            "object": "thread.run.step",
-            "created_at": self.step_created_at,
-            "run_id": run.id,
-            "assistant_id": run.assistant_id,
-            "thread_id": run.thread_id,
-            "type": "message_creation",
-            "status": status,
-            "cancelled_at": None,
-            "completed_at": None,
-            "expires_at": run.to_dict()["expires_at"],
-            "failed_at": None,
-            "last_error": None,
-            "step_details": {
-                "type": "message_creation",
-                "message_creation": {"message_id": self.message.id},
-            },
-            "usage": None,
-        }
-        return step | changes
+class ConnectionReply(PacedReply):
+    """A reply that lives on its client's connection, as a response outside
+    background mode or a chat completion does.
 
-    async def _emit(
-        self, event: str, data: dict[str, Any], delta: tuple[int, str] | None = None
+    It stops when its client goes away: a write fails, or, while nothing is being
+    written, the connection is seen closed. Every stream fault ends it.
+    """
+
+    def __init__(self, *, on_cancelled: Callable[[str], None], **options: Any) -> None:
+        super().__init__(**options)
+        self.on_cancelled = on_cancelled
+        self.client_gone = False
+
+    @property
+    def active(self) -> bool:
+        raise NotImplementedError
+
+    async def serve(
+        self, request: web.Request, response: web.StreamResponse | None
     ) -> None:
+        """Drives the reply, streaming into `response` when given."""
+        if response is not None:
+            self.attach(request, response)
+        watcher = asyncio.create_task(self._watch(request))
+        try:
+            await self.drive()
+        except Exception:
+            if self.sink is None:
+                raise
+            # The headers are gone: cut the body rather than answer twice.
+            logger.exception("Emulator stream %s failed", self.run_id)
+            self.sink.cut()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if self.sink is not None:
-            payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-            await self.sink.send(event, payload, delta)
+            await self.sink.end()
 
-    async def _emit_done(self) -> None:
-        if self.sink is not None:
-            await self.sink.send("done", "[DONE]", None)
+    def client_left(self) -> None:
+        if self.active:
+            self.client_gone = True
+            self.cancel_requested.set()
+
+    async def _watch(self, request: web.Request) -> None:
+        while True:
+            await asyncio.sleep(CLIENT_POLL_SECONDS)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                self.client_left()
+                return
+
+    async def _strike(self, fault: str) -> bool:
+        if fault in ("disconnect", "incomplete"):
+            # Stopped before the cut, so the closed socket is not taken for a
+            # client that left.
+            self._stop("failed")
+        await super()._strike(fault)
+        return True
+
+    async def _cancelled(self) -> None:
+        self._stop("cancelled")
+        if self.client_gone:
+            self.on_cancelled(self.run_id)
+
+    def _stop(self, status: str) -> None:
+        """Ends the reply with `status`, keeping what was sent."""
+        raise NotImplementedError
