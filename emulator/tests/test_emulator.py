@@ -82,14 +82,6 @@ def make_client(emulator: AgentsEmulator, retry_total: int = 0) -> AgentsClient:
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[AgentsEmulator]:
-    emulator = AgentsEmulator(EmulatorConfig())
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
-
-
-@pytest.fixture
 async def client(emulator: AgentsEmulator) -> AsyncIterator[AgentsClient]:
     async with make_client(emulator) as client:
         yield client

@@ -30,7 +30,7 @@ from openai.types.responses import (
 )
 
 from chat.backends._azure import DevTokenCredential
-from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator, EmulatorConfig
+from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 
 AGENT = {"agent_reference": {"name": FOUNDRY_AGENT_NAME, "type": "agent_reference"}}
 RESPONSE_EVENTS = [
@@ -45,14 +45,6 @@ RESPONSE_END = [
     "response.output_item.done",
     "response.completed",
 ]
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[AgentsEmulator]:
-    emulator = AgentsEmulator(EmulatorConfig())
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
 
 
 @pytest.fixture
