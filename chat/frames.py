@@ -13,7 +13,13 @@ from `FRAME_MODELS`.
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 KEEPALIVE = b": keep-alive\n\n"
 _CHUNK = b'id: %d\ndata: {"type":"chunk","content":%b}\n\n'
@@ -56,15 +62,26 @@ class Chunk(Frame):
 
 
 class Annotation(Frame):
-    """A citation the agent attached to the reply."""
+    """A citation the agent attached to the reply: a `url_citation` carries `url`
+    and `title`, a `file_citation` `file_id` and `quote` (each may be null)."""
 
     type: Literal["annotation"] = "annotation"
     kind: Literal["url_citation", "file_citation"]
     text: str | None
-    url: _unless_none(str)
-    title: _unless_none(str)
-    file_id: _unless_none(str)
-    quote: _unless_none(str)
+    url: str | None = None
+    title: str | None = None
+    file_id: str | None = None
+    quote: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _given_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The fields of the citation's kind, as given, null or not.
+        data = serialize(self)
+        given = self.model_fields_set
+        return {k: v for k, v in data.items() if k in _ALWAYS or k in given}
+
+
+_ALWAYS = frozenset({"type", "kind", "text"})
 
 
 class Done(Frame):

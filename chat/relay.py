@@ -299,38 +299,38 @@ class Reply:
         try:
             async for event in self.backend.stream_reply(self.request):
                 self._last_event = clock()
-                kind = type(event)
-                if kind is Delta:
-                    if self.first_chunk_at is None:
-                        self.first_chunk_at = time.perf_counter()
-                    self.delta_count += 1
-                    parts = self.parts
-                    parts.append(event.text)
-                    if len(parts) >= 256:
-                        # One string per token costs ~50 bytes each while streaming.
-                        parts[:] = ["".join(parts)]
-                    put(event)
-                elif kind is ThreadReady:
-                    self.thread_id = event.thread_id
-                    self.replaced_thread_id = event.replaced_thread_id
-                    put(event)
-                elif kind is RunStarted:
-                    self.run_id = event.run_id
-                    if not self.backend.offline and self.thread_id:
-                        self._record_run = asyncio.create_task(
-                            store.record_run(
-                                self.conversation_id, event.run_id, self.thread_id
+                match event:
+                    case Delta(text=text):
+                        if self.first_chunk_at is None:
+                            self.first_chunk_at = time.perf_counter()
+                        self.delta_count += 1
+                        parts = self.parts
+                        parts.append(text)
+                        if len(parts) >= 256:
+                            # One string per token costs ~50 bytes each.
+                            parts[:] = ["".join(parts)]
+                        put(event)
+                    case ThreadReady():
+                        self.thread_id = event.thread_id
+                        self.replaced_thread_id = event.replaced_thread_id
+                        put(event)
+                    case RunStarted(run_id=run_id):
+                        self.run_id = run_id
+                        if not self.backend.offline and self.thread_id:
+                            self._record_run = asyncio.create_task(
+                                store.record_run(
+                                    self.conversation_id, run_id, self.thread_id
+                                )
                             )
-                        )
-                elif kind is Citation:
-                    self.citations.append(event.data)
-                    put(event)
-                elif kind is Completed:
-                    self.usage = event.usage
-                    if event.cancelled:
-                        self.status = Message.Status.CANCELLED
-                    completed = True
-                    break
+                    case Citation(data=data):
+                        self.citations.append(data)
+                        put(event)
+                    case Completed():
+                        self.usage = event.usage
+                        if event.cancelled:
+                            self.status = Message.Status.CANCELLED
+                        completed = True
+                        break
             if not completed:
                 raise BackendError(
                     INCOMPLETE, "the agent's reply ended before the run finished"

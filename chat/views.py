@@ -1,9 +1,6 @@
-import logging
-import re
 import secrets
 import time
 import uuid
-from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -11,20 +8,11 @@ from django.shortcuts import render
 
 from chat import limits, relay, store
 from chat.backends import get_backend
-from chat.backends.base import INVALID_REQUEST
 from chat.models import Conversation, Owner
-from chatsite.api import (
-    BadRequest,
-    api_view,
-    json_error,
-    json_response,
-    parse_json_object,
-)
-
-logger = logging.getLogger(__name__)
+from chat.schemas import ChatRequest
+from chatsite.api import BadRequest, api_view, json_error, json_response, parse_body
 
 SESSION_OWNER_KEY = "chat_owner"
-THREAD_ID = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 
 # HTTP status of the non-streaming fallback, by error code.
 JSON_ERROR_STATUS = {"rate_limited": 429, "timeout": 504}
@@ -47,39 +35,6 @@ async def _owner(request: HttpRequest, *, create: bool) -> Owner:
     return Owner(session_key=key or "")
 
 
-def _invalid(message: str, field: str) -> BadRequest:
-    return BadRequest(message, 400, code=INVALID_REQUEST, fields={field: [message]})
-
-
-def _parse_chat_request(
-    data: dict[str, Any],
-) -> tuple[str, str | None, uuid.UUID | None]:
-    message = data.get("message")
-    if not isinstance(message, str) or not message.strip():
-        raise _invalid("message must be a non-empty string", "message")
-    if "\x00" in message:
-        # PostgreSQL text cannot store NUL: refuse it instead of failing there.
-        raise _invalid("message must not contain NUL characters", "message")
-    limit = settings.CHAT_MAX_MESSAGE_CHARS
-    if len(message) > limit:
-        raise _invalid(f"message is longer than {limit} characters", "message")
-    thread_id = data.get("thread_id")
-    if thread_id is not None and (
-        not isinstance(thread_id, str) or not THREAD_ID.fullmatch(thread_id)
-    ):
-        raise _invalid("thread_id is not a valid thread id", "thread_id")
-    raw_conversation = data.get("conversation_id")
-    conversation_id = None
-    if raw_conversation is not None:
-        try:
-            conversation_id = uuid.UUID(str(raw_conversation))
-        except ValueError:
-            raise _invalid(
-                "conversation_id is not a valid UUID", "conversation_id"
-            ) from None
-    return message, thread_id or None, conversation_id
-
-
 def _wants_json(request: HttpRequest) -> bool:
     accept = request.headers.get("Accept", "")
     return "application/json" in accept and "text/event-stream" not in accept
@@ -89,18 +44,16 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
     started = time.perf_counter()
     if settings.CHAT_REQUIRE_LOGIN and not request.api_user.is_authenticated:
         raise BadRequest("log in to chat", 401, code="login_required")
-    message, thread_id, conversation_id = _parse_chat_request(
-        parse_json_object(request)
-    )
+    body = parse_body(request, ChatRequest)
     await limits.check_message_rate(request)
     try:
         reply = await relay.start(
             get_backend(),
             owner=await _owner(request, create=True),
             caller=limits.caller_key(request),
-            message=message,
-            conversation_id=conversation_id,
-            thread_id=thread_id,
+            message=body.message,
+            conversation_id=body.conversation_id,
+            thread_id=body.thread_id or None,
             started=started,
         )
     except store.NotFound:
@@ -108,10 +61,10 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
     except store.Busy:
         raise BadRequest(BUSY, 409, code="conversation_busy") from None
     if _wants_json(request):
-        body = await reply.collect()
-        error = body["error"]
+        whole = await reply.collect()
+        error = whole["error"]
         status = JSON_ERROR_STATUS.get(error["code"], 502) if error else 200
-        return json_response(body, status=status)
+        return json_response(whole, status=status)
     return StreamingHttpResponse(
         reply.sse(),
         content_type="text/event-stream; charset=utf-8",
