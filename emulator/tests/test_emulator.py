@@ -301,7 +301,9 @@ async def test_it_streams_annotations_the_sdk_parses(
 async def test_it_cancels_a_run_mid_stream(
     emulator: AgentsEmulator, client: AgentsClient
 ) -> None:
-    emulator.push(tokens=100, token_interval=0.05)
+    # Held after two deltas: whatever the machine's load, a third can only come
+    # from a cancel that did not stop the run.
+    emulator.push(tokens=100, hold_after=2)
     thread_id = await new_thread(client)
     stream = await client.runs.stream(thread_id=thread_id, agent_id=emulator.agent_id)
     names: list[str] = []
@@ -311,14 +313,12 @@ async def test_it_cancels_a_run_mid_stream(
             if name == "thread.run.created":
                 run_id = data.id
             if names.count("thread.message.delta") == 2 and name.endswith("delta"):
-                cancelled_at = time.monotonic()
                 run = await client.runs.cancel(thread_id, run_id)
                 assert run.status == "cancelling"
             if name == "thread.run.cancelled":
                 assert data.status == "cancelled" and data.cancelled_at
-    assert time.monotonic() - cancelled_at < 0.05 + 0.05  # one token interval
     assert names[-2:] == ["thread.run.cancelled", "done"]
-    assert names.count("thread.message.delta") <= 3
+    assert names.count("thread.message.delta") == 2
     assert emulator.cancelled_runs == [run_id]
     assert (await client.runs.get(thread_id, run_id)).status == "cancelled"
     partial = emulator.threads[thread_id].messages[-1]
