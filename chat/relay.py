@@ -5,11 +5,12 @@ the conversation's lock, stores the user message and starts the reply; `stop`,
 `discard` and `open_replies` find replies by conversation. Everything else
 belongs to the reply itself.
 
-The upstream is consumed by its own task (the producer), which feeds a queue,
-enforces the upstream silence and total-duration limits and, whatever happens,
-stores the reply, cancels the upstream run when it did not finish and gives the
-stream slot back. The response body reads that queue as typed frames
-(`chat.frames`). Django cancels the body generator when the client disconnects;
+The upstream is consumed by its own task (the producer), which appends typed
+frames (`chat.frames`) to the reply's log (`chat.replylog`), enforces the
+upstream silence and total-duration limits and, whatever happens, stores the
+reply, cancels the upstream run when it did not finish and gives the stream slot
+back. Response bodies read the log: the request that started the reply, and any
+retry of it that attaches. Django cancels the body generator when the client disconnects;
 the producer's cleanup still runs, and the generator waits for it (bounded) so the
 database work stays inside the request's lifecycle.
 """
@@ -30,6 +31,7 @@ from opentelemetry import metrics, trace
 from chat import frames, limits, store
 from chat.backends.base import (
     INCOMPLETE,
+    INTERRUPTED,
     SERVER_SHUTDOWN,
     TIMEOUT,
     UPSTREAM_DISCONNECTED,
@@ -44,6 +46,7 @@ from chat.backends.base import (
     ThreadReady,
 )
 from chat.models import Conversation, Message, Owner
+from chat.replylog import ReplyLog
 from chatsite import requestlog
 
 logger = logging.getLogger(__name__)
@@ -56,8 +59,6 @@ replies_counter = meter.create_counter(
 ttfc_histogram = meter.create_histogram(
     "chat.time_to_first_chunk", unit="ms", description="Request to first chunk"
 )
-
-_END = object()
 
 # Why a reply stopped early, and the status its stored message gets.
 STOPPED = "stopped"  # the user pressed stop
@@ -202,7 +203,7 @@ class Reply:
         self.thread_id: str | None = request.thread_id
         self.replaced_thread_id: str | None = None
         self.run_id: str | None = None
-        self.parts: list[str] = []
+        self.log = ReplyLog()
         self.delta_count = 0
         self.citations: list[dict[str, Any]] = []
         self.usage: dict[str, Any] | None = None
@@ -210,9 +211,9 @@ class Reply:
         self.error: BackendError | None = None
         self.first_chunk_at: float | None = None
         self.stop_reason: str | None = None
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self._record_run: asyncio.Task[None] | None = None
+        self._sent_metadata = False
         self._last_event = 0.0
         self._deadline = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -237,7 +238,7 @@ class Reply:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return self.log.text
 
     def ttfc_ms(self) -> float | None:
         if self.first_chunk_at is None:
@@ -292,7 +293,7 @@ class Reply:
                     ttfc_histogram.record(self.ttfc_ms() or 0.0, attributes)
 
     async def _relay_upstream(self) -> None:
-        put = self.queue.put_nowait
+        log = self.log
         clock = asyncio.get_running_loop().time
         completed = False
         self._watch_time()
@@ -303,17 +304,13 @@ class Reply:
                     case Delta(text=text):
                         if self.first_chunk_at is None:
                             self.first_chunk_at = time.perf_counter()
+                            self._send_metadata()
                         self.delta_count += 1
-                        parts = self.parts
-                        parts.append(text)
-                        if len(parts) >= 256:
-                            # One string per token costs ~50 bytes each.
-                            parts[:] = ["".join(parts)]
-                        put(event)
+                        log.append_chunk(text)
                     case ThreadReady():
                         self.thread_id = event.thread_id
                         self.replaced_thread_id = event.replaced_thread_id
-                        put(event)
+                        self._send_metadata()
                     case RunStarted(run_id=run_id):
                         self.run_id = run_id
                         if not self.backend.offline and self.thread_id:
@@ -324,7 +321,8 @@ class Reply:
                             )
                     case Citation(data=data):
                         self.citations.append(data)
-                        put(event)
+                        self._send_metadata()
+                        log.append(frames.Annotation(**data))
                     case Completed():
                         self.usage = event.usage
                         if event.cancelled:
@@ -373,7 +371,8 @@ class Reply:
                 await asyncio.shield(self.resources.aclose())
             finally:
                 _ACTIVE.pop(self.conversation_id, None)
-                put(_END)
+                self._send_metadata()
+                log.append(self.final_frame(), final=True)
 
     async def _cancel_upstream(self) -> None:
         if not (self.thread_id and self.run_id):
@@ -410,7 +409,12 @@ class Reply:
         except Exception:
             logger.exception("storing reply %s failed", self.message_id)
 
-    # --- consumer ------------------------------------------------------------------
+    # --- frames ----------------------------------------------------------------------
+
+    def _send_metadata(self) -> None:
+        if not self._sent_metadata:
+            self._sent_metadata = True
+            self.log.append(self.metadata())
 
     def metadata(self) -> frames.Metadata:
         meta: dict[str, Any] = {}
@@ -429,12 +433,16 @@ class Reply:
         )
 
     def final_frame(self) -> frames.Done | frames.Error:
-        if self.error is not None:
+        error = self.error
+        if error is None and self.status == Message.Status.INTERRUPTED:
+            # Seen only by a reader that attached after the first client left.
+            error = BackendError(INTERRUPTED, "the reply stopped when its client left")
+        if error is not None:
             return frames.Error(
-                code=self.error.code,
-                message=self.error.message,
+                code=error.code,
+                message=error.message,
                 message_id=str(self.message_id),
-                retry_after=self.error.retry_after,
+                retry_after=error.retry_after,
             )
         return frames.Done(
             full_response=self.text,
@@ -447,86 +455,52 @@ class Reply:
             usage=self.usage,
         )
 
-    async def frames(self) -> AsyncIterator[Event]:
-        """The reply as frames, in order: metadata, chunks and citations, then one
-        `done` or `error`. Keep-alives are interleaved while nothing arrives."""
+    async def frames(
+        self, last_id: int = -1, *, owner: bool = True
+    ) -> AsyncIterator[Event]:
+        """The reply's frames after `last_id`, in order: metadata, chunks and
+        citations, then one `done` or `error`; keep-alives (None) while nothing
+        arrives. Chunks that queued up while the client was slow come as one.
+
+        The owner is the request that started the reply: when it goes away
+        before the end, the reply stops. Other readers just stop reading."""
+        log = self.log
         keepalive = settings.CHAT_KEEPALIVE_SECONDS
-        queue = self.queue
-        seq = 0
-        sent_metadata = False
-        ended = False
+        chunk = frames.Chunk
         chunks = 0
-        pending: Any = None
+        ended = False
         try:
-            while True:
-                if pending is not None:
-                    item, pending = pending, None
-                else:
-                    try:
-                        item = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        try:
-                            async with asyncio.timeout(keepalive):
-                                item = await queue.get()
-                        except TimeoutError:
-                            yield (seq, None)
-                            continue
-                kind = type(item)
-                if kind is Delta:
-                    # Coalesce deltas that queued up while the client was slow.
-                    texts = [item.text]
-                    while True:
-                        try:
-                            nxt = queue.get_nowait()
-                        except asyncio.QueueEmpty:
-                            break
-                        if type(nxt) is Delta:
-                            texts.append(nxt.text)
-                        else:
-                            pending = nxt
-                            break
-                    if not sent_metadata:
-                        sent_metadata = True
-                        yield (seq, self.metadata())
-                    seq += 1
-                    chunks += 1
-                    yield (
-                        seq,
-                        frames.Chunk(
-                            content=texts[0] if len(texts) == 1 else "".join(texts)
-                        ),
-                    )
-                elif kind is ThreadReady or item is _END:
-                    if not sent_metadata:
-                        sent_metadata = True
-                        yield (seq, self.metadata())
-                    if item is _END:
-                        ended = True
-                        seq += 1
-                        yield (seq, self.final_frame())
-                        return
-                elif kind is Citation:
-                    seq += 1
-                    yield (seq, frames.Annotation(**item.data))
+            while not ended:
+                if not await log.wait(last_id, keepalive):
+                    yield (last_id, None)
+                    continue
+                for event_id, frame in log.after(last_id):
+                    last_id = event_id
+                    if type(frame) is chunk:
+                        chunks += 1
+                    yield (event_id, frame)
+                ended = log.ended and last_id + 1 >= len(log)
         finally:
             task = self.task
-            if task is not None and not ended:
-                self.stop(DISCONNECTED)
-            if task is not None:
+            if owner and task is not None:
+                if not ended:
+                    self.stop(DISCONNECTED)
                 await asyncio.wait({task}, timeout=CLEANUP_TIMEOUT)
-            requestlog.annotate(
-                backend=self.backend.alias,
-                reply_status=str(self.status),
-                error_code=self.error.code if self.error else None,
-                chunks=chunks,
-                ttfc_ms=self.ttfc_ms(),
-            )
+                requestlog.annotate(
+                    backend=self.backend.alias,
+                    reply_status=str(self.status),
+                    error_code=self.error.code if self.error else None,
+                    chunks=chunks,
+                    ttfc_ms=self.ttfc_ms(),
+                )
 
-    async def sse(self) -> AsyncIterator[bytes]:
+    async def sse(
+        self, last_id: int = -1, *, owner: bool = True
+    ) -> AsyncIterator[bytes]:
         """The reply as the bytes of a `text/event-stream` body."""
         encode, keepalive = frames.encode, frames.KEEPALIVE
-        async for seq, frame in self.frames():
-            yield keepalive if frame is None else encode(seq, frame)
+        async for event_id, frame in self.frames(last_id, owner=owner):
+            yield keepalive if frame is None else encode(event_id, frame)
 
     async def collect(self) -> dict[str, Any]:
         """The whole reply as one JSON object (the non-streaming fallback)."""

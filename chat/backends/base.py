@@ -32,6 +32,7 @@ TIMEOUT = "timeout"
 INVALID_REQUEST = "invalid_request"
 # Not from a backend: the relay's own reasons for ending a reply early.
 SERVER_SHUTDOWN = "server_shutdown"
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True, slots=True)

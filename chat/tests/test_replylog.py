@@ -1,0 +1,89 @@
+"""The reply log: any reader, from any event id, gets exactly what came after it."""
+
+import asyncio
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chat import frames
+from chat.replylog import ReplyLog
+
+OTHER = frames.Error(code="c", message="m", message_id="x")
+
+# A log's entries: chunk texts, or None for another frame.
+entries = st.lists(st.one_of(st.text(max_size=5), st.none()), max_size=600)
+
+
+def written(items: list[str | None]) -> ReplyLog:
+    log = ReplyLog()
+    for item in items:
+        if item is None:
+            log.append(OTHER)
+        else:
+            log.append_chunk(item)
+    return log
+
+
+@given(entries, st.data())
+def test_a_reader_from_any_id_gets_exactly_what_follows(
+    items: list[str | None], data: st.DataObject
+) -> None:
+    log = written(items)
+    assert len(log) == len(items)
+    last_id = data.draw(st.integers(-1, len(items) - 1))
+    read = list(log.after(last_id))
+    ids = [event_id for event_id, _ in read]
+    assert ids == sorted(set(ids))
+    if items[last_id + 1 :]:
+        assert ids[-1] == len(items) - 1
+    # Every frame after last_id, with runs of chunks joined and no two chunk
+    # frames in a row.
+    expected: list[str | None] = []
+    for item in items[last_id + 1 :]:
+        if item is not None and expected and expected[-1] is not None:
+            expected[-1] += item
+        else:
+            expected.append(item)
+    got = [f.content if type(f) is frames.Chunk else None for _, f in read]
+    assert got == expected
+    assert log.text == "".join(item for item in items if item is not None)
+
+
+@given(entries)
+def test_the_text_survives_reading_it_while_writing(items: list[str | None]) -> None:
+    log = ReplyLog()
+    seen = ""
+    last_id = -1
+    for item in items:
+        if item is None:
+            log.append(OTHER)
+        else:
+            log.append_chunk(item)
+        for event_id, frame in log.after(last_id):
+            last_id = event_id
+            if type(frame) is frames.Chunk:
+                seen += frame.content
+        assert seen == log.text
+
+
+async def test_readers_wake_when_a_frame_arrives_and_time_out_otherwise() -> None:
+    log = ReplyLog()
+    assert not await log.wait(-1, 0.01)
+    readers = [asyncio.create_task(log.wait(-1, 60)) for _ in range(3)]
+    await asyncio.sleep(0)
+    log.append_chunk("hi")
+    assert await asyncio.gather(*readers) == [True, True, True]
+    assert not log.ended
+    log.append(OTHER, final=True)
+    assert log.ended
+    assert await log.wait(0, 60)
+
+
+def test_a_long_reply_is_compacted_and_still_read_from_any_id() -> None:
+    items = [None if i % 97 == 0 else f"t{i} " for i in range(1000)]
+    log = written(items)
+    for last_id in range(-1, len(items)):
+        text = "".join(
+            f.content for _, f in log.after(last_id) if type(f) is frames.Chunk
+        )
+        assert text == "".join(item for item in items[last_id + 1 :] if item)
