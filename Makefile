@@ -91,7 +91,7 @@ bench-quick: install $(VENV)/.bench
 # fixed-seed budget of the same).
 .PHONY: fuzz
 fuzz: install-dev
-	$(PY) -m chatsite.fuzz $(FUZZ_ARGS)
+	$(PY) -m tools.fuzz $(FUZZ_ARGS)
 
 # 500 concurrent streams for 60 s against uvicorn, the emulator and PostgreSQL.
 .PHONY: soak

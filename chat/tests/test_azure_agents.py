@@ -8,8 +8,8 @@ import pytest
 from django.test import AsyncClient
 
 from chat.models import Conversation, Message
-from chat.tests.conftest import chat, data_frames, parse_sse, read_stream
 from emulator import AgentsEmulator
+from testing.sse import chat, data_frames, parse_sse, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,8 +10,8 @@ from chat.backends import get_backend
 from chat.backends.base import Completed, Delta, ReplyRequest, RunStarted, ThreadReady
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
-from chat.tests.conftest import chat, data_frames, parse_sse, read_stream
 from emulator import AgentsEmulator
+from testing.sse import chat, data_frames, parse_sse, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,7 +7,6 @@ context (cookies, storage) and its own server.
 """
 
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,10 @@ from playwright.async_api import (
 )
 
 from chat.models import Message
-from chatsite.testing import LiveServer
 from emulator import EmulatorConfig, EmulatorThread
+from testing.live import LiveServer
+from testing.upstream import server_env
+from testing.waiting import await_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -151,15 +152,7 @@ def agent() -> Iterator[EmulatorThread]:
 def azure_server(
     uvicorn_server_factory: Callable[..., LiveServer], agent: EmulatorThread
 ) -> LiveServer:
-    return uvicorn_server_factory(
-        {
-            "CHAT_BACKEND": "azure_agents",
-            "AZURE_AI_PROJECT_ENDPOINT": agent.endpoint,
-            "AZURE_AI_AGENT_ID": agent.agent_id,
-            "AZURE_AI_CREDENTIAL": "dev",
-            "CHAT_UPSTREAM_RETRIES": "0",
-        }
-    )
+    return uvicorn_server_factory(server_env("azure_agents", agent))
 
 
 async def test_it_shows_text_while_the_agent_still_writes(
@@ -215,9 +208,7 @@ async def test_it_stops_a_reply_and_keeps_it_after_a_reload(
     await expect(reply.locator(".message-body")).to_have_text("Partial answer")
     await expect(chat.page.get_by_role("button", name="Send")).to_be_visible()
     await expect(chat.input).to_be_focused()
-    deadline = time.monotonic() + 5
-    while not agent.cancelled_runs and time.monotonic() < deadline:
-        await chat.page.wait_for_timeout(50)
+    await await_until(lambda: agent.cancelled_runs)
     assert len(agent.cancelled_runs) == 1
 
     await chat.page.reload()

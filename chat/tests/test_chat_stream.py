@@ -9,7 +9,7 @@ from django.test import AsyncClient
 
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
-from chat.tests.conftest import chat, data_frames, parse_sse, read_stream
+from testing.sse import chat, data_frames, parse_sse, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

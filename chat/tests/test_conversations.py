@@ -6,7 +6,7 @@ import pytest
 from django.test import AsyncClient
 
 from chat.models import Conversation, Message
-from chat.tests.conftest import chat, data_frames, read_stream
+from testing.sse import chat, data_frames, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

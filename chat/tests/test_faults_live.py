@@ -21,9 +21,11 @@ import pytest
 from django.db import connection
 
 from chat.models import Conversation, Message
-from chat.tests.test_live import azure_env, wait_for
-from chatsite.testing import LiveServer, start_server
 from emulator import EmulatorConfig, EmulatorThread
+from testing.live import LiveServer, start_server
+from testing.replies import stored_reply
+from testing.upstream import server_env
+from testing.waiting import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -38,7 +40,6 @@ SERVER_ENV = {
 }
 # A reply long enough to be cut in the middle: 300 tokens, 10 ms apart.
 LONG_REPLY = {"tokens": 300, "token_interval": 0.01}
-SETTLE_SECONDS = 5.0
 # At most a stream and a cancel call at once per case: a pool of two idle
 # connections is reuse; more would be connections nobody closed.
 MAX_IDLE_UPSTREAM = 2
@@ -112,7 +113,7 @@ class Probe:
         """Asks the server for its count line (SIGUSR1) and reads it from the log."""
         before = self.server.log().count('"runtime counts"')
         self.server.process.send_signal(signal.SIGUSR1)
-        wait_for(lambda: self.server.log().count('"runtime counts"') > before)
+        wait_until(lambda: self.server.log().count('"runtime counts"') > before)
         line = [
             line
             for line in self.server.log().splitlines()
@@ -161,12 +162,17 @@ class Probe:
         )
 
     def assert_nothing_left(self) -> None:
-        deadline = time.monotonic() + SETTLE_SECONDS
-        snap = self.snapshot()
-        while not self.is_settled(snap) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            snap = self.snapshot()
-        assert self.is_settled(snap), f"left behind: {snap} (baseline {self.baseline})"
+        snaps = [self.snapshot()]
+
+        def settled() -> bool:
+            if not self.is_settled(snaps[-1]):
+                snaps.append(self.snapshot())
+            return self.is_settled(snaps[-1])
+
+        try:
+            wait_until(settled, interval=0.1)
+        except AssertionError:
+            pytest.fail(f"left behind: {snaps[-1]} (baseline {self.baseline})")
         assert "Traceback" not in self.server.log()
 
 
@@ -187,7 +193,7 @@ def server(
 ) -> Iterator[LiveServer]:
     """One server for the module, on the test database; tests flush it after each."""
     log_path = tmp_path_factory.mktemp("faults") / "server.log"
-    server = start_server(azure_env(emulator, **SERVER_ENV), log_path)
+    server = start_server(server_env("azure_agents", emulator, **SERVER_ENV), log_path)
     yield server
     assert server.stop() in (0, -signal.SIGTERM)
     log = server.log()
@@ -243,16 +249,6 @@ def stored_turn(conversation_id: str) -> tuple[Message, Message]:
     user = Message.objects.get(conversation_id=conversation_id, role="user")
     reply = Message.objects.get(conversation_id=conversation_id, role="assistant")
     return user, reply
-
-
-def wait_for_reply(conversation_id: str) -> Message:
-    wait_for(
-        lambda: Message.objects.filter(
-            conversation_id=conversation_id, role="assistant"
-        ).exists(),
-        timeout=SETTLE_SECONDS,
-    )
-    return stored_turn(conversation_id)[1]
 
 
 def read_until_chunks(lines: Iterator[str], count: int) -> list[dict[str, Any]]:
@@ -376,7 +372,7 @@ def test_it_cancels_the_run_whose_stream_broke(
     # costs tokens and the thread refuses the user's next message.
     emulator.push(fault=fault, fault_after=2, **LONG_REPLY)
     reply, conversation_id = _assert_partial_failure(frames_of(post(server)), code)
-    wait_for(lambda: emulator.cancelled_runs, timeout=2)
+    wait_until(lambda: emulator.cancelled_runs, timeout=2)
     assert emulator.cancelled_runs == [reply.upstream_run_id]
     retry = frames_of(post(server, "again", conversation_id=conversation_id))
     assert retry[-1]["type"] == "done"
@@ -393,10 +389,10 @@ def test_it_times_out_a_silent_upstream_and_cancels_its_run(
     frames = frames_of(lines)
     assert frames[-1]["code"] == "timeout"
     assert UPSTREAM_TIMEOUT <= elapsed < UPSTREAM_TIMEOUT + 3
-    reply = wait_for_reply(frames[0]["conversation_id"])
+    reply = stored_reply(frames[0]["conversation_id"])
     assert (reply.status, reply.error_code) == ("failed", "timeout")
     assert reply.content == chunks_text(frames) == "You"
-    wait_for(lambda: emulator.cancelled_runs)
+    wait_until(lambda: emulator.cancelled_runs)
     assert emulator.cancelled_runs == [reply.upstream_run_id]
 
 
@@ -407,7 +403,9 @@ def test_it_stores_a_timed_out_reply_and_frees_its_slot_before_the_last_frame(
     # refuse every later message with 429 until the slot expires (16 minutes).
     emulator.reset()
     server = uvicorn_server_factory(
-        azure_env(emulator, CHAT_MAX_CONCURRENT_STREAMS="1", **SERVER_ENV)
+        server_env(
+            "azure_agents", emulator, CHAT_MAX_CONCURRENT_STREAMS="1", **SERVER_ENV
+        )
     )
     for _ in range(2):
         emulator.push(fault="hang", fault_after=1)
@@ -433,11 +431,11 @@ def test_it_cancels_the_run_when_the_client_disconnects_mid_stream(
         ) as response:
             frames = read_until_chunks(response.iter_lines(), 5)
         conversation_id = frames[0]["conversation_id"]
-        reply = wait_for_reply(conversation_id)
+        reply = stored_reply(conversation_id)
         assert reply.status == "interrupted"
         assert reply.content.startswith(chunks_text(frames))
         assert len(reply.content) < len(" tok299") * 300
-        wait_for(lambda n=attempt: len(emulator.cancelled_runs) > n)
+        wait_until(lambda n=attempt: len(emulator.cancelled_runs) > n)
         assert emulator.cancelled_runs[attempt] == reply.upstream_run_id
         assert Conversation.objects.get(pk=conversation_id).active_since is None
         assert probe.snapshot().upstream_connections <= MAX_IDLE_UPSTREAM
@@ -458,9 +456,9 @@ def test_it_cancels_the_run_when_the_client_leaves_before_the_first_token(
         # Metadata leaves once the run's stream opens; its first event (the run
         # id, needed to cancel it) follows. Leave after that, before any token.
         time.sleep(0.3)
-    reply = wait_for_reply(metadata["conversation_id"])
+    reply = stored_reply(metadata["conversation_id"])
     assert (reply.status, reply.content) == ("interrupted", "")
-    wait_for(lambda: emulator.cancelled_runs)
+    wait_until(lambda: emulator.cancelled_runs)
     assert emulator.cancelled_runs == [reply.upstream_run_id]
 
 
@@ -472,7 +470,9 @@ def test_it_frees_the_stream_slot_when_the_client_leaves_after_stop(
     # caller, a slot that is never freed refuses every later message with 429.
     emulator.reset()
     server = uvicorn_server_factory(
-        azure_env(emulator, CHAT_MAX_CONCURRENT_STREAMS="1", **SERVER_ENV)
+        server_env(
+            "azure_agents", emulator, CHAT_MAX_CONCURRENT_STREAMS="1", **SERVER_ENV
+        )
     )
     for attempt in range(3):
         emulator.push(**LONG_REPLY)
@@ -485,10 +485,10 @@ def test_it_frees_the_stream_slot_when_the_client_leaves_after_stop(
             conversation_id = frames[0]["conversation_id"]
             stop = httpx.post(f"{server.url}/api/chat/{conversation_id}/stop")
             assert stop.status_code == 200
-        reply = wait_for_reply(conversation_id)
+        reply = stored_reply(conversation_id)
         assert reply.status == "cancelled"
         assert reply.content.startswith(chunks_text(frames))
-        wait_for(lambda n=attempt: len(emulator.cancelled_runs) > n)
+        wait_until(lambda n=attempt: len(emulator.cancelled_runs) > n)
     assert frames_of(post(server))[-1]["type"] == "done"
 
 
@@ -501,7 +501,7 @@ def test_it_ends_open_replies_cleanly_on_sigterm(
     emulator.reset()
     emulator.configure(**LONG_REPLY)
     server = uvicorn_server_factory(
-        azure_env(emulator, CHAT_DRAIN_SECONDS="0.3", **SERVER_ENV),
+        server_env("azure_agents", emulator, CHAT_DRAIN_SECONDS="0.3", **SERVER_ENV),
         "--timeout-graceful-shutdown",
         "5",
     )
@@ -530,7 +530,7 @@ def test_it_ends_open_replies_cleanly_on_sigterm(
     for frames, rest in zip(received, rests, strict=True):
         assert rest[-1]["type"] == "error"
         assert rest[-1]["code"] == "server_shutdown"
-        reply = wait_for_reply(frames[0]["conversation_id"])
+        reply = stored_reply(frames[0]["conversation_id"])
         assert reply.status == "interrupted"
         assert reply.content == chunks_text(frames + rest)
         assert reply.upstream_run_id in emulator.cancelled_runs

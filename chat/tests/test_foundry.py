@@ -9,14 +9,9 @@ import pytest
 from django.test import AsyncClient
 
 from chat.models import Conversation, Message
-from chat.tests.conftest import (
-    chat,
-    data_frames,
-    eventually,
-    parse_sse,
-    read_stream,
-)
 from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
+from testing.sse import chat, data_frames, parse_sse, read_stream
+from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -219,7 +214,7 @@ async def test_it_closes_a_silent_response_after_the_timeout(
     assert data_frames(frames)[-1]["code"] == "timeout"
     reply = await stored_reply()
     assert (reply.status, reply.error_code) == ("failed", "timeout")
-    await eventually(lambda: foundry.cancelled_runs)
+    await await_until(lambda: foundry.cancelled_runs)
     assert foundry.cancelled_runs == [reply.upstream_run_id]
 
 
@@ -241,7 +236,7 @@ async def test_it_stops_the_response_when_stopped(
     reply = await stored_reply()
     assert reply.status == "cancelled"
     assert reply.content == done["full_response"]
-    await eventually(lambda: foundry.cancelled_runs)
+    await await_until(lambda: foundry.cancelled_runs)
     assert foundry.cancelled_runs == [reply.upstream_run_id]
     upstream = foundry.responses[reply.upstream_run_id]
     assert upstream.status == "cancelled"
@@ -271,7 +266,7 @@ async def test_it_stops_the_response_when_the_client_goes_away(
     await asyncio.gather(task, return_exceptions=True)
     reply = await stored_reply()
     assert reply.status == "interrupted"
-    await eventually(lambda: foundry.cancelled_runs)
+    await await_until(lambda: foundry.cancelled_runs)
     assert foundry.cancelled_runs == [reply.upstream_run_id]
 
 

@@ -7,7 +7,7 @@ from django.core.cache import caches
 from django.test import AsyncClient
 
 from chat.models import Message
-from chat.tests.conftest import chat, data_frames, parse_sse, read_stream
+from testing.sse import chat, data_frames, parse_sse, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

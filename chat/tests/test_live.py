@@ -10,8 +10,10 @@ import httpx
 import pytest
 
 from chat.models import Conversation, Message
-from chatsite.testing import LiveServer
-from emulator import FOUNDRY_AGENT_NAME, EmulatorConfig, EmulatorThread
+from emulator import EmulatorConfig, EmulatorThread
+from testing.live import LiveServer
+from testing.upstream import server_env
+from testing.waiting import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -24,17 +26,6 @@ def emulator() -> Iterator[EmulatorThread]:
         yield emulator
 
 
-def azure_env(emulator: EmulatorThread, **extra: str) -> dict[str, str]:
-    return {
-        "CHAT_BACKEND": "azure_agents",
-        "AZURE_AI_PROJECT_ENDPOINT": emulator.endpoint,
-        "AZURE_AI_AGENT_ID": emulator.agent_id,
-        "AZURE_AI_CREDENTIAL": "dev",
-        "CHAT_UPSTREAM_RETRIES": "0",
-        **extra,
-    }
-
-
 def events(response: httpx.Response) -> Iterator[dict]:
     """Parsed `data:` payloads, yielded as soon as each frame arrives."""
     for line in response.iter_lines():
@@ -42,19 +33,11 @@ def events(response: httpx.Response) -> Iterator[dict]:
             yield json.loads(line[6:])
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 def test_it_relays_the_first_chunk_while_the_agent_holds_the_rest(
     uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
 ) -> None:
     emulator.configure(hold_after=1)
-    server = uvicorn_server_factory(azure_env(emulator))
+    server = uvicorn_server_factory(server_env("azure_agents", emulator))
     with httpx.stream(
         "POST", f"{server.url}/api/chat", json={"message": "Say hello"}, timeout=10
     ) as response:
@@ -94,7 +77,7 @@ def test_it_cancels_the_upstream_run_when_the_client_disconnects(
     uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
 ) -> None:
     emulator.configure(tokens=500, token_interval=0.02)
-    server = uvicorn_server_factory(azure_env(emulator))
+    server = uvicorn_server_factory(server_env("azure_agents", emulator))
     with httpx.stream(
         "POST", f"{server.url}/api/chat", json={"message": "long"}, timeout=10
     ) as response:
@@ -102,8 +85,8 @@ def test_it_cancels_the_upstream_run_when_the_client_disconnects(
         metadata = next(stream)
         received = [next(stream)["content"] for _ in range(5)]
     disconnected = time.monotonic()
-    wait_for(lambda: emulator.cancelled_runs, timeout=1.0)
-    wait_for(
+    wait_until(lambda: emulator.cancelled_runs, timeout=1.0)
+    wait_until(
         lambda: Message.objects.filter(role="assistant").exists(),
         timeout=1.0 - (time.monotonic() - disconnected) + 0.5,
     )
@@ -120,7 +103,8 @@ def test_it_keeps_idle_connections_alive(
 ) -> None:
     emulator.configure(fault="hang", fault_after=1)
     server = uvicorn_server_factory(
-        azure_env(
+        server_env(
+            "azure_agents",
             emulator,
             CHAT_KEEPALIVE_SECONDS="0.2",
             CHAT_UPSTREAM_TIMEOUT_SECONDS="1.5",
@@ -133,7 +117,7 @@ def test_it_keeps_idle_connections_alive(
     assert lines.count(": keep-alive") >= 4
     last = json.loads([line for line in lines if line.startswith("data: ")][-1][6:])
     assert last["code"] == "timeout"
-    wait_for(lambda: emulator.cancelled_runs)
+    wait_until(lambda: emulator.cancelled_runs)
 
 
 def test_it_stores_partial_replies_when_the_server_stops(
@@ -141,7 +125,7 @@ def test_it_stores_partial_replies_when_the_server_stops(
 ) -> None:
     emulator.configure(tokens=1000, token_interval=0.02)
     server = uvicorn_server_factory(
-        azure_env(emulator, CHAT_DRAIN_SECONDS="0.3"),
+        server_env("azure_agents", emulator, CHAT_DRAIN_SECONDS="0.3"),
         "--timeout-graceful-shutdown",
         "5",
     )
@@ -164,42 +148,17 @@ def test_it_stores_partial_replies_when_the_server_stops(
     assert Conversation.objects.get().active_since is None
 
 
-def foundry_env(emulator: EmulatorThread, **extra: str) -> dict[str, str]:
-    return {
-        "CHAT_BACKEND": "foundry",
-        "AZURE_AI_PROJECT_ENDPOINT": emulator.endpoint,
-        "AZURE_AI_AGENT_NAME": FOUNDRY_AGENT_NAME,
-        "AZURE_AI_AGENT_VERSION": "",
-        "AZURE_AI_CREDENTIAL": "dev",
-        "CHAT_UPSTREAM_RETRIES": "0",
-        **extra,
-    }
+OPENAI_PROTOCOLS = pytest.mark.parametrize("backend", ["foundry", "openai"])
 
 
-def openai_env(emulator: EmulatorThread, **extra: str) -> dict[str, str]:
-    return {
-        "CHAT_BACKEND": "openai",
-        "OPENAI_BASE_URL": f"{emulator.base_url}/v1",
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_MODEL": "emulated-model",
-        "CHAT_UPSTREAM_RETRIES": "0",
-        **extra,
-    }
-
-
-OPENAI_PROTOCOL_ENVS = pytest.mark.parametrize(
-    "backend_env", [foundry_env, openai_env], ids=["foundry", "openai"]
-)
-
-
-@OPENAI_PROTOCOL_ENVS
+@OPENAI_PROTOCOLS
 def test_it_relays_the_first_chunk_of_the_openai_protocols_unbuffered(
     uvicorn_server_factory: ServerFactory,
     emulator: EmulatorThread,
-    backend_env: Callable[..., dict[str, str]],
+    backend: str,
 ) -> None:
     emulator.configure(hold_after=1)
-    server = uvicorn_server_factory(backend_env(emulator))
+    server = uvicorn_server_factory(server_env(backend, emulator))
     with httpx.stream(
         "POST", f"{server.url}/api/chat", json={"message": "Say hello"}, timeout=10
     ) as response:
@@ -215,22 +174,22 @@ def test_it_relays_the_first_chunk_of_the_openai_protocols_unbuffered(
     assert rest[-1]["full_response"] == "You said: Say hello"
 
 
-@OPENAI_PROTOCOL_ENVS
+@OPENAI_PROTOCOLS
 def test_it_ends_the_upstream_stream_when_the_client_disconnects(
     uvicorn_server_factory: ServerFactory,
     emulator: EmulatorThread,
-    backend_env: Callable[..., dict[str, str]],
+    backend: str,
 ) -> None:
     emulator.configure(tokens=500, token_interval=0.02)
-    server = uvicorn_server_factory(backend_env(emulator))
+    server = uvicorn_server_factory(server_env(backend, emulator))
     with httpx.stream(
         "POST", f"{server.url}/api/chat", json={"message": "long"}, timeout=10
     ) as response:
         stream = events(response)
         metadata = next(stream)
         received = [next(stream)["content"] for _ in range(5)]
-    wait_for(lambda: emulator.cancelled_runs, timeout=2.0)
-    wait_for(lambda: Message.objects.filter(role="assistant").exists())
+    wait_until(lambda: emulator.cancelled_runs, timeout=2.0)
+    wait_until(lambda: Message.objects.filter(role="assistant").exists())
     reply = Message.objects.get(role="assistant")
     assert reply.status == "interrupted"
     assert reply.content.startswith("".join(received))

@@ -8,14 +8,9 @@ import pytest
 from django.test import AsyncClient
 
 from chat.models import Conversation, Message
-from chat.tests.conftest import (
-    chat,
-    data_frames,
-    eventually,
-    parse_sse,
-    read_stream,
-)
 from emulator import AgentsEmulator
+from testing.sse import chat, data_frames, parse_sse, read_stream
+from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -202,7 +197,7 @@ async def test_it_closes_a_silent_stream_after_the_timeout(
     assert data_frames(frames)[-1]["code"] == "timeout"
     reply = await stored_reply()
     assert (reply.status, reply.error_code) == ("failed", "timeout")
-    await eventually(lambda: openai_backend.cancelled_runs)
+    await await_until(lambda: openai_backend.cancelled_runs)
     assert openai_backend.cancelled_runs == [reply.upstream_run_id]
 
 
@@ -224,7 +219,7 @@ async def test_it_stops_generating_when_stopped(
     reply = await stored_reply()
     assert reply.status == "cancelled"
     assert reply.content == done["full_response"]
-    await eventually(lambda: openai_backend.cancelled_runs)
+    await await_until(lambda: openai_backend.cancelled_runs)
     assert openai_backend.cancelled_runs == [reply.upstream_run_id]
     completion = openai_backend.chat_completions[reply.upstream_run_id]
     assert completion.status == "cancelled"
@@ -250,7 +245,7 @@ async def test_it_stops_generating_when_the_client_goes_away(
     await asyncio.gather(task, return_exceptions=True)
     reply = await stored_reply()
     assert reply.status == "interrupted"
-    await eventually(lambda: openai_backend.cancelled_runs)
+    await await_until(lambda: openai_backend.cancelled_runs)
     assert openai_backend.cancelled_runs == [reply.upstream_run_id]
 
 

@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+from testing.live import free_port
+from testing.waiting import wait_until
 
 pytestmark = pytest.mark.deploy
 
@@ -339,12 +341,6 @@ def runtime_environment(venv: Path) -> dict[str, str]:
     return environment
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str) -> tuple[int, bytes]:
     # Host: localhost, as the Container Apps probes send it.
     request = urllib.request.Request(url, headers={"Host": "localhost"})
@@ -406,17 +402,16 @@ def test_it_serves_health_and_static_files_the_way_the_image_runs(
             command, cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, body = get(f"{base}/api/health")
-                break
-            except OSError:
-                assert server.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
 
+    def answer() -> tuple[int, bytes] | None:
+        assert server.poll() is None, log_path.read_text()
+        try:
+            return get(f"{base}/api/health")
+        except OSError:
+            return None
+
+    try:
+        status, body = wait_until(answer, timeout=30, interval=0.2)
         assert status == 200, body
         health = json.loads(body)
         assert health["status"] == "healthy"

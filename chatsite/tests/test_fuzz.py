@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chatsite import fuzz
-from chatsite.testing import LiveServer
+from testing.live import LiveServer
+from tools import fuzz
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 

@@ -1,10 +1,8 @@
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
-from django.db import connections
 
 from chatsite.models import ApiKey
 from posts.models import Post
@@ -18,25 +16,6 @@ def _committed_rows(transactional_db: None) -> None:
     # Async views run their queries on another thread's connection, which cannot
     # see rows left uncommitted by the `db` fixture's per-test transaction.
     return None
-
-
-@pytest.fixture(autouse=True)
-async def _close_async_connections() -> AsyncIterator[None]:
-    # The async ORM's thread keeps its connection otherwise, and PostgreSQL then
-    # refuses to drop the test database while it is still in use.
-    yield
-    await sync_to_async(connections.close_all)()
-
-
-@pytest.fixture(autouse=True)
-def _uncollected_static(settings) -> None:
-    # Pages (the admin, the CSRF cookie page) render without `collectstatic`.
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {
-            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        },
-    }
 
 
 def make_user(username: str, *permissions: str) -> User:

@@ -6,7 +6,7 @@ codes, bodies and SSE frames that match their schemas, bad input refused and goo
 input accepted. The caller is a user holding every post permission, through an
 API key.
 
-    python -m chatsite.fuzz [--max-examples N] [--seed N]   (make fuzz)
+    python -m tools.fuzz [--max-examples N] [--seed N]   (make fuzz)
 
 migrates a scratch SQLite database (or --database-url), starts uvicorn on it and
 fuzzes it; chatsite/tests/test_fuzz.py runs `run_schemathesis` with a small,
@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from testing.live import migrate_scratch_database, start_server
 
 # The offline agent, fast, and no rate limits: the fuzzer sends thousands of
 # messages and a 429 would hide what it is testing.
@@ -149,21 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="chatsite-fuzz-"))
-    os.environ["DATABASE_URL"] = (
-        args.database_url or f"sqlite:///{workdir / 'fuzz.sqlite3'}"
-    )
-    os.environ.setdefault("DJANGO_SECRET_KEY", "fuzz-only-" + os.urandom(24).hex())
-    os.environ.update(DJANGO_DEBUG="0", DJANGO_SECURE_COOKIES="0", **SERVER_ENV)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
-
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    from chatsite.testing import start_server
-
-    call_command("migrate", verbosity=0)
+    os.environ.update(SERVER_ENV)
+    migrate_scratch_database(workdir, args.database_url)
     api_key = create_fuzz_user()
     server = start_server(SERVER_ENV, workdir / "server.log")
     try:

@@ -1,0 +1,108 @@
+"""Reading POST /api/chat's event stream: in process (Django's test client) and
+over HTTP (a live server's lines)."""
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import orjson
+from django.http import StreamingHttpResponse
+from django.test import AsyncClient
+
+
+async def chat(client: AsyncClient, message: str = "Say hello", **fields: Any) -> Any:
+    """POST /api/chat with `message` and any other body `fields`."""
+    return await client.post(
+        "/api/chat",
+        {"message": message, **fields},
+        content_type="application/json",
+    )
+
+
+async def reply_of(
+    client: AsyncClient, message: str = "Say hello", **fields: Any
+) -> list[dict[str, Any]]:
+    """The data of every frame of a whole reply to `message`."""
+    return data_frames(await read_stream(await chat(client, message, **fields)))
+
+
+def parse_sse(raw: bytes) -> list[dict[str, Any]]:
+    """Frames as dicts: {"id": int | None, "data": dict} or {"comment": str}."""
+    frames: list[dict[str, Any]] = []
+    for block in raw.decode().split("\n\n"):
+        if not block:
+            continue
+        frame: dict[str, Any] = {"id": None}
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                frame = {"comment": line[1:].strip()}
+            elif line.startswith("id: "):
+                frame["id"] = int(line[4:])
+            elif line.startswith("data: "):
+                frame["data"] = orjson.loads(line[6:])
+        frames.append(frame)
+    return frames
+
+
+async def read_stream(response: StreamingHttpResponse) -> list[dict[str, Any]]:
+    body = b"".join([part async for part in response.streaming_content])
+    return parse_sse(body)
+
+
+async def read_then_leave(
+    response: StreamingHttpResponse, until: Callable[[bytes], bool]
+) -> bytes:
+    """Reads the body until `until(body so far)` holds, then goes away as a closed
+    tab does (Django's ASGI handler cancels the task sending the body)."""
+    received = bytearray()
+    enough = asyncio.Event()
+
+    async def consume() -> None:
+        async for part in response.streaming_content:
+            received.extend(part)
+            if until(bytes(received)):
+                enough.set()
+
+    reading = asyncio.create_task(consume())
+    waiting = asyncio.create_task(enough.wait())
+    await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    ended = reading.done() and not enough.is_set()
+    for task in (reading, waiting):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not ended, f"the stream ended first: {bytes(received)!r}"
+    return bytes(received)
+
+
+def data_frames(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [frame["data"] for frame in frames if "data" in frame]
+
+
+def chunks_text(data: Iterable[dict[str, Any]]) -> str:
+    """The reply text the chunk frames among `data` carry."""
+    return "".join(d["content"] for d in data if d["type"] == "chunk")
+
+
+def iter_data(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The data of each frame in an event stream's `lines`, as it arrives.
+
+    Keep the iterator referenced while the stream should stay open: httpx closes
+    the connection when its line iterator is collected."""
+    for line in lines:
+        if line.startswith("data: "):
+            yield orjson.loads(line[6:])
+
+
+def read_until_text(data: Iterator[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """Frames from `data` up to the chunk that completes `text`, the part of a
+    reply the upstream sent before it was held."""
+    frames: list[dict[str, Any]] = []
+    for frame in data:
+        frames.append(frame)
+        received = chunks_text(frames)
+        if received == text:
+            return frames
+        assert text.startswith(received), (received, text)
+    raise AssertionError(f"the stream ended before {text!r}: {frames}")
