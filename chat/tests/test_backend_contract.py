@@ -1,33 +1,81 @@
 """One contract, run against every backend: what a user of the page or the API
-sees must not depend on which agent service answers."""
+sees must not depend on which agent service answers.
 
-import asyncio
+`UpstreamContract` adds what only a backend with a service behind it has to meet,
+against the emulator: each fault the service can show ends in its documented error
+code, a silent service times out, and a reply that ends early cancels its run.
+"""
 
 import pytest
 from django.test import AsyncClient
+from pytest_django.fixtures import Settings
 
 from chat.backends import get_backend
 from chat.backends.base import Completed, Delta, ReplyRequest, RunStarted, ThreadReady
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
 from emulator import AgentsEmulator
-from testing.sse import chat, data_frames, parse_sse, read_stream
+from testing.replies import astored_reply
+from testing.sse import (
+    chat,
+    chunks_text,
+    data_frames,
+    parse_sse,
+    read_then_leave,
+    reply_of,
+)
+from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 UNICODE = 'Grüße — 日本語 🎉 "quoted" \\ tab\tnew\nline'
 
+# The offline agent's replies are 60-odd tokens: at this pace one takes 12 s,
+# long enough to be stopped or left after its first chunk.
+LOCAL_SLOW_DELAY_MS = 200
+
+# Each fault the emulator can play, and the error code a client gets for it.
+FAULT_CODES = {
+    "http_401": "upstream_auth",
+    "http_403": "upstream_auth",
+    # On a new thread a 404 means the agent itself is missing.
+    "http_404": "run_failed",
+    "http_429": "rate_limited",
+    "http_500_json": "upstream_unavailable",
+    "http_500_html": "upstream_unavailable",
+    "run_failed": "run_failed",
+    "error_event": "upstream_unavailable",
+    "disconnect": "upstream_disconnected",
+    "incomplete": "incomplete",
+    "max_tokens": "incomplete",
+    "content_filter": "incomplete",
+}
+# The OpenAI protocols' truncated replies, and how the error message says why.
+# Classic Agents runs have no such ending.
+TRUNCATIONS = {"max_tokens": "token limit", "content_filter": "content filter"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Each upstream backend is tested with the faults its service can show.
+    if "fault" in metafunc.fixturenames:
+        metafunc.parametrize(("fault", "code"), list(metafunc.cls.faults.items()))
+
 
 class BackendContract:
-    """Subclasses provide the `backend` fixture (configuring settings) and
-    `expected(message)`, the reply the backend gives to `message`."""
+    """Subclasses provide the `backend` fixture (configuring settings), the reply
+    the backend gives, and how to make a reply last until it is stopped."""
+
+    thread_prefix: str
 
     def expected(self, message: str) -> str:
         raise NotImplementedError
 
-    def slow_down(self, backend: object) -> None:
-        """Makes replies long and slow enough to stop or abandon midway."""
+    def hold(self, backend: object) -> None:
+        """Makes the next reply stay unfinished after its first chunks."""
         raise NotImplementedError
+
+    async def assert_run_cancelled(self, backend: object, reply: Message) -> None:
+        """The upstream run of `reply`, which ended early, was cancelled."""
 
     async def test_it_yields_events_in_contract_order(self, backend: object) -> None:
         events = [e async for e in get_backend().stream_reply(ReplyRequest("hi"))]
@@ -40,9 +88,9 @@ class BackendContract:
     async def test_it_streams_a_reply(
         self, backend: object, async_client: AsyncClient
     ) -> None:
-        data = data_frames(await read_stream(await chat(async_client, "hello")))
+        data = await reply_of(async_client, "hello")
         assert data[0]["type"] == "metadata"
-        assert data[0]["thread_id"]
+        assert data[0]["thread_id"].startswith(self.thread_prefix)
         assert data[-1]["type"] == "done"
         assert data[-1]["full_response"] == self.expected("hello")
         reply = await Message.objects.aget(role="assistant")
@@ -51,16 +99,9 @@ class BackendContract:
     async def test_it_keeps_one_thread_across_turns(
         self, backend: object, async_client: AsyncClient
     ) -> None:
-        first = data_frames(await read_stream(await chat(async_client, "one")))
-        second = data_frames(
-            await read_stream(
-                await chat(
-                    async_client,
-                    "two",
-                    conversation_id=first[0]["conversation_id"],
-                )
-            )
-        )
+        first = await reply_of(async_client, "one")
+        conversation_id = first[0]["conversation_id"]
+        second = await reply_of(async_client, "two", conversation_id=conversation_id)
         assert second[0]["thread_id"] == first[0]["thread_id"]
         assert second[-1]["full_response"] == self.expected("two")
         conversation = await Conversation.objects.aget()
@@ -69,18 +110,17 @@ class BackendContract:
     async def test_it_round_trips_unicode(
         self, backend: object, async_client: AsyncClient
     ) -> None:
-        data = data_frames(await read_stream(await chat(async_client, UNICODE)))
-        chunks = "".join(d["content"] for d in data if d["type"] == "chunk")
-        assert chunks == data[-1]["full_response"] == self.expected(UNICODE)
+        data = await reply_of(async_client, UNICODE)
+        assert chunks_text(data) == data[-1]["full_response"] == self.expected(UNICODE)
 
     async def test_it_stops_midway(
         self, backend: object, async_client: AsyncClient
     ) -> None:
-        self.slow_down(backend)
+        self.hold(backend)
         response = await chat(async_client, "stop me")
         stream = aiter(response.streaming_content)
         raw = b""
-        while raw.count(b'"chunk"') < 2:
+        while b'"chunk"' not in raw:
             raw += await anext(stream)
         conversation_id = parse_sse(raw)[0]["data"]["conversation_id"]
         stopped = await async_client.post(f"/api/chat/{conversation_id}/stop")
@@ -88,81 +128,211 @@ class BackendContract:
         raw += b"".join([part async for part in stream])
         done = data_frames(parse_sse(raw))[-1]
         assert (done["type"], done["status"]) == ("done", "cancelled")
-        reply = await Message.objects.aget(role="assistant")
+        reply = await astored_reply()
         assert reply.status == "cancelled"
         assert reply.content == done["full_response"] != ""
+        await self.assert_run_cancelled(backend, reply)
 
     async def test_it_stores_what_arrived_when_the_client_leaves(
         self, backend: object, async_client: AsyncClient
     ) -> None:
-        self.slow_down(backend)
+        self.hold(backend)
         response = await chat(async_client, "leave")
-        two_chunks = asyncio.Event()
-        received: list[bytes] = []
-
-        async def consume() -> None:
-            async for part in response.streaming_content:
-                received.append(part)
-                if b"".join(received).count(b'"chunk"') >= 2:
-                    two_chunks.set()
-
-        task = asyncio.create_task(consume())
-        await two_chunks.wait()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        reply = await Message.objects.aget(role="assistant")
+        received = await read_then_leave(response, lambda body: b'"chunk"' in body)
+        reply = await astored_reply()
         assert reply.status == "interrupted"
+        assert reply.content.startswith(chunks_text(data_frames(parse_sse(received))))
         assert reply.content
         assert (await Conversation.objects.aget()).active_since is None
+        await self.assert_run_cancelled(backend, reply)
 
 
 class TestLocalBackend(BackendContract):
+    thread_prefix = "local_"
+
     @pytest.fixture
-    def backend(self, settings) -> object:
+    def backend(self, settings: Settings) -> Settings:
         settings.CHAT_BACKEND = "local"
         return settings
 
     def expected(self, message: str) -> str:
         return demo_reply(message)
 
-    def slow_down(self, backend: object) -> None:
-        backend.CHAT_LOCAL_DELAY_MS = 20
+    def hold(self, backend: object) -> None:
+        assert isinstance(backend, Settings)
+        backend.CHAT_LOCAL_DELAY_MS = LOCAL_SLOW_DELAY_MS
 
 
-class TestAzureAgentsBackend(BackendContract):
+class UpstreamContract(BackendContract):
+    """A backend talking to an agent service, here the emulator (`backend`)."""
+
+    alias: str
+    # The operation that starts a reply, and the settings it cannot do without.
+    reply_operation: str
+    required_settings: tuple[str, ...]
+    faults: dict[str, str]
+    # Whether the conversation keeps a new upstream thread when the reply then
+    # fails to start, so that a retry does not make another.
+    keeps_the_thread_of_a_failed_start = True
+
+    def expected(self, message: str) -> str:
+        return f"You said: {message}"
+
+    def hold(self, backend: object) -> None:
+        assert isinstance(backend, AgentsEmulator)
+        backend.configure(hold_after=2)
+
+    async def assert_run_cancelled(self, backend: object, reply: Message) -> None:
+        assert isinstance(backend, AgentsEmulator)
+        await await_until(lambda: backend.cancelled_runs)
+        assert backend.cancelled_runs == [reply.upstream_run_id]
+
+    async def test_it_maps_each_fault_to_its_code(
+        self,
+        backend: AgentsEmulator,
+        async_client: AsyncClient,
+        fault: str,
+        code: str,
+    ) -> None:
+        backend.push(fault=fault, fault_after=2)
+        data = await reply_of(async_client)
+        assert data[0]["type"] == "metadata"
+        assert (data[-1]["type"], data[-1]["code"]) == ("error", code)
+        message = data[-1]["message"]
+        assert message
+        assert "Traceback" not in message
+        if fault in TRUNCATIONS:
+            assert TRUNCATIONS[fault] in message
+        user = await Message.objects.aget(role="user")
+        reply = await astored_reply()
+        assert user.content == "Say hello"
+        assert (reply.status, reply.error_code) == ("failed", code)
+        streamed = chunks_text(data)
+        assert reply.content == streamed
+        if not fault.startswith("http_"):
+            assert streamed == "You said:", "the part sent before the fault is kept"
+        conversation = await Conversation.objects.aget()
+        assert conversation.active_since is None
+        if self.keeps_the_thread_of_a_failed_start or not fault.startswith("http_"):
+            assert conversation.upstream_thread_id.startswith(self.thread_prefix)
+
+    async def test_it_reports_retry_after_on_rate_limits(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        backend.push(fault="http_429_retry_after", retry_after=7)
+        data = await reply_of(async_client)
+        assert data[-1]["code"] == "rate_limited"
+        assert data[-1]["retry_after"] == 7
+
+    async def test_it_retries_a_failed_reply_when_configured(
+        self, backend: AgentsEmulator, async_client: AsyncClient, settings: Settings
+    ) -> None:
+        settings.CHAT_UPSTREAM_RETRIES = 2
+        backend.push(fault="http_500_json")
+        data = await reply_of(async_client)
+        assert data[-1]["type"] == "done"
+        calls = [r for r in backend.requests if r.operation == self.reply_operation]
+        assert [r.status for r in calls] == [500, 200]
+
+    async def test_it_answers_unavailable_when_nothing_listens(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        await backend.stop()
+        data = await reply_of(async_client)
+        assert data[-1]["code"] == "upstream_unavailable"
+        assert (await astored_reply()).status == "failed"
+
+    async def test_it_times_out_a_silent_upstream_and_cancels_its_run(
+        self, backend: AgentsEmulator, async_client: AsyncClient, settings: Settings
+    ) -> None:
+        settings.CHAT_UPSTREAM_TIMEOUT_SECONDS = 0.3
+        backend.push(fault="hang", fault_after=1)
+        data = await reply_of(async_client)
+        assert data[-1]["code"] == "timeout"
+        reply = await astored_reply()
+        assert (reply.status, reply.error_code) == ("failed", "timeout")
+        assert reply.content == chunks_text(data) == "You"
+        await self.assert_run_cancelled(backend, reply)
+
+    async def test_it_sends_keepalives_while_the_upstream_is_silent(
+        self, backend: AgentsEmulator, async_client: AsyncClient, settings: Settings
+    ) -> None:
+        settings.CHAT_KEEPALIVE_SECONDS = 0.05
+        backend.push(fault="hang", fault_after=1)
+        response = await chat(async_client)
+        received = await read_then_leave(response, lambda body: b": keep-alive" in body)
+        assert {"comment": "keep-alive"} in parse_sse(received)
+        reply = await astored_reply()
+        assert (reply.status, reply.content) == ("interrupted", "You")
+        await self.assert_run_cancelled(backend, reply)
+
+    async def test_it_relays_and_stores_long_replies_exactly(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        backend.configure(tokens=1000)
+        data = await reply_of(async_client)
+        expected = "".join(delta.text for delta in backend.deltas)
+        assert chunks_text(data) == data[-1]["full_response"] == expected
+        assert (await astored_reply()).content == expected
+
+    async def test_it_is_not_ready_without_configuration(
+        self, async_client: AsyncClient, settings: Settings
+    ) -> None:
+        settings.CHAT_BACKEND = self.alias
+        for name in self.required_settings:
+            setattr(settings, name, "")
+        response = await async_client.get("/api/health/ready")
+        assert response.status_code == 503
+        assert response.json()["failed"] == ["chat_backend"]
+
+
+class TestAzureAgentsBackend(UpstreamContract):
+    alias = "azure_agents"
+    thread_prefix = "thread_"
+    reply_operation = "runs.create"
+    required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_ID")
+    faults = {f: c for f, c in FAULT_CODES.items() if f not in TRUNCATIONS}
+    keeps_the_thread_of_a_failed_start = False
+
     @pytest.fixture
     def backend(self, azure: AgentsEmulator) -> AgentsEmulator:
         return azure
 
-    def expected(self, message: str) -> str:
-        return f"You said: {message}"
 
-    def slow_down(self, backend: object) -> None:
-        assert isinstance(backend, AgentsEmulator)
-        backend.configure(tokens=300, token_interval=0.01)
+class TestFoundryBackend(UpstreamContract):
+    alias = "foundry"
+    thread_prefix = "conv_"
+    reply_operation = "responses.create"
+    required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_NAME")
+    faults = FAULT_CODES
 
-
-class TestFoundryBackend(BackendContract):
     @pytest.fixture
     def backend(self, foundry: AgentsEmulator) -> AgentsEmulator:
         return foundry
 
-    def expected(self, message: str) -> str:
-        return f"You said: {message}"
-
-    def slow_down(self, backend: object) -> None:
+    async def assert_run_cancelled(self, backend: object, reply: Message) -> None:
+        await super().assert_run_cancelled(backend, reply)
         assert isinstance(backend, AgentsEmulator)
-        backend.configure(tokens=300, token_interval=0.01)
+        upstream = backend.responses[reply.upstream_run_id]
+        assert upstream.status == "cancelled"
+        assert upstream.text.startswith(reply.content)
+        # Asked too, though the service cancels only background responses.
+        cancels = [r for r in backend.requests if r.operation == "responses.cancel"]
+        assert [r.status for r in cancels] == [400]
 
 
-class TestOpenAIBackend(BackendContract):
+class TestOpenAIBackend(UpstreamContract):
+    alias = "openai"
+    thread_prefix = "oa_"
+    reply_operation = "chat.completions.create"
+    required_settings = ("OPENAI_BASE_URL", "OPENAI_MODEL")
+    faults = FAULT_CODES
+
     @pytest.fixture
     def backend(self, openai_backend: AgentsEmulator) -> AgentsEmulator:
         return openai_backend
 
-    def expected(self, message: str) -> str:
-        return f"You said: {message}"
-
-    def slow_down(self, backend: object) -> None:
+    async def assert_run_cancelled(self, backend: object, reply: Message) -> None:
+        await super().assert_run_cancelled(backend, reply)
         assert isinstance(backend, AgentsEmulator)
-        backend.configure(tokens=300, token_interval=0.01)
+        assert backend.chat_completions[reply.upstream_run_id].status == "cancelled"
