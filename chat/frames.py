@@ -10,18 +10,20 @@ that turns them into bytes, and the OpenAPI document takes their JSON Schemas
 from `FRAME_MODELS`.
 """
 
+from json import dumps as _dumps
+from json.encoder import encode_basestring_ascii as _ascii_string
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
+    model_validator,
 )
 
-KEEPALIVE = b": keep-alive\n\n"
+KEEPALIVE = b": keep-alive\n"
 _CHUNK = b'id: %d\ndata: {"type":"chunk","content":%b}\n\n'
 _FRAME = b"id: %d\ndata: %b\n\n"
 
@@ -102,8 +104,17 @@ class Error(Frame):
     type: Literal["error"] = "error"
     code: str
     message: str
+    # The message again, where the earlier service's clients read it.
+    error: str
     message_id: str
     retry_after: _unless_none(int | float)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _error_is_the_message(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "error" not in data:
+            return {**data, "error": data.get("message")}
+        return data
 
 
 FRAME_MODELS: tuple[type[Frame], ...] = (Metadata, Chunk, Annotation, Done, Error)
@@ -112,5 +123,6 @@ FRAME_MODELS: tuple[type[Frame], ...] = (Metadata, Chunk, Annotation, Done, Erro
 def encode(event_id: int, frame: Frame) -> bytes:
     if type(frame) is Chunk:
         # The hot path: one frame per delta, so it skips the generic dump.
-        return _CHUNK % (event_id, orjson.dumps(frame.content))
-    return _FRAME % (event_id, orjson.dumps(frame.model_dump()))
+        return _CHUNK % (event_id, _ascii_string(frame.content).encode())
+    data = _dumps(frame.model_dump(), ensure_ascii=True, separators=(",", ":"))
+    return _FRAME % (event_id, data.encode())

@@ -4,26 +4,41 @@ so every replica shares them; local memory otherwise).
 Two limits: messages per minute (a fixed one-minute window) and replies streaming
 at once. Both are checked before any stream starts; over a limit the caller gets
 429 with Retry-After.
+
+A caller is a user; an anonymous visitor's browser session (so that people
+behind one address, an office NAT, each have their own limits); or, without
+cookies, an IP address. The sessions from one address also share a looser
+ceiling, so that throwing the cookie away does not lift the limits.
 """
 
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 
+from chat.models import Owner
 from chatsite.api import BadRequest
 
 
-def caller_key(request: HttpRequest) -> str:
-    user = request.api_user
-    if user.is_authenticated:
-        return f"user:{user.pk}"
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key: str  # what the limits count: "user:…", "session:…" or "ip:…"
+    ceiling: str = ""  # for a session, the "ip:…" all its address's sessions share
+
+
+def caller_of(request: HttpRequest, owner: Owner) -> Caller:
     # Behind the Container Apps proxy, uvicorn's --proxy-headers puts the client's
     # address here from X-Forwarded-For.
-    return f"ip:{request.META.get('REMOTE_ADDR', 'unknown')}"
+    address = f"ip:{request.META.get('REMOTE_ADDR', 'unknown')}"
+    if owner.user_id is not None:
+        return Caller(f"user:{owner.user_id}")
+    if owner.session_key:
+        return Caller(f"session:{owner.session_key}", ceiling=address)
+    return Caller(address)
 
 
 def _limited(message: str, retry_after: int) -> BadRequest:
@@ -35,30 +50,51 @@ def _limited(message: str, retry_after: int) -> BadRequest:
     )
 
 
-async def check_message_rate(request: HttpRequest) -> None:
-    limit = settings.CHAT_RATE_LIMIT_PER_MINUTE
-    if not limit:
-        return
+async def check_message_rate(caller: Caller) -> None:
     now = time.time()
     window = int(now // 60)
-    key = f"chat:rate:{caller_key(request)}:{window}"
-    await cache.aadd(key, 0, timeout=90)
-    if await cache.aincr(key) > limit:
-        retry_after = max(1, int((window + 1) * 60 - now) + 1)
-        raise _limited(f"too many messages: at most {limit} per minute", retry_after)
+    retry_after = max(1, int((window + 1) * 60 - now) + 1)
+    for key, limit in _counted(
+        caller, settings.CHAT_RATE_LIMIT_PER_MINUTE, PER_IP_RATE
+    ):
+        counter = f"chat:rate:{key}:{window}"
+        await cache.aadd(counter, 0, timeout=90)
+        if await cache.aincr(counter) > limit:
+            raise _limited(
+                f"too many messages: at most {limit} per minute", retry_after
+            )
+
+
+def _counted(caller: Caller, limit: int, ceiling_setting: str) -> list[tuple[str, int]]:
+    """The counters a caller's request takes, with their limits (0 = off)."""
+    counted = [(caller.key, limit)] if limit else []
+    ceiling = getattr(settings, ceiling_setting)
+    if caller.ceiling and ceiling:
+        counted.append((caller.ceiling, ceiling))
+    return counted
+
+
+PER_IP_RATE = "CHAT_RATE_LIMIT_PER_MINUTE_PER_IP"
+PER_IP_STREAMS = "CHAT_MAX_CONCURRENT_STREAMS_PER_IP"
 
 
 @contextlib.asynccontextmanager
-async def stream_slot(caller: str) -> AsyncIterator[None]:
-    """Holds one of the caller's concurrent-stream slots for the life of a reply.
+async def stream_slot(caller: Caller) -> AsyncIterator[None]:
+    """Holds one of the caller's concurrent-stream slots for the life of a reply
+    (and one of its address's, for a session).
 
-    Entering raises the 429 when the caller has none left; leaving gives the slot
-    back, whatever ended the reply."""
-    limit = settings.CHAT_MAX_CONCURRENT_STREAMS
-    if not limit:
+    Entering raises the 429 when none is left; leaving gives the slots back,
+    whatever ended the reply."""
+    async with contextlib.AsyncExitStack() as slots:
+        for key, limit in _counted(
+            caller, settings.CHAT_MAX_CONCURRENT_STREAMS, PER_IP_STREAMS
+        ):
+            await slots.enter_async_context(_slot(f"chat:streams:{key}", limit))
         yield
-        return
-    key = f"chat:streams:{caller}"
+
+
+@contextlib.asynccontextmanager
+async def _slot(key: str, limit: int) -> AsyncIterator[None]:
     # The timeout only matters if a process dies holding slots.
     await cache.aadd(key, 0, timeout=int(settings.CHAT_MAX_STREAM_SECONDS) + 60)
     if await cache.aincr(key) > limit:

@@ -10,9 +10,10 @@ frames (`chat.frames`) to the reply's log (`chat.replylog`), enforces the
 upstream silence and total-duration limits and, whatever happens, stores the
 reply, cancels the upstream run when it did not finish and gives the stream slot
 back. Response bodies read the log: the request that started the reply, and any
-retry of it that attaches. Django cancels the body generator when the client disconnects;
-the producer's cleanup still runs, and the generator waits for it (bounded) so the
-database work stays inside the request's lifecycle.
+retry of it that attaches. Django cancels the body generator when the client
+disconnects; the producer's cleanup still runs, and the starting request's
+generator waits for it (bounded) so the database work stays inside that request's
+lifecycle.
 """
 
 import asyncio
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -95,7 +97,7 @@ async def start(
     backend: ChatBackend,
     *,
     owner: Owner,
-    caller: str,
+    caller: limits.Caller,
     message: str,
     conversation_id: UUID | None,
     thread_id: str | None,
@@ -164,6 +166,80 @@ async def discard(conversation: Conversation, backend: ChatBackend) -> None:
                 "deleting upstream thread %s failed", thread_id, exc_info=True
             )
     await conversation.adelete()
+
+
+def attach(conversation_id: UUID, message_id: UUID) -> "Reply | None":
+    """The reply `message_id` while it streams in this process."""
+    reply = _ACTIVE.get(conversation_id)
+    if reply is not None and reply.message_id == message_id:
+        return reply
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    frames: list[frames.Frame]  # metadata, the text as one chunk, the final frame
+    body: dict[str, Any]  # the non-streaming fallback's JSON body
+
+
+async def stored(
+    conversation_id: UUID, message_id: UUID, backend: ChatBackend
+) -> StoredReply | None:
+    """A finished reply, from the database; None while it is not stored."""
+    message = await (
+        Message.objects.select_related("conversation")
+        .filter(pk=message_id, conversation_id=conversation_id)
+        .afirst()
+    )
+    if message is None:
+        return None
+    conversation = message.conversation
+    described = {**backend.describe(), "backend": conversation.backend}
+    replay: list[frames.Frame] = [
+        frames.Metadata(
+            conversation_id=str(conversation.pk),
+            thread_id=conversation.upstream_thread_id or None,
+            message_id=str(message.pk),
+            **described,
+        )
+    ]
+    if message.content:
+        replay.append(frames.Chunk(content=message.content))
+    replay.extend(frames.Annotation(**data) for data in message.annotations)
+    if message.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
+        replay.append(
+            frames.Done(
+                full_response=message.content,
+                timestamp=(message.finished_at or message.created_at).isoformat(),
+                message_id=str(message.pk),
+                conversation_id=str(conversation.pk),
+                status=message.status,
+                usage=message.usage,
+            )
+        )
+    else:
+        replay.append(
+            frames.Error(
+                code=message.error_code or INTERRUPTED,
+                message=message.error_message
+                or "the reply stopped when its client left",
+                message_id=str(message.pk),
+            )
+        )
+    error = replay[-1] if isinstance(replay[-1], frames.Error) else None
+    body = {
+        "conversation_id": str(conversation.pk),
+        "thread_id": conversation.upstream_thread_id or None,
+        "message_id": str(message.pk),
+        "status": message.status,
+        "full_response": message.content,
+        "usage": message.usage,
+        "annotations": message.annotations,
+        "timestamp": (message.finished_at or message.created_at).isoformat(),
+        "error": {"code": error.code, "message": error.message} if error else None,
+        **described,
+    }
+    return StoredReply(replay, body)
 
 
 def open_replies() -> list["Reply"]:
@@ -502,9 +578,9 @@ class Reply:
         async for event_id, frame in self.frames(last_id, owner=owner):
             yield keepalive if frame is None else encode(event_id, frame)
 
-    async def collect(self) -> dict[str, Any]:
+    async def collect(self, *, owner: bool = True) -> dict[str, Any]:
         """The whole reply as one JSON object (the non-streaming fallback)."""
-        async for _event in self.frames():
+        async for _event in self.frames(owner=owner):
             pass
         body: dict[str, Any] = {
             "conversation_id": str(self.conversation_id),

@@ -25,7 +25,8 @@ def _uuid(value: Any) -> uuid.UUID | None:
 
 class ChatRequest(JsonBody):
     """A message for the agent: a new conversation, or the next message of
-    `conversation_id`. Other keys are ignored."""
+    `conversation_id` (or of `thread_id`, which may also be a conversation id, as
+    the earlier service had them interchangeable). Other keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")
     # The first problem alone, named in `error`, as chat clients have always had it.
@@ -39,12 +40,15 @@ class ChatRequest(JsonBody):
         | None,
         BeforeValidator(_uuid),
     ] = None
+    # false: the whole reply as one JSON body instead of a stream.
+    stream: bool | None = None
 
     # Each field's message for whatever is wrong with it, but NUL and length.
     FIELD_ERRORS: ClassVar[dict[str, str]] = {
         "message": "message must be a non-empty string",
         "thread_id": "thread_id is not a valid thread id",
         "conversation_id": "conversation_id is not a valid UUID",
+        "stream": "stream must be true or false",
     }
 
     @classmethod

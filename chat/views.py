@@ -1,12 +1,13 @@
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 
-from chat import limits, relay, store
+from chat import frames, idempotency, limits, relay, store
 from chat.backends import get_backend
 from chat.models import Conversation, Owner
 from chat.schemas import ChatRequest
@@ -18,6 +19,9 @@ SESSION_OWNER_KEY = "chat_owner"
 JSON_ERROR_STATUS = {"rate_limited": 429, "timeout": 504}
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+# Accept values under which a client takes the stream (axios sends
+# "application/json, text/plain, */*" and always got one).
+STREAM_TYPES = {"text/event-stream", "*/*", "text/*"}
 BUSY = "a reply is already streaming in this conversation; stop it or wait"
 
 
@@ -35,40 +39,118 @@ async def _owner(request: HttpRequest, *, create: bool) -> Owner:
     return Owner(session_key=key or "")
 
 
-def _wants_json(request: HttpRequest) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "application/json" in accept and "text/event-stream" not in accept
+def _wants_json(request: HttpRequest, body: ChatRequest) -> bool:
+    """Stream unless the client asks for JSON alone: `"stream": false`, or an
+    Accept that names application/json and nothing that takes a stream."""
+    if body.stream is not None:
+        return not body.stream
+    accepted = {
+        part.split(";", 1)[0].strip().lower()
+        for part in request.headers.get("Accept", "").split(",")
+    }
+    return "application/json" in accepted and not accepted & STREAM_TYPES
+
+
+def _ids(body: ChatRequest) -> tuple[uuid.UUID | None, str | None]:
+    """The conversation and upstream thread a message continues. A conversation
+    id sent as `thread_id` (the earlier service took either) is a conversation."""
+    conversation_id, thread_id = body.conversation_id, body.thread_id or None
+    if thread_id and conversation_id in (None, _as_uuid(thread_id)):
+        as_conversation = _as_uuid(thread_id)
+        if as_conversation is not None:
+            return as_conversation, None
+    return conversation_id, thread_id
+
+
+def _as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 async def post_chat(request: HttpRequest) -> HttpResponse:
     started = time.perf_counter()
     if settings.CHAT_REQUIRE_LOGIN and not request.api_user.is_authenticated:
         raise BadRequest("log in to chat", 401, code="login_required")
-    body = parse_body(request, ChatRequest)
-    await limits.check_message_rate(request)
+    body = parse_body(request, ChatRequest, text_plain=True)
+    key = idempotency.key_of(request.headers)
+    owner = await _owner(request, create=True)
+    caller = limits.caller_of(request, owner)
+    conversation_id, thread_id = _ids(body)
+    claim = None
+    if key is not None:
+        fingerprint = idempotency.fingerprint(body.message, conversation_id, thread_id)
+        claim = await idempotency.claim(caller.key, key, fingerprint)
+        if isinstance(claim, idempotency.Started):
+            return await _repeat(request, body, claim)
     try:
+        await limits.check_message_rate(caller)
         reply = await relay.start(
             get_backend(),
-            owner=await _owner(request, create=True),
-            caller=limits.caller_key(request),
+            owner=owner,
+            caller=caller,
             message=body.message,
-            conversation_id=body.conversation_id,
-            thread_id=body.thread_id or None,
+            conversation_id=conversation_id,
+            thread_id=thread_id,
             started=started,
         )
-    except store.NotFound:
-        raise BadRequest("conversation not found", 404, code="not_found") from None
-    except store.Busy:
-        raise BadRequest(BUSY, 409, code="conversation_busy") from None
-    if _wants_json(request):
-        whole = await reply.collect()
-        error = whole["error"]
-        status = JSON_ERROR_STATUS.get(error["code"], 502) if error else 200
-        return json_response(whole, status=status)
+    except BaseException as exc:
+        if claim is not None:
+            await claim.release()
+        if isinstance(exc, store.NotFound):
+            raise BadRequest("conversation not found", 404, code="not_found") from None
+        if isinstance(exc, store.Busy):
+            raise BadRequest(BUSY, 409, code="conversation_busy") from None
+        raise
+    if claim is not None:
+        await claim.record(reply.conversation_id, reply.message_id)
+    if _wants_json(request, body):
+        return _json_reply(await reply.collect())
+    return _event_stream(reply.sse())
+
+
+async def _repeat(
+    request: HttpRequest, body: ChatRequest, started: idempotency.Started
+) -> HttpResponse:
+    """A retried POST: the reply its first POST started, attached to while it
+    streams (after the client's Last-Event-ID), or as stored once finished."""
+    reply = relay.attach(started.conversation_id, started.message_id)
+    if reply is not None:
+        if _wants_json(request, body):
+            return _json_reply(await reply.collect(owner=False))
+        return _event_stream(reply.sse(_last_event_id(request), owner=False))
+    replay = await relay.stored(
+        started.conversation_id, started.message_id, get_backend()
+    )
+    if replay is None:
+        raise BadRequest(BUSY, 409, code="conversation_busy")
+    if _wants_json(request, body):
+        conversation = await Conversation.objects.aget(pk=started.conversation_id)
+        message = await conversation.messages.aget(pk=started.message_id)
+        return _json_reply(relay.stored_body(conversation, message, get_backend()))
+    return _event_stream(_frames_body(replay))
+
+
+def _last_event_id(request: HttpRequest) -> int:
+    value = request.headers.get("Last-Event-ID", "").strip()
+    return int(value) if value.isdigit() and len(value) < 10 else -1
+
+
+async def _frames_body(replay: list[frames.Frame]) -> AsyncIterator[bytes]:
+    for event_id, frame in enumerate(replay):
+        yield frames.encode(event_id, frame)
+
+
+def _json_reply(whole: dict) -> HttpResponse:
+    error = whole["error"]
+    status = JSON_ERROR_STATUS.get(error["code"], 502) if error else 200
+    return json_response(whole, status=status)
+
+
+def _event_stream(content: AsyncIterator[bytes]) -> StreamingHttpResponse:
     return StreamingHttpResponse(
-        reply.sse(),
-        content_type="text/event-stream; charset=utf-8",
-        headers=SSE_HEADERS,
+        content, content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
     )
 
 

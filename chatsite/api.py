@@ -103,9 +103,15 @@ class BadRequest(Exception):
         )
 
 
-def parse_json_object(request: HttpRequest) -> dict[str, Any]:
+def parse_json_object(
+    request: HttpRequest, *, text_plain: bool = False
+) -> dict[str, Any]:
+    """The request's body, a JSON object. With `text_plain`, a body sent as
+    `text/plain` (what fetch() sends for a string body) is read as JSON too."""
     content_type = request.content_type or ""
-    if content_type != "application/json":
+    if content_type != "application/json" and not (
+        text_plain and content_type == "text/plain"
+    ):
         raise BadRequest(
             "request body must be JSON (Content-Type: application/json)", 415
         )
@@ -152,9 +158,11 @@ def validate[Body: JsonBody](data: dict[str, Any], model: type[Body]) -> Body:
         raise _refusal(model, exc) from None
 
 
-def parse_body[Body: JsonBody](request: HttpRequest, model: type[Body]) -> Body:
+def parse_body[Body: JsonBody](
+    request: HttpRequest, model: type[Body], *, text_plain: bool = False
+) -> Body:
     """The request's JSON object as a `model`: `parse_json_object`, then `validate`."""
-    return validate(parse_json_object(request), model)
+    return validate(parse_json_object(request, text_plain=text_plain), model)
 
 
 def _refusal(model: type[JsonBody], exc: ValidationError) -> BadRequest:

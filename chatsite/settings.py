@@ -310,9 +310,24 @@ CHAT_MAX_STREAM_SECONDS = env_float("CHAT_MAX_STREAM_SECONDS", 900.0, minimum=1.
 # below uvicorn's --timeout-graceful-shutdown.
 CHAT_DRAIN_SECONDS = env_float("CHAT_DRAIN_SECONDS", 10.0)
 CHAT_LOCAL_DELAY_MS = env_int("CHAT_LOCAL_DELAY_MS", 30)
-# Per user, or per IP address for anonymous callers; 0 turns a limit off.
+# Per user, per browser session for anonymous visitors, per IP address for
+# cookie-less callers; 0 turns a limit off. All sessions from one address share a
+# looser ceiling (by default 10 times the limit) against cookie rotation.
 CHAT_RATE_LIMIT_PER_MINUTE = env_int("CHAT_RATE_LIMIT_PER_MINUTE", 20)
 CHAT_MAX_CONCURRENT_STREAMS = env_int("CHAT_MAX_CONCURRENT_STREAMS", 3)
+CHAT_RATE_LIMIT_PER_MINUTE_PER_IP = env_int(
+    "CHAT_RATE_LIMIT_PER_MINUTE_PER_IP", 10 * CHAT_RATE_LIMIT_PER_MINUTE
+)
+CHAT_MAX_CONCURRENT_STREAMS_PER_IP = env_int(
+    "CHAT_MAX_CONCURRENT_STREAMS_PER_IP", 10 * CHAT_MAX_CONCURRENT_STREAMS
+)
+# How long a POST's Idempotency-Key is remembered: at least as long as a reply
+# can run, so a retry finds the reply it repeats.
+CHAT_IDEMPOTENCY_SECONDS = env_float(
+    "CHAT_IDEMPOTENCY_SECONDS",
+    max(86400.0, CHAT_MAX_STREAM_SECONDS),
+    minimum=CHAT_MAX_STREAM_SECONDS,
+)
 CHAT_UPSTREAM_RETRIES = env_int("CHAT_UPSTREAM_RETRIES", 2)
 CHAT_UPSTREAM_MAX_CONNECTIONS = env_int(
     "CHAT_UPSTREAM_MAX_CONNECTIONS", 2000, minimum=1

@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/", include("posts.urls")),
     path("", include("chat.urls")),
     path("admin/", admin.site.urls),
+    re_path(r"^api/(?P<rest>.*)$", views.api_not_found),
 ]
 
 handler404 = "chatsite.views.page_not_found"

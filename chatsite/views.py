@@ -7,8 +7,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 
-from chatsite.api import api_view, json_response
+from chatsite.api import api_view, json_error, json_response
 from chatsite.openapi import openapi_document
 
 
@@ -71,9 +72,16 @@ ready = api_view(GET=get_ready, public=True)
 openapi = api_view(GET=get_openapi, public=True)
 
 
+@csrf_exempt
+async def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Every path under /api/ that no route takes: JSON, in every mode (Django's
+    debug 404 page would answer otherwise)."""
+    return json_error("not found", 404, code="not_found")
+
+
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return json_response({"error": "not found"}, status=404)
+        return json_error("not found", 404, code="not_found")
     from django.views.defaults import page_not_found as html_page_not_found
 
     return html_page_not_found(request, exception)

@@ -28,20 +28,20 @@ async def reply_of(
 
 
 def parse_sse(raw: bytes) -> list[dict[str, Any]]:
-    """Frames as dicts: {"id": int | None, "data": dict} or {"comment": str}."""
+    """Frames as dicts, in order: {"id": int | None, "data": dict} for each event
+    (dispatched by its blank line), {"comment": str} for each comment line."""
     frames: list[dict[str, Any]] = []
-    for block in raw.decode().split("\n\n"):
-        if not block:
-            continue
-        frame: dict[str, Any] = {"id": None}
-        for line in block.split("\n"):
-            if line.startswith(":"):
-                frame = {"comment": line[1:].strip()}
-            elif line.startswith("id: "):
-                frame["id"] = int(line[4:])
-            elif line.startswith("data: "):
-                frame["data"] = orjson.loads(line[6:])
-        frames.append(frame)
+    event: dict[str, Any] = {"id": None}
+    for line in raw.decode().split("\n"):
+        if line.startswith(":"):
+            frames.append({"comment": line[1:].strip()})
+        elif line.startswith("id: "):
+            event["id"] = int(line[4:])
+        elif line.startswith("data: "):
+            event["data"] = orjson.loads(line[6:])
+        elif not line and "data" in event:
+            frames.append(event)
+            event = {"id": None}
     return frames
 
 

@@ -1,7 +1,6 @@
 """POST /api/chat with the offline backend, through Django's async test client."""
 
 import asyncio
-import contextlib
 import uuid
 
 import pytest
@@ -9,9 +8,15 @@ from django.test import AsyncClient
 
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
-from testing.sse import chat, data_frames, parse_sse, read_stream
+from testing.sse import chat, data_frames, parse_sse, read_stream, read_then_leave
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# The offline agent's replies are 60-odd tokens: at this pace one takes 12 s, long
+# enough to be stopped or left after its first chunks.
+SLOW_DELAY_MS = 200
+# An agent that says nothing for a minute.
+SILENT_DELAY_MS = 60_000
 
 
 async def test_it_streams_the_old_wire_format(async_client: AsyncClient) -> None:
@@ -155,16 +160,18 @@ async def test_it_answers_404_for_unknown_ids(async_client: AsyncClient) -> None
 async def test_it_refuses_a_second_message_while_one_streams(
     async_client: AsyncClient, settings
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = 20
+    settings.CHAT_LOCAL_DELAY_MS = SLOW_DELAY_MS
     response = await chat(async_client)
     stream = aiter(response.streaming_content)
-    metadata = parse_sse(await anext(stream))[0]["data"]
-    busy = await chat(async_client, conversation_id=metadata["conversation_id"])
+    conversation_id = parse_sse(await anext(stream))[0]["data"]["conversation_id"]
+    busy = await chat(async_client, conversation_id=conversation_id)
     assert busy.status_code == 409
     assert busy.json()["code"] == "conversation_busy"
+    await async_client.post(f"/api/chat/{conversation_id}/stop")
     async for _ in stream:
         pass
-    again = await chat(async_client, conversation_id=metadata["conversation_id"])
+    settings.CHAT_LOCAL_DELAY_MS = 1
+    again = await chat(async_client, conversation_id=conversation_id)
     assert again.status_code == 200
     await read_stream(again)
 
@@ -172,7 +179,7 @@ async def test_it_refuses_a_second_message_while_one_streams(
 async def test_it_stops_a_reply_and_keeps_the_partial_text(
     async_client: AsyncClient, settings
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = 20
+    settings.CHAT_LOCAL_DELAY_MS = SLOW_DELAY_MS
     response = await chat(async_client)
     stream = aiter(response.streaming_content)
     raw = await anext(stream) + await anext(stream) + await anext(stream)
@@ -195,26 +202,12 @@ async def test_it_stops_a_reply_and_keeps_the_partial_text(
 async def test_it_stores_an_interrupted_reply_when_the_client_goes_away(
     async_client: AsyncClient, settings
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = 20
+    settings.CHAT_LOCAL_DELAY_MS = SLOW_DELAY_MS
     response = await chat(async_client)
-    received: list[bytes] = []
-    three_frames = asyncio.Event()
-
-    async def consume() -> None:
-        async for part in response.streaming_content:
-            received.append(part)
-            if len(received) == 3:
-                three_frames.set()
-
-    # Django's ASGI handler cancels the task sending the body on disconnect.
-    task = asyncio.create_task(consume())
-    await three_frames.wait()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    received = await read_then_leave(response, lambda body: body.count(b"\n\n") >= 3)
     reply = await Message.objects.aget(role="assistant")
     assert reply.status == "interrupted"
-    sent = "".join(d["content"] for d in data_frames(parse_sse(b"".join(received)))[1:])
+    sent = "".join(d["content"] for d in data_frames(parse_sse(received))[1:])
     assert reply.content.startswith(sent)
     assert len(reply.content) < len(demo_reply("Say hello"))
     conversation = await Conversation.objects.aget()
@@ -224,21 +217,21 @@ async def test_it_stores_an_interrupted_reply_when_the_client_goes_away(
 async def test_it_sends_keepalives_while_the_upstream_is_silent(
     async_client: AsyncClient, settings
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = 150
+    settings.CHAT_LOCAL_DELAY_MS = SILENT_DELAY_MS
     settings.CHAT_KEEPALIVE_SECONDS = 0.05
     response = await chat(async_client, "hi")
-    stream = aiter(response.streaming_content)
-    raw = b""
-    while raw.count(b"keep-alive") < 2:
-        raw += await anext(stream)
-    await stream.aclose()
-    assert b": keep-alive\n\n" in raw
+    raw = await read_then_leave(response, lambda body: body.count(b"keep-alive") >= 2)
+    assert raw.count(b": keep-alive\n") >= 2
+    # A blank line would dispatch an empty event in some clients.
+    assert b": keep-alive\n\n" not in raw
+    reply = await Message.objects.aget(role="assistant")
+    assert (reply.status, reply.content) == ("interrupted", "")
 
 
 async def test_it_times_out_a_silent_upstream(
     async_client: AsyncClient, settings
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = 2000
+    settings.CHAT_LOCAL_DELAY_MS = SILENT_DELAY_MS
     settings.CHAT_UPSTREAM_TIMEOUT_SECONDS = 0.2
     data = data_frames(await read_stream(await chat(async_client)))
     assert data[0]["type"] == "metadata"

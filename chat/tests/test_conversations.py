@@ -111,4 +111,4 @@ async def test_it_answers_404_for_unknown_and_malformed_ids() -> None:
     assert (await client.get(f"/api/conversations/{uuid.uuid4()}")).status_code == 404
     response = await client.get("/api/conversations/not-a-uuid")
     assert response.status_code == 404
-    assert response.json() == {"error": "not found"}
+    assert response.json() == {"error": "not found", "code": "not_found"}

@@ -284,7 +284,7 @@ def test_a_payload_field_name_is_reflected_only_as_json(
 def test_a_payload_in_an_api_url_gets_a_json_404(client: Client) -> None:
     error = assert_json(client.get("/api/posts/<script>alert(1)</script>"), 404)
 
-    assert error == {"error": "not found"}
+    assert error == {"error": "not found", "code": "not_found"}
 
 
 async def test_conversations_and_agent_replies_come_back_as_json_strings(

@@ -91,7 +91,19 @@ async def test_it_answers_json_404_for_unknown_api_paths(
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
-    assert response.json() == {"error": "not found"}
+    assert response.json() == {"error": "not found", "code": "not_found"}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+async def test_unknown_api_paths_answer_json_404_in_debug_mode_too(
+    async_client: AsyncClient, settings, method: str
+) -> None:
+    settings.DEBUG = True
+    response = await async_client.generic(method, "/api/no/such/thing")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"error": "not found", "code": "not_found"}
 
 
 async def test_it_answers_405_for_other_methods(
