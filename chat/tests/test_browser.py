@@ -6,11 +6,9 @@ async-safety checks. One browser serves the module; each test gets a fresh
 context (cookies, storage) and its own server.
 """
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -226,7 +224,8 @@ async def test_it_stops_a_reply_and_keeps_it_after_a_reload(
 async def test_it_shows_an_interrupted_reply_after_a_reload_mid_stream(
     chat: ChatPage, uvicorn_server_factory: Callable[..., LiveServer]
 ) -> None:
-    server = uvicorn_server_factory({"CHAT_LOCAL_DELAY_MS": "40"})
+    # 60-odd tokens, 200 ms apart: the reply is still being written after reload.
+    server = uvicorn_server_factory({"CHAT_LOCAL_DELAY_MS": "200"})
     await chat.open(server)
     await chat.send("Keep talking")
     await expect(chat.assistant().locator(".message-body")).to_contain_text("Hello!")
@@ -297,7 +296,7 @@ async def test_it_shows_a_rate_limit_and_retries(
     retry = error.get_by_role("button", name="Retry")
     await expect(error.locator(".message-error-hint")).to_have_text("Try again in 1 s.")
     await expect(retry).to_be_disabled()
-    await expect(retry).to_be_enabled(timeout=3000)
+    await expect(retry).to_be_enabled(timeout=10_000)
     await retry.click()
 
     reply = await chat.wait_for_reply()
@@ -413,81 +412,3 @@ async def test_it_handles_answers_that_are_not_event_streams(
     reply = await chat.wait_for_reply()
     await expect(reply.locator("blockquote")).to_have_text("Too fast")
     await chat.assert_clean(allowed=("status of 429",))
-
-
-def save_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
-
-
-# A reply of 20,000 tokens in the markdown an agent writes: paragraphs, lists,
-# code blocks and tables, rendered `perFrame` tokens at a time with the style and
-# layout work of each frame included. 4 tokens a frame is 240 tokens/s at 60 fps,
-# faster than agents write; 1 is the worst case (about 3x the run time).
-BENCHMARK = """
-async ({ tokens, perFrame }) => {
-  const app = document.querySelector("script[type=module]").src;
-  const markdown = new URL("./markdown.js", app);
-  const { StreamingMarkdown, renderMarkdown } = await import(markdown);
-  const parts = [];
-  for (let i = 0; parts.length < tokens; i++) {
-    const section = [
-      `## Section ${i}\\n\\n`,
-      ..."This paragraph explains **point".split(" ").map((w) => w + " "),
-      `${i}** with \\`inline code\\` and a [link](https://example.com/${i}). `,
-      ..."More words follow, so the paragraph wraps.\\n\\n".split(/(?<= )/),
-      "- first item\\n", "- second *item*\\n", "- third item\\n\\n",
-      "```python\\n", "def f(x):\\n", "    return x * 2\\n", "```\\n\\n",
-      "| a | b |\\n", "|---|---|\\n", `| ${i} | ${i * 2} |\\n\\n`,
-    ];
-    parts.push(...section);
-  }
-  parts.length = tokens;
-  const host = document.getElementById("messages");
-  const body = document.createElement("div");
-  body.className = "message-body markdown";
-  host.append(body);
-  const renderer = new StreamingMarkdown(body);
-  const times = [];
-  const started = performance.now();
-  for (let i = 0; i < parts.length; i += perFrame) {
-    for (const part of parts.slice(i, i + perFrame)) renderer.append(part);
-    const t0 = performance.now();
-    renderer.flush();
-    void host.scrollHeight; // include style and layout, as a real frame would
-    times.push(performance.now() - t0);
-  }
-  const t0 = performance.now();
-  renderer.finish();
-  const finish = performance.now() - t0;
-  const total = performance.now() - started;
-  const text = parts.join("");
-  // The naive way, for comparison: the whole reply re-rendered for a frame.
-  const n0 = performance.now();
-  for (let i = 0; i < 20; i++) renderMarkdown(text);
-  const naive = (performance.now() - n0) / 20;
-  times.sort((a, b) => a - b);
-  const pick = (q) => times[Math.min(times.length - 1, Math.floor(q * times.length))];
-  return {
-    tokens: parts.length, chars: text.length, frames: times.length,
-    total_ms: total, finish_ms: finish,
-    mean_ms: times.reduce((a, b) => a + b, 0) / times.length,
-    p50_ms: pick(0.5), p95_ms: pick(0.95), p99_ms: pick(0.99), max_ms: times.at(-1),
-    naive_full_render_ms: naive,
-    blocks: body.querySelectorAll("h2, p, ul, pre, table").length,
-  };
-}
-"""
-
-
-async def test_it_renders_a_20000_token_reply_within_a_frame_budget(
-    chat: ChatPage, local_server: LiveServer, output_path: str
-) -> None:
-    await chat.open(local_server)
-    result = await chat.page.evaluate(BENCHMARK, {"tokens": 20_000, "perFrame": 4})
-    save_json(Path(output_path) / "render-benchmark.json", result)
-    print("20,000-token render:", json.dumps(result))
-    assert result["tokens"] == 20_000
-    assert result["p95_ms"] < 16, result
-    assert result["total_ms"] < 30_000, result
-    await chat.assert_clean()

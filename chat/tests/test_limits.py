@@ -58,15 +58,18 @@ async def test_it_limits_concurrent_streams(
     async_client: AsyncClient, settings, cache_backend: str
 ) -> None:
     settings.CHAT_MAX_CONCURRENT_STREAMS = 1
-    settings.CHAT_LOCAL_DELAY_MS = 10
+    # Slow enough that the first reply is still streaming when the second comes.
+    settings.CHAT_LOCAL_DELAY_MS = 200
     first = await chat(async_client, "first")
     stream = aiter(first.streaming_content)
-    parse_sse(await anext(stream))
+    conversation_id = parse_sse(await anext(stream))[0]["data"]["conversation_id"]
     second = await chat(async_client, "second")
     assert second.status_code == 429
     assert second["Retry-After"]
+    await async_client.post(f"/api/chat/{conversation_id}/stop")
     async for _ in stream:
         pass
+    settings.CHAT_LOCAL_DELAY_MS = 1
     third = await chat(async_client, "third")
     assert third.status_code == 200
     assert data_frames(await read_stream(third))[-1]["type"] == "done"
