@@ -27,7 +27,7 @@ from chatsite.api import BadRequest
 @dataclass(frozen=True, slots=True)
 class Caller:
     key: str  # what the limits count: "user:…", "session:…" or "ip:…"
-    ceiling: str = ""  # for a session, the "ip:…" all its address's sessions share
+    ceiling: str = ""  # for a session: what all its address's sessions share
 
 
 def caller_of(request: HttpRequest, owner: Owner) -> Caller:
@@ -37,7 +37,7 @@ def caller_of(request: HttpRequest, owner: Owner) -> Caller:
     if owner.user_id is not None:
         return Caller(f"user:{owner.user_id}")
     if owner.session_key:
-        return Caller(f"session:{owner.session_key}", ceiling=address)
+        return Caller(f"session:{owner.session_key}", ceiling=f"sessions-at-{address}")
     return Caller(address)
 
 

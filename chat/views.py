@@ -120,16 +120,15 @@ async def _repeat(
         if _wants_json(request, body):
             return _json_reply(await reply.collect(owner=False))
         return _event_stream(reply.sse(_last_event_id(request), owner=False))
-    replay = await relay.stored(
+    stored = await relay.stored(
         started.conversation_id, started.message_id, get_backend()
     )
-    if replay is None:
+    if stored is None:
+        # Streaming on another replica, or lost with a process that died.
         raise BadRequest(BUSY, 409, code="conversation_busy")
     if _wants_json(request, body):
-        conversation = await Conversation.objects.aget(pk=started.conversation_id)
-        message = await conversation.messages.aget(pk=started.message_id)
-        return _json_reply(relay.stored_body(conversation, message, get_backend()))
-    return _event_stream(_frames_body(replay))
+        return _json_reply(stored.body)
+    return _event_stream(_frames_body(stored.frames))
 
 
 def _last_event_id(request: HttpRequest) -> int:

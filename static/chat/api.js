@@ -31,6 +31,13 @@ function headers(extra = {}) {
   return { "X-CSRFToken": csrfToken(), ...extra };
 }
 
+// randomUUID needs a secure context; getRandomValues works everywhere.
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function seconds(value) {
   const number = Number.parseFloat(value);
   return Number.isFinite(number) && number >= 0 ? number : null;
@@ -68,12 +75,17 @@ async function request(url, options = {}) {
 // event is the parsed JSON payload ({type: "metadata" | "chunk" | ...}). A JSON
 // answer (a proxy that strips streaming, or the API's fallback) becomes the same
 // sequence of events. Rejects with ApiError before the stream starts, with an
-// AbortError when signal aborts.
+// AbortError when signal aborts. Each message carries its own Idempotency-Key,
+// so a POST that is sent again (by a proxy, or the browser) never runs twice.
 export async function streamChat(body, { signal, onEvent }) {
   const response = await request("/api/chat", {
     method: "POST",
     signal,
-    headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+    headers: headers({
+      "Content-Type": "application/json",
+      Accept: "text/event-stream",
+      "Idempotency-Key": newKey(),
+    }),
     body: JSON.stringify(body),
   });
   const type = response.headers.get("Content-Type") || "";
