@@ -28,8 +28,6 @@ NEEDED = (
     "static/chat/app.js",
     "templates/base.html",
 )
-# moving out of chatsite (test support)
-NOT_YET_MOVED = frozenset({"chatsite/testing.py", "chatsite/fuzz.py"})
 
 
 class DockerIgnore:
@@ -105,9 +103,7 @@ def test_no_file_in_it_is_a_test_module_or_imports_pytest() -> None:
     python = [p for p in build_context() if p.endswith(".py")]
     names = [p for p in python if Path(p).name.startswith("test_")]
     assert names + [p for p in python if Path(p).name == "conftest.py"] == []
-    pytest_users = [
-        p for p in python if p not in NOT_YET_MOVED and imports_pytest(ROOT / p)
-    ]
+    pytest_users = [p for p in python if imports_pytest(ROOT / p)]
     assert pytest_users == []
 
 

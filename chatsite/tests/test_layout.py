@@ -20,8 +20,6 @@ FORBIDDEN = frozenset(
     }
 )
 TEST_MODULES = frozenset({"tests", "conftest"})
-# moving out of chatsite (test support)
-NOT_YET_MOVED = frozenset({"testing.py", "fuzz.py"})
 
 
 def runtime_modules() -> Iterator[Path]:
@@ -29,8 +27,6 @@ def runtime_modules() -> Iterator[Path]:
         for path in sorted((ROOT / package).rglob("*.py")):
             parts = path.relative_to(ROOT).parts
             if "tests" in parts or "migrations" in parts:
-                continue
-            if package == "chatsite" and path.name in NOT_YET_MOVED:
                 continue
             yield path
 
