@@ -1,13 +1,27 @@
-"""The OpenAPI 3.1 description of every JSON endpoint under /api/."""
+"""The OpenAPI 3.1 description of every JSON endpoint under /api/.
+
+Request bodies and SSE frames are described by the pydantic models that validate
+and build them; responses written by `to_dict()` and the paths are described here.
+"""
 
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
+from chat.frames import FRAME_MODELS
+from chat.schemas import ChatRequest
+from chatsite.api import Text
+from posts.schemas import PostInput, PostPatch
+
+REF = "#/components/schemas/{model}"
+REQUEST_MODELS = (PostInput, PostPatch, ChatRequest)
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF.format(model=name)}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -36,27 +50,6 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: ERRORS[code] for code in codes}
 
 
-# What the API refuses in text: NUL anywhere (PostgreSQL text cannot hold it) and,
-# where a value must not be blank, nothing but the whitespace str.strip() removes.
-_SPACE = (
-    "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680"
-    "\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-)
-NO_NUL = "^[^\\u0000]*$"
-NOT_BLANK = f"^[^\\u0000]*[^\\u0000{_SPACE}][^\\u0000]*$"
-# A post title: 1 to 200 characters once stripped, any whitespace around them.
-TITLE = (
-    f"^[{_SPACE}]*[^\\u0000{_SPACE}]"
-    f"([^\\u0000]{{0,198}}[^\\u0000{_SPACE}])?[{_SPACE}]*$"
-)
-THREAD_ID = "^[A-Za-z0-9_-]{1,200}$"
-# `format` alone is an annotation in JSON Schema 2020-12; a pattern is asserted.
-UUID = {
-    "type": "string",
-    "format": "uuid",
-    "pattern": "^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$",
-}
-
 POST_ID = {
     "name": "post_id",
     "in": "path",
@@ -70,7 +63,8 @@ CONVERSATION_ID = {
     "schema": {"type": "string", "format": "uuid"},
 }
 
-SCHEMAS: dict[str, Any] = {
+# What `to_dict()` and the views write.
+RESPONSES: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -95,30 +89,6 @@ SCHEMAS: dict[str, Any] = {
             "published": {"type": "boolean"},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
-        },
-    },
-    "PostInput": {
-        "type": "object",
-        "required": ["title", "body"],
-        "additionalProperties": False,
-        "properties": {
-            "title": {
-                "type": "string",
-                "pattern": TITLE,
-                "description": "At most 200 characters; stored without leading "
-                "and trailing whitespace",
-            },
-            "body": {"type": "string", "minLength": 1, "pattern": NO_NUL},
-            "published": {"type": "boolean"},
-        },
-    },
-    "PostPatch": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "title": {"type": "string", "pattern": TITLE},
-            "body": {"type": "string", "minLength": 1, "pattern": NO_NUL},
-            "published": {"type": "boolean"},
         },
     },
     "PostPage": {
@@ -151,16 +121,6 @@ SCHEMAS: dict[str, Any] = {
             "failed": {"type": "array", "items": {"type": "string"}},
         },
     },
-    "ChatRequest": {
-        "type": "object",
-        "required": ["message"],
-        "properties": {
-            # maxLength is CHAT_MAX_MESSAGE_CHARS, set in openapi_document().
-            "message": {"type": "string", "pattern": NOT_BLANK},
-            "thread_id": {"type": ["string", "null"], "pattern": THREAD_ID},
-            "conversation_id": {**UUID, "type": ["string", "null"]},
-        },
-    },
     "ChatEvent": {
         "type": "object",
         "description": "One Server-Sent Event of a reply; `data` is one JSON frame.",
@@ -174,94 +134,6 @@ SCHEMAS: dict[str, Any] = {
                 "contentSchema": _ref("ChatFrame"),
             },
         },
-    },
-    "ChatFrame": {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": [
-                    "type",
-                    "conversation_id",
-                    "thread_id",
-                    "message_id",
-                    "backend",
-                    "agent",
-                    "offline",
-                ],
-                "properties": {
-                    "type": {"const": "metadata"},
-                    "conversation_id": {"type": "string", "format": "uuid"},
-                    "thread_id": {"type": ["string", "null"]},
-                    "message_id": {"type": "string", "format": "uuid"},
-                    "backend": {"type": "string"},
-                    "agent": {"type": "string"},
-                    "offline": {"type": "boolean"},
-                    "thread_reset": {"const": True},
-                    "previous_thread_id": {"type": "string"},
-                    "notice": {"type": "string"},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["type", "content"],
-                "properties": {
-                    "type": {"const": "chunk"},
-                    "content": {"type": "string"},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["type", "kind"],
-                "properties": {
-                    "type": {"const": "annotation"},
-                    "kind": {"enum": ["url_citation", "file_citation"]},
-                    "text": {"type": ["string", "null"]},
-                },
-            },
-            {
-                "type": "object",
-                "required": [
-                    "type",
-                    "full_response",
-                    "timestamp",
-                    "message_id",
-                    "conversation_id",
-                    "status",
-                    "usage",
-                ],
-                "properties": {
-                    "type": {"const": "done"},
-                    "full_response": {"type": "string"},
-                    "timestamp": {"type": "string", "format": "date-time"},
-                    "message_id": {"type": "string", "format": "uuid"},
-                    "conversation_id": {"type": "string", "format": "uuid"},
-                    "status": {"enum": ["complete", "cancelled"]},
-                    "usage": {"type": ["object", "null"]},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["type", "code", "message", "message_id"],
-                "properties": {
-                    "type": {"const": "error"},
-                    "code": {
-                        "enum": [
-                            "upstream_auth",
-                            "rate_limited",
-                            "upstream_unavailable",
-                            "run_failed",
-                            "upstream_disconnected",
-                            "incomplete",
-                            "timeout",
-                            "server_shutdown",
-                        ]
-                    },
-                    "message": {"type": "string"},
-                    "message_id": {"type": "string", "format": "uuid"},
-                    "retry_after": {"type": "number"},
-                },
-            },
-        ]
     },
     "ChatReply": {
         "type": "object",
@@ -312,6 +184,47 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+class _ComponentSchemas(GenerateJsonSchema):
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _model_schemas(
+    models: tuple[type[BaseModel], ...], suffix: str = ""
+) -> dict[str, Any]:
+    """Each model's JSON Schema, named after it (plus `suffix`), with the models
+    it uses, all referring to each other as components."""
+    _, top = models_json_schema(
+        [(model, "validation") for model in models],
+        ref_template=REF.replace("{model}", "{model}" + suffix),
+        schema_generator=_ComponentSchemas,
+    )
+    return {name + suffix: schema for name, schema in top["$defs"].items()}
+
+
+def _frame_schemas() -> dict[str, Any]:
+    """One component per SSE frame model, and `ChatFrame`, any one of them by
+    its `type`.
+
+    A frame is described by what its model accepts, which is what it sends: a
+    custom serializer leaves nothing to read in the serialization schema. Its
+    `type` has a default, but every frame carries it.
+    """
+    frames = _model_schemas(FRAME_MODELS, suffix="Frame")
+    for frame in frames.values():
+        others = [name for name in frame.get("required", ()) if name != "type"]
+        frame["required"] = ["type", *others]
+    types = {
+        model.model_fields["type"].default: REF.format(model=f"{model.__name__}Frame")
+        for model in FRAME_MODELS
+    }
+    chat_frame = {
+        "oneOf": [{"$ref": ref} for ref in types.values()],
+        "discriminator": {"propertyName": "type", "mapping": types},
+    }
+    return {**frames, "ChatFrame": chat_frame}
+
+
 def _links(target: str, *operations: str) -> dict[str, Any]:
     """OpenAPI links passing an id from a response to operations on that resource."""
     parameter = "post_id" if "Post" in operations[0] else "conversation_id"
@@ -350,17 +263,10 @@ def openapi_document() -> dict[str, Any]:
         "required": True,
         "content": {"application/json": {"schema": _ref(name)}},
     }
-    chat_request = SCHEMAS["ChatRequest"]
-    message = {
-        **chat_request["properties"]["message"],
-        "maxLength": settings.CHAT_MAX_MESSAGE_CHARS,
-    }
     schemas = {
-        **SCHEMAS,
-        "ChatRequest": {
-            **chat_request,
-            "properties": {**chat_request["properties"], "message": message},
-        },
+        **RESPONSES,
+        **_model_schemas(REQUEST_MODELS),
+        **_frame_schemas(),
     }
     return {
         "openapi": "3.1.0",
@@ -421,7 +327,7 @@ def openapi_document() -> dict[str, Any]:
                                 "page",
                                 {"type": "integer", "minimum": 1, "maximum": 10**9},
                             ),
-                            ("q", {"type": "string", "pattern": NO_NUL}),
+                            ("q", TypeAdapter(Annotated[str, Text()]).json_schema()),
                         )
                     ],
                     "responses": {
