@@ -415,7 +415,8 @@ def test_it_cancels_the_run_when_the_client_disconnects_mid_stream(
         with httpx.stream(
             "POST", f"{server.url}/api/chat", json={"message": "long"}, timeout=10
         ) as response:
-            frames = read_until_text(iter_data(response.iter_lines()), HELD)
+            stream = iter_data(response.iter_lines())
+            frames = read_until_text(stream, HELD)
         conversation_id = frames[0]["conversation_id"]
         reply = stored_reply(conversation_id)
         assert (reply.status, reply.content) == ("interrupted", HELD)
@@ -432,7 +433,8 @@ def test_it_cancels_the_run_when_the_client_leaves_before_the_first_token(
     with httpx.stream(
         "POST", f"{server.url}/api/chat", json={"message": "slow"}, timeout=10
     ) as response:
-        metadata = next(iter_data(response.iter_lines()))
+        stream = iter_data(response.iter_lines())
+        metadata = next(stream)
         # Metadata leaves once the run's stream opens; its first event (the run
         # id, needed to cancel it) follows. Leave once the server has it.
         conversation = Conversation.objects.filter(pk=metadata["conversation_id"])
