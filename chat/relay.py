@@ -18,6 +18,7 @@ lifecycle.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ from chat import frames, limits, store
 from chat.backends.base import (
     INCOMPLETE,
     INTERRUPTED,
+    NOT_SAVED,
     SERVER_SHUTDOWN,
     TIMEOUT,
     UPSTREAM_DISCONNECTED,
@@ -110,13 +112,20 @@ async def start(
     reply streams in it. From here the reply owns the slot and the lock."""
     async with contextlib.AsyncExitStack() as resources:
         await resources.enter_async_context(limits.stream_slot(caller))
-        turn = await store.start_turn(
-            owner=owner,
-            backend=backend.alias,
-            message=message,
-            conversation_id=conversation_id,
-            thread_id=thread_id,
-            with_history=backend.needs_history,
+        turn = await store.retrying(
+            functools.partial(
+                store.start_turn,
+                owner=owner,
+                backend=backend.alias,
+                message=message,
+                conversation_id=conversation_id,
+                thread_id=thread_id,
+                with_history=backend.needs_history,
+                now=timezone.now(),
+                user_message_id=uuid4(),
+                new_conversation_id=uuid4(),
+            ),
+            "starting a turn",
         )
         reply = Reply(
             backend=backend,
@@ -391,9 +400,7 @@ class Reply:
                         self.run_id = run_id
                         if not self.backend.offline and self.thread_id:
                             self._record_run = asyncio.create_task(
-                                store.record_run(
-                                    self.conversation_id, run_id, self.thread_id
-                                )
+                                self._record(run_id, self.thread_id)
                             )
                     case Citation(data=data):
                         self.citations.append(data)
@@ -450,6 +457,18 @@ class Reply:
                 self._send_metadata()
                 log.append(self.final_frame(), final=True)
 
+    async def _record(self, run_id: str, thread_id: str) -> None:
+        """Lets a stop request reach this run from any replica."""
+        try:
+            await store.retrying(
+                functools.partial(
+                    store.record_run, self.conversation_id, run_id, thread_id
+                ),
+                f"recording run {run_id}",
+            )
+        except Exception:
+            logger.exception("recording run %s failed", run_id)
+
     async def _cancel_upstream(self) -> None:
         if not (self.thread_id and self.run_id):
             return
@@ -476,14 +495,31 @@ class Reply:
             "time_to_first_chunk_ms": self.ttfc_ms(),
         }
         try:
-            await store.finish_turn(
-                conversation_id=self.conversation_id,
-                message_id=self.message_id,
-                thread_id=self.thread_id,
-                fields=fields,
+            await store.retrying(
+                functools.partial(
+                    store.finish_turn,
+                    conversation_id=self.conversation_id,
+                    message_id=self.message_id,
+                    thread_id=self.thread_id,
+                    fields=fields,
+                ),
+                f"storing reply {self.message_id}",
             )
         except Exception:
             logger.exception("storing reply %s failed", self.message_id)
+            # Never a `done` that says the reply was kept.
+            self.error = BackendError(
+                NOT_SAVED, "the reply could not be stored; send your message again"
+            )
+            try:
+                await store.retrying(
+                    functools.partial(store.release, self.conversation_id),
+                    f"releasing conversation {self.conversation_id}",
+                )
+            except Exception:
+                logger.exception(
+                    "releasing conversation %s failed", self.conversation_id
+                )
 
     # --- frames ----------------------------------------------------------------------
 

@@ -2,8 +2,17 @@
 
 The relay touches the database twice per reply — before the upstream call and
 once at the end — never per chunk.
+
+A connection can die under any step (a failover, a restart, an idle timeout on
+the server): the step then closes it, so that the pool hands out a fresh one,
+and raises `Retryable`; `retrying` runs a step again, bounded, with backoff.
+Steps that may run twice are idempotent: storing a reply is keyed by its id.
 """
 
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,12 +20,14 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from chat.backends.base import Turn
 from chat.models import Conversation, Message, Owner
+
+logger = logging.getLogger(__name__)
 
 
 class NotFound(Exception):
@@ -25,6 +36,37 @@ class NotFound(Exception):
 
 class Busy(Exception):
     pass
+
+
+class Retryable(Exception):
+    """The database connection failed under a step; running it again may work."""
+
+
+# Seconds to wait before each further try of a step whose connection failed.
+RETRY_DELAYS = (0.1, 0.5, 2.0)
+
+
+def _fresh_connection_on_failure[**P, R](step: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(step)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return step(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            connection.close()
+            raise Retryable(str(exc)) from exc
+
+    return run
+
+
+async def retrying[R](step: Callable[[], Awaitable[R]], what: str) -> R:
+    """Runs `step` and, while its connection fails, again after each delay."""
+    for delay in RETRY_DELAYS:
+        try:
+            return await step()
+        except Retryable as exc:
+            logger.warning("%s failed (%s); trying again in %gs", what, exc, delay)
+            await asyncio.sleep(delay)
+    return await step()
 
 
 @dataclass(slots=True)
@@ -40,6 +82,7 @@ def _stale_before(now: datetime) -> datetime:
 
 
 @sync_to_async
+@_fresh_connection_on_failure
 def start_turn(
     *,
     owner: Owner,
@@ -48,11 +91,14 @@ def start_turn(
     conversation_id: UUID | None,
     thread_id: str | None,
     with_history: bool,
+    now: datetime,
+    user_message_id: UUID,
+    new_conversation_id: UUID,
 ) -> TurnStart:
     """Finds or creates the caller's conversation, takes its one-active-run lock
     and stores the user message. Raises NotFound for anything not the caller's
-    and Busy while another reply streams."""
-    now = timezone.now()
+    and Busy while another reply streams. Run again with the same `now` and ids
+    (its connection failed), it finds its own conversation, lock and message."""
     with transaction.atomic():
         owned = Conversation.objects.owned_by(owner)
         if conversation_id is not None:
@@ -66,11 +112,16 @@ def start_turn(
             if conversation is None:
                 raise NotFound
         else:
-            conversation = Conversation(
-                backend=backend, title=message.strip()[:80], active_since=now
-            )
-            owner.assign(conversation)
-            conversation.save()
+            conversation = owned.filter(pk=new_conversation_id).first()
+            if conversation is None:
+                conversation = Conversation(
+                    id=new_conversation_id,
+                    backend=backend,
+                    title=message.strip()[:80],
+                    active_since=now,
+                )
+                owner.assign(conversation)
+                conversation.save(force_insert=True)
         if conversation.active_since != now:
             locked = (
                 Conversation.objects.filter(pk=conversation.pk)
@@ -91,22 +142,28 @@ def start_turn(
         history = (
             [
                 Turn(m.role, m.content)
-                for m in conversation.messages.order_by("created_at")
+                for m in conversation.messages.exclude(pk=user_message_id).order_by(
+                    "created_at"
+                )
             ]
             if with_history
             else []
         )
-        user_message = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.USER,
-            content=message,
-            created_at=now,
-            finished_at=now,
+        user_message, _created = Message.objects.get_or_create(
+            id=user_message_id,
+            defaults={
+                "conversation": conversation,
+                "role": Message.Role.USER,
+                "content": message,
+                "created_at": now,
+                "finished_at": now,
+            },
         )
     return TurnStart(conversation, user_message, history)
 
 
 @sync_to_async
+@_fresh_connection_on_failure
 def finish_turn(
     *,
     conversation_id: UUID,
@@ -114,15 +171,18 @@ def finish_turn(
     thread_id: str | None,
     fields: dict[str, Any],
 ) -> None:
-    """Stores the assistant reply (whatever arrived) and releases the lock."""
+    """Stores the assistant reply (whatever arrived) and releases the lock. Storing
+    the same reply again (a retry after its connection failed) changes nothing."""
     now = timezone.now()
     with transaction.atomic():
-        Message.objects.create(
+        Message.objects.update_or_create(
             id=message_id,
-            conversation_id=conversation_id,
-            role=Message.Role.ASSISTANT,
-            finished_at=now,
-            **fields,
+            defaults={
+                "conversation_id": conversation_id,
+                "role": Message.Role.ASSISTANT,
+                "finished_at": now,
+                **fields,
+            },
         )
         update: dict[str, Any] = {
             "active_since": None,
@@ -135,6 +195,16 @@ def finish_turn(
 
 
 @sync_to_async
+@_fresh_connection_on_failure
+def release(conversation_id: UUID) -> None:
+    """Releases the conversation's lock without storing a reply."""
+    Conversation.objects.filter(pk=conversation_id).update(
+        active_since=None, active_run_id=""
+    )
+
+
+@sync_to_async
+@_fresh_connection_on_failure
 def record_run(conversation_id: UUID, run_id: str, thread_id: str) -> None:
     """Lets a stop request reach this run from any replica."""
     Conversation.objects.filter(pk=conversation_id).update(

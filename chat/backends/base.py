@@ -33,6 +33,7 @@ INVALID_REQUEST = "invalid_request"
 # Not from a backend: the relay's own reasons for ending a reply early.
 SERVER_SHUTDOWN = "server_shutdown"
 INTERRUPTED = "interrupted"
+NOT_SAVED = "not_saved"
 
 
 @dataclass(frozen=True, slots=True)
