@@ -470,11 +470,16 @@ class Reply:
             logger.exception("recording run %s failed", run_id)
 
     async def _cancel_upstream(self) -> None:
-        if not (self.thread_id and self.run_id):
+        if not self.thread_id:
             return
+        if self.run_id:
+            cancel = self.backend.cancel(self.thread_id, self.run_id)
+        else:
+            # The run may exist with its id still on the way: find it.
+            cancel = self.backend.cancel_active(self.thread_id)
         try:
             async with asyncio.timeout(UPSTREAM_CANCEL_TIMEOUT):
-                await asyncio.shield(self.backend.cancel(self.thread_id, self.run_id))
+                await asyncio.shield(cancel)
         except (TimeoutError, asyncio.CancelledError):
             logger.warning("cancelling upstream run %s timed out", self.run_id)
         except Exception:

@@ -33,6 +33,7 @@ Options (`EmulatorConfig` fields)
                  conversations.create/get/delete, responses.get/cancel
     retry_after  seconds sent in Retry-After by http_429_retry_after
     hold_after   N: stop after N deltas until `release()`
+    hold_start   true: stop before the reply's first event until `release()`
 
 Faults
     http_401, http_403, http_404 (thread not found), http_429 (no Retry-After),

@@ -86,7 +86,9 @@ class EmulatorConfig:
     """How the emulator answers; every field can be overridden per request.
 
     `fault_after` counts the deltas sent before a stream fault strikes, and
-    `hold_after` the deltas sent before the stream waits for `release()`.
+    `hold_after` the deltas sent before the stream waits for `release()`;
+    `hold_start` holds a reply before its first event (a classic run before
+    `thread.run.created`), once its response headers are out.
     `fault_operation` None aims the fault at the next reply, whatever its API.
     """
 
@@ -102,6 +104,7 @@ class EmulatorConfig:
     fault_after: int = 2
     retry_after: int = 1
     hold_after: int | None = None
+    hold_start: bool = False
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -205,6 +208,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "fault_after": _to_int,
     "retry_after": _to_int,
     "hold_after": _optional(_to_int),
+    "hold_start": _to_bool,
 }
 
 

@@ -218,6 +218,8 @@ class PacedReply:
 
     async def drive(self) -> None:
         config, tokens = self.config, self.tokens
+        if config.hold_start and await self.gate.wait(self.cancel_requested):
+            return await self._cancelled()
         await self._start()
         fault = config.fault if config.fault in STREAM_FAULTS else None
         for index in range(len(tokens) + 1):

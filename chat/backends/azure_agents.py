@@ -183,6 +183,8 @@ def _delta_events(delta: dict[str, Any]) -> list[Event]:
     return events
 
 
+ACTIVE_RUN_STATUSES = {"queued", "in_progress", "requires_action"}
+
 RUN_ENDED = {
     "thread.run.completed",
     "thread.run.cancelled",
@@ -375,6 +377,16 @@ class AzureAgentsBackend(ChatBackend):
         except AzureError as exc:
             # Best effort: the reply is stored either way; the run may go on.
             logger.warning("cancel of run %s failed: %s", run_id, exc)
+
+    async def cancel_active(self, thread_id: str) -> None:
+        try:
+            runs = self.client().runs.list(thread_id, limit=1, order="desc")
+            async for run in runs:
+                if run.status in ACTIVE_RUN_STATUSES:
+                    await self.cancel(thread_id, run.id)
+                break
+        except AzureError as exc:
+            logger.warning("finding the active run of %s failed: %s", thread_id, exc)
 
     async def delete_thread(self, thread_id: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):

@@ -118,6 +118,10 @@ class ChatBackend:
     async def cancel(self, thread_id: str, run_id: str) -> None:
         """Stops an upstream run; must not raise if it already finished."""
 
+    async def cancel_active(self, thread_id: str) -> None:
+        """Stops the thread's run in progress, whose id never reached us (the
+        client left before the service named it); must not raise."""
+
     async def delete_thread(self, thread_id: str) -> None:
         """Deletes upstream state for a conversation, where the service keeps any."""
 
