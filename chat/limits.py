@@ -12,6 +12,7 @@ ceiling, so that throwing the cookie away does not lift the limits.
 """
 
 import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 
+from chat import lease
 from chat.models import Owner
 from chatsite.api import BadRequest
 
@@ -95,13 +97,16 @@ async def stream_slot(caller: Caller) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def _slot(key: str, limit: int) -> AsyncIterator[None]:
-    # The timeout only matters if a process dies holding slots.
-    await cache.aadd(key, 0, timeout=int(settings.CHAT_MAX_STREAM_SECONDS) + 60)
-    if await cache.aincr(key) > limit:
-        await cache.adecr(key)
+    """One of `limit` slots, each an entry of its own that lives while its holder
+    beats (chat.lease): a process that dies frees its slots within a lease."""
+    start = secrets.randbelow(limit)
+    for n in range(limit):
+        slot = f"{key}:{(start + n) % limit}"
+        if await lease.take(slot):
+            break
+    else:
         raise _limited(f"too many replies streaming at once (at most {limit})", 5)
     try:
         yield
     finally:
-        with contextlib.suppress(ValueError):  # expired meanwhile
-            await cache.adecr(key)
+        await lease.give_back(slot)

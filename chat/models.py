@@ -31,9 +31,12 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200, blank=True)
     backend = models.CharField(max_length=100)
     upstream_thread_id = models.CharField(max_length=200, blank=True, db_index=True)
-    # Set while a reply streams: the one-active-run lock, shared by all replicas.
+    # Set while a reply streams: the one-active-run lock, shared by all replicas,
+    # with the process that holds it (chat.lease) and the reply it is writing.
     active_since = models.DateTimeField(null=True, blank=True)
     active_run_id = models.CharField(max_length=200, blank=True)
+    active_holder = models.CharField(max_length=200, blank=True)
+    active_message_id = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -31,7 +31,7 @@ from django.conf import settings
 from django.utils import timezone
 from opentelemetry import metrics, trace
 
-from chat import frames, limits, store
+from chat import frames, lease, limits, store
 from chat.backends.base import (
     INCOMPLETE,
     INTERRUPTED,
@@ -110,6 +110,8 @@ async def start(
     Raises the caller's 429 when no stream slot is left, `store.NotFound` for a
     conversation or thread that is not the owner's and `store.Busy` while another
     reply streams in it. From here the reply owns the slot and the lock."""
+    await lease.ensure_heartbeat()
+    reply_id = uuid4()
     async with contextlib.AsyncExitStack() as resources:
         await resources.enter_async_context(limits.stream_slot(caller))
         turn = await store.retrying(
@@ -124,6 +126,7 @@ async def start(
                 now=timezone.now(),
                 user_message_id=uuid4(),
                 new_conversation_id=uuid4(),
+                reply_id=reply_id,
             ),
             "starting a turn",
         )
@@ -137,6 +140,7 @@ async def start(
             ),
             started=started,
             resources=resources.pop_all(),
+            message_id=reply_id,
         )
     reply.start()
     return reply
@@ -276,6 +280,7 @@ class Reply:
         request: ReplyRequest,
         started: float,
         resources: contextlib.AsyncExitStack | None = None,
+        message_id: UUID | None = None,
     ) -> None:
         self.backend = backend
         self.conversation_id: UUID = conversation.pk
@@ -284,7 +289,7 @@ class Reply:
         # What the reply holds until it is stored (the caller's stream slot).
         self.resources = resources or contextlib.AsyncExitStack()
         self.created_at: datetime = timezone.now()
-        self.message_id = uuid4()
+        self.message_id = message_id or uuid4()
         self.thread_id: str | None = request.thread_id
         self.replaced_thread_id: str | None = None
         self.run_id: str | None = None

@@ -24,7 +24,8 @@ from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from chat.backends.base import Turn
+from chat import lease
+from chat.backends.base import PRODUCER_LOST, Turn
 from chat.models import Conversation, Message, Owner
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,13 @@ class Busy(Exception):
 class Retryable(Exception):
     """The database connection failed under a step; running it again may work."""
 
+
+UNLOCKED = {
+    "active_since": None,
+    "active_run_id": "",
+    "active_holder": "",
+    "active_message_id": None,
+}
 
 # Seconds to wait before each further try of a step whose connection failed.
 RETRY_DELAYS = (0.1, 0.5, 2.0)
@@ -94,11 +102,18 @@ def start_turn(
     now: datetime,
     user_message_id: UUID,
     new_conversation_id: UUID,
+    reply_id: UUID,
 ) -> TurnStart:
     """Finds or creates the caller's conversation, takes its one-active-run lock
     and stores the user message. Raises NotFound for anything not the caller's
     and Busy while another reply streams. Run again with the same `now` and ids
     (its connection failed), it finds its own conversation, lock and message."""
+    lock = {
+        "active_since": now,
+        "active_run_id": "",
+        "active_holder": lease.PROCESS_ID,
+        "active_message_id": reply_id,
+    }
     with transaction.atomic():
         owned = Conversation.objects.owned_by(owner)
         if conversation_id is not None:
@@ -118,21 +133,24 @@ def start_turn(
                     id=new_conversation_id,
                     backend=backend,
                     title=message.strip()[:80],
-                    active_since=now,
+                    **lock,
                 )
                 owner.assign(conversation)
                 conversation.save(force_insert=True)
         if conversation.active_since != now:
-            locked = (
-                Conversation.objects.filter(pk=conversation.pk)
-                .filter(
-                    Q(active_since__isnull=True)
-                    | Q(active_since__lt=_stale_before(now))
+            free = Q(active_since__isnull=True) | Q(active_since__lt=_stale_before(now))
+            lost = _lost_reply(conversation)
+            if lost:
+                # Its holder died: take the lock as it is now, and only so.
+                free |= Q(
+                    active_since=conversation.active_since,
+                    active_holder=conversation.active_holder,
                 )
-                .update(active_since=now, active_run_id="")
-            )
-            if not locked:
+            taken = Conversation.objects.filter(free, pk=conversation.pk)
+            if not taken.update(**lock):
                 raise Busy
+            if lost and conversation.active_message_id:
+                _store_lost_reply(conversation, now)
             conversation.active_since = now
             if conversation.backend != backend:
                 # Upstream threads are not portable between services.
@@ -162,6 +180,29 @@ def start_turn(
     return TurnStart(conversation, user_message, history)
 
 
+def _lost_reply(conversation: Conversation) -> bool:
+    """Whether the conversation's lock belongs to a process that died."""
+    holder = conversation.active_holder
+    return bool(conversation.active_since and holder and not lease.is_alive(holder))
+
+
+def _store_lost_reply(conversation: Conversation, now: datetime) -> None:
+    """The reply a dead process was writing: whatever it streamed is gone with
+    it, and the conversation says so instead of ending on the user's message."""
+    Message.objects.get_or_create(
+        id=conversation.active_message_id,
+        defaults={
+            "conversation": conversation,
+            "role": Message.Role.ASSISTANT,
+            "status": Message.Status.INTERRUPTED,
+            "error_code": PRODUCER_LOST,
+            "error_message": "the server writing this reply stopped",
+            "created_at": conversation.active_since,
+            "finished_at": now,
+        },
+    )
+
+
 @sync_to_async
 @_fresh_connection_on_failure
 def finish_turn(
@@ -184,11 +225,7 @@ def finish_turn(
                 **fields,
             },
         )
-        update: dict[str, Any] = {
-            "active_since": None,
-            "active_run_id": "",
-            "updated_at": now,
-        }
+        update: dict[str, Any] = {**UNLOCKED, "updated_at": now}
         if thread_id:
             update["upstream_thread_id"] = thread_id
         Conversation.objects.filter(pk=conversation_id).update(**update)
@@ -198,9 +235,7 @@ def finish_turn(
 @_fresh_connection_on_failure
 def release(conversation_id: UUID) -> None:
     """Releases the conversation's lock without storing a reply."""
-    Conversation.objects.filter(pk=conversation_id).update(
-        active_since=None, active_run_id=""
-    )
+    Conversation.objects.filter(pk=conversation_id).update(**UNLOCKED)
 
 
 @sync_to_async

@@ -306,6 +306,9 @@ CHAT_UPSTREAM_TIMEOUT_SECONDS = env_float(
     "CHAT_UPSTREAM_TIMEOUT_SECONDS", 120.0, minimum=0.1
 )
 CHAT_MAX_STREAM_SECONDS = env_float("CHAT_MAX_STREAM_SECONDS", 900.0, minimum=1.0)
+# A process's heartbeat lease: when a process dies, its conversation locks and
+# stream slots are free again within this long.
+CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 15.0, minimum=1.0)
 # On SIGTERM, replies still streaming after this long are ended cleanly; keep it
 # below uvicorn's --timeout-graceful-shutdown.
 CHAT_DRAIN_SECONDS = env_float("CHAT_DRAIN_SECONDS", 10.0)

@@ -34,6 +34,7 @@ INVALID_REQUEST = "invalid_request"
 SERVER_SHUTDOWN = "server_shutdown"
 INTERRUPTED = "interrupted"
 NOT_SAVED = "not_saved"
+PRODUCER_LOST = "producer_lost"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,80 @@
+"""Who holds what, and whether it is still alive: a process identity and its
+heartbeat, in Django's cache (Redis when REDIS_URL is set, so every replica sees
+every other; local memory otherwise, where only this process exists).
+
+A process that streams replies writes `alive:<its id>` every third of
+`CHAT_LEASE_SECONDS`, with that expiry. Conversation locks record their holder's
+id, and the caller's stream slots are cache entries of their own that the
+heartbeat keeps from expiring. When a process dies (kill -9, an OOM kill, a lost
+node) its heartbeat stops: within one lease its slots expire and its locks count
+as free, and the next request in the conversation stores the reply it lost.
+"""
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+
+from django.conf import settings
+from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
+
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+# Cache keys this process keeps alive: its stream slots.
+_held: set[str] = set()
+_heartbeat: asyncio.Task[None] | None = None
+
+
+def _alive_key(process_id: str) -> str:
+    return f"chat:alive:{process_id}"
+
+
+def is_alive(process_id: str) -> bool:
+    """Whether `process_id` still beats (blocking; for database steps' threads)."""
+    return process_id == PROCESS_ID or cache.get(_alive_key(process_id)) is not None
+
+
+async def ensure_heartbeat() -> None:
+    """Starts this process's heartbeat on the running loop, once."""
+    global _heartbeat
+    loop = asyncio.get_running_loop()
+    running = _heartbeat is not None and not _heartbeat.done()
+    if running and _heartbeat.get_loop() is loop:
+        return
+    await _beat()
+    _heartbeat = loop.create_task(_beat_forever(), name="chat-lease-heartbeat")
+
+
+async def _beat() -> None:
+    lease = settings.CHAT_LEASE_SECONDS
+    await cache.aset(_alive_key(PROCESS_ID), 1, timeout=lease)
+    for key in list(_held):
+        await cache.atouch(key, lease)
+
+
+async def _beat_forever() -> None:
+    while True:
+        await asyncio.sleep(settings.CHAT_LEASE_SECONDS / 3)
+        try:
+            await _beat()
+        except Exception:
+            # The cache is unreachable: try again at the next beat.
+            logger.warning("lease heartbeat failed", exc_info=True)
+
+
+async def take(key: str) -> bool:
+    """Takes `key` for this process unless another holder has it; it lasts one
+    lease, renewed by the heartbeat until `give_back`."""
+    if await cache.aadd(key, PROCESS_ID, timeout=settings.CHAT_LEASE_SECONDS):
+        _held.add(key)
+        return True
+    return False
+
+
+async def give_back(key: str) -> None:
+    _held.discard(key)
+    if await cache.aget(key) == PROCESS_ID:
+        await cache.adelete(key)
