@@ -52,6 +52,11 @@ $(VENV)/.dev: requirements-dev.txt requirements.txt | $(PY)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@ $(VENV)/.runtime
 
+# The SSE client libraries chat/tests/test_clients.py runs under node.
+$(VENV)/.clients: testing/clients/package.json testing/clients/package-lock.json | $(PY)
+	npm ci --prefix testing/clients --no-audit --no-fund
+	@touch $@
+
 # checkov pins packaging<24 (pytest needs >=24), so it gets a venv of its own.
 $(TOOLS)/.installed: requirements-tools.txt | $(PY)
 	$(PY) -m venv $(TOOLS)
@@ -63,7 +68,7 @@ var:
 
 .PHONY: install install-dev
 install: $(VENV)/.runtime var
-install-dev: $(VENV)/.dev $(TOOLS)/.installed var
+install-dev: $(VENV)/.dev $(VENV)/.clients $(TOOLS)/.installed var
 
 .PHONY: run
 run: install
