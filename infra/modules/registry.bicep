@@ -18,9 +18,10 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
   sku: {
     name: 'Basic'
   }
+  // No anonymous pull either: registries@2023-07-01 has no such setting, and it is off
+  // unless a Standard or Premium registry turns it on.
   properties: {
     adminUserEnabled: false
-    anonymousPullEnabled: false
     publicNetworkAccess: 'Enabled'
   }
 }
