@@ -12,25 +12,21 @@ once the deployment runs.
 The second half evaluates the templates with what azd passes them (main.parameters.json
 filled from an azd environment) for the facts a first `azd up` depends on.
 
-Bicep is parsed by pycep, which lives in checkov's venv (see test_deploy), so parsing
-runs there and hands back each file as JSON.
+The Bicep is read by a small reader of its own, with Bicep's operator precedence
+(pycep, which test_deploy uses to lint, nests every operator to the right and knows
+only the built-in functions); it fails on syntax it does not know.
 """
 
-import inspect
 import json
 import os
 import re
-import shutil
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from chatsite.tests.test_deploy import find_tool
 
 pytestmark = pytest.mark.deploy
 
@@ -56,229 +52,448 @@ BICEP_KEYS = {"parent", "scope", "dependsOn"}
 EXISTING_KEYS = {"name", "parent", "scope"}
 
 
-# --- Parsing --------------------------------------------------------------------------
+# --- Reading Bicep --------------------------------------------------------------------
 
 
-def print_bicep_outlines() -> None:
-    """Reads {path: Bicep text} as JSON on stdin; prints {path: outline}.
+class BicepSyntaxError(Exception):
+    pass
 
-    Runs in checkov's interpreter, sent there as source. An outline holds the params,
-    vars, outputs, modules and resources of a file; every value is an expression tree
-    of plain JSON: {"str"}, {"int"}, {"bool"}, {"null"}, {"ref": name},
-    {"local": loop variable}, {"interp": parts}, {"array"}, {"object": [[key, line,
-    value], ...], "resources": [child, ...]}, {"loop": body}, {"if", "then"} and
-    {"op": rule, "args"} for operators and functions (rule names from pycep's grammar).
-    """
-    import json
-    import re
-    import sys
 
-    from lark import Token, Tree
-    from pycep import BicepParser
+TOKEN = re.compile(
+    r"""
+    (?P<space>[ \t\r]+|//[^\n]*|/\*.*?\*/)
+    |(?P<newline>\n)
+    |(?P<multiline>'''.*?''')
+    |(?P<string>')
+    |(?P<int>\d+)
+    |(?P<name>[A-Za-z_]\w*)
+    |(?P<op>\.\?|\[\?|::|=>|&&|\|\||\?\?|==|!=|=~|!~|<=|>=|[-+*/%!<>?:.,()\[\]{}=@|])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+# Binding strength of the binary operators; `?:` binds least of all.
+BINARY = {"??": 1, "||": 2, "&&": 3, "==": 4, "!=": 4, "=~": 4, "!~": 4}
+BINARY |= {"<": 5, "<=": 5, ">": 5, ">=": 5, "+": 6, "-": 6, "*": 7, "/": 7, "%": 7}
+ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
 
-    parser = BicepParser().lark_parser
-    escapes = {"n": "\n", "r": "\r", "t": "\t"}
 
-    def unescape(text: str) -> str:
-        return re.sub(r"\\(.)", lambda m: escapes.get(m[1], m[1]), text)
+@dataclass(frozen=True)
+class Token:
+    kind: str
+    text: str
+    line: int
 
-    def parse_expression(text: str, bound: frozenset[str]) -> dict:
-        (var,) = parser.parse(f"var expression = {text}\n").children
-        return value(var.children[2], bound)
 
-    def quoted(token: Token, bound: frozenset[str]) -> dict:
-        body, parts, literal, i = str(token)[1:-1], [], "", 0
-        while i < len(body):
-            if body[i] == "\\":
-                literal += body[i : i + 2]
-                i += 2
-            elif body.startswith("${", i):
-                depth, j, quote = 1, i + 2, False
-                while depth:
-                    quote ^= body[j] == "'"
-                    if not quote:
-                        depth += {"{": 1, "}": -1}.get(body[j], 0)
-                    j += 1
-                if literal:
-                    parts.append(unescape(literal))
-                parts.append(parse_expression(body[i + 2 : j - 1], bound))
-                literal, i = "", j
-            else:
-                literal += body[i]
-                i += 1
-        if literal or not parts:
-            parts.append(unescape(literal))
-        if len(parts) == 1 and isinstance(parts[0], str):
-            return {"str": parts[0], "line": token.line}
-        return {"interp": parts, "line": token.line}
+def string_end(text: str, start: int) -> int:
+    """The index after the string literal that opens at `start`."""
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == "'":
+            return i + 1
+        elif text.startswith("${", i):
+            i = interpolation_end(text, i)
+        else:
+            i += 1
+    raise BicepSyntaxError(f"a string that never ends: {text[start : start + 40]!r}")
 
-    def is_accessor(tree: Any) -> bool:
-        return (
-            isinstance(tree, Tree)
-            and tree.data == "operator"
-            and tree.children[0].data == "property_accessor"
-        )
 
-    def member(tree: Any, bound: frozenset[str]) -> Any:
-        identifier = isinstance(tree, Tree) and tree.data == "string"
-        if identifier and tree.children[0].type == "STRING":
-            return str(tree.children[0])
-        return value(tree, bound)
+def interpolation_end(text: str, start: int) -> int:
+    """The index after the `${...}` that opens at `start`; strings inside may hold
+    braces and interpolations of their own."""
+    i, depth = start + 2, 1
+    while depth:
+        if i >= len(text):
+            raise BicepSyntaxError(f"a ${{ that never ends: {text[start:][:40]!r}")
+        if text[i] == "'":
+            i = string_end(text, i)
+            continue
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return i
 
-    def chain(tree: Tree, bound: frozenset[str], head: bool) -> list:
-        left, right = tree.children
-        parts = [value(left, bound) if head else member(left, bound)]
-        if is_accessor(right):
-            return parts + chain(right.children[0], bound, head=False)
-        return [*parts, member(right, bound)]
 
-    def value(tree: Any, bound: frozenset[str]) -> Any:
-        if tree is None:
-            return None
-        if isinstance(tree, Token):
-            return {"name": str(tree)}
-        kind, kids = str(tree.data), tree.children
-        if kind in ("operator", "function"):
-            return value(kids[0], bound)
-        if kind == "null":
-            return {"null": True}
-        if kind in ("true", "false"):
-            return {"bool": kind == "true"}
-        if kind == "int":
-            return {"int": int(kids[0])}
+def tokens(text: str, first_line: int = 1) -> list[Token]:
+    found, i, line = [], 0, first_line
+    while i < len(text):
+        match = TOKEN.match(text, i)
+        if match is None:
+            raise BicepSyntaxError(f"line {line}: cannot read {text[i : i + 20]!r}")
+        kind, end = match.lastgroup or "", match.end()
         if kind == "string":
-            token = kids[0]
-            if token.type != "STRING":
-                return quoted(token, bound)
-            name = str(token)
-            return {"local": name} if name in bound else {"ref": name}
-        if kind == "multi_line_string":
-            return {"str": str(kids[0])[3:-3], "line": kids[0].line}
-        if kind == "array":
-            return {"array": [value(kid, bound) for kid in kids]}
-        if kind == "object":
-            return obj(tree, bound)
-        if kind == "loop":
-            names = frozenset(str(t) for t in kids[0].children if isinstance(t, Token))
-            return {"loop": value(kids[-1], bound | names)}
-        if kind == "deploy_condition":
-            return {"if": value(kids[0], bound), "then": value(kids[1], bound)}
-        if kind == "property_accessor":
-            return {"op": "property", "args": chain(tree, bound, head=True)}
-        return {"op": kind, "args": [value(kid, bound) for kid in kids]}
+            end = string_end(text, i)
+        if kind != "space":
+            found.append(Token(kind, text[i:end], line))
+        line += text.count("\n", i, end)
+        i = end
+    return [*found, Token("end", "", line)]
 
-    def obj(tree: Tree, bound: frozenset[str]) -> dict:
-        pairs, children = [], []
-        for kid in tree.children:
-            if kid.data == "pair":
-                (token,) = kid.children[0].children
-                key = str(token)
-                if key.startswith("'"):
-                    key = unescape(key[1:-1])
-                pairs.append([key, token.line, value(kid.children[1], bound)])
-            elif kid.data == "child_resource":
-                name, kind, existing, body = kid.children
-                children.append(resource(name, kind, existing, body, bound))
-        return {"object": pairs, "resources": children}
 
-    def resource(
-        name: Token, kind: Token, existing: Any, body: Any, bound: frozenset[str]
-    ) -> dict:
-        converted = value(body, bound)
-        condition, loop = None, False
-        if "if" in converted:
-            condition, converted = converted["if"], converted["then"]
-        if "loop" in converted:
-            loop, converted = True, converted["loop"]
-        if "if" in converted:
-            condition, converted = converted["if"], converted["then"]
-        return {
-            "symbol": str(name),
-            "type": str(kind)[1:-1],
-            "existing": existing is not None,
-            "line": name.line,
-            "condition": condition,
-            "loop": loop,
-            "body": converted,
-        }
+class BicepReader:
+    """Reads the Bicep that infra/ is written in into plain data: params, vars,
+    outputs, modules and resources, every value an expression tree of dicts:
+    {"str"} (with its "line"), {"interp": parts}, {"int"}, {"bool"}, {"null"},
+    {"ref": name}, {"local": loop variable}, {"array"}, {"object": [[key, line,
+    value], ...], "resources": [child, ...]}, {"loop": body}, {"if", "then"},
+    {"op": operator, "args"} and {"call": function, "args"}. Syntax it does not know
+    is an error, never skipped."""
 
-    def outline(text: str) -> dict:
-        result: dict = {
+    def __init__(self, text: str, path: str, first_line: int = 1) -> None:
+        self.path = path
+        self.tokens = tokens(text, first_line)
+        self.index = 0
+        self.newlines_separate = [True]
+        self.bound: frozenset[str] = frozenset()
+
+    def error(self, expected: str) -> BicepSyntaxError:
+        token = self.peek()
+        found = token.text or "the end"
+        return BicepSyntaxError(f"{self.path}:{token.line}: {expected}, not {found!r}")
+
+    def position(self, ahead: int = 0) -> int:
+        """Where the next token (or the one `ahead` after it) is; inside parentheses
+        and brackets of an index, newlines are only spacing."""
+        i = self.index
+        while True:
+            if self.tokens[i].kind == "newline" and not self.newlines_separate[-1]:
+                i += 1
+            elif ahead:
+                ahead, i = ahead - 1, i + 1
+            else:
+                return i
+
+    def peek(self, ahead: int = 0) -> Token:
+        return self.tokens[self.position(ahead)]
+
+    def next(self) -> Token:
+        i = self.position()
+        self.index = i + 1
+        return self.tokens[i]
+
+    def at(self, *texts: str) -> bool:
+        token = self.peek()
+        return token.kind in ("op", "name") and token.text in texts
+
+    def expect(self, text: str) -> Token:
+        if not self.at(text):
+            raise self.error(f"expected {text!r}")
+        return self.next()
+
+    def name(self) -> Token:
+        if self.peek().kind != "name":
+            raise self.error("expected a name")
+        return self.next()
+
+    def skip_separators(self, commas: bool = False) -> None:
+        while self.tokens[self.index].kind == "newline" or (
+            commas and self.tokens[self.index].text == ","
+        ):
+            self.index += 1
+
+    def nested(self, separate: bool, read: Callable[[], Any]) -> Any:
+        self.newlines_separate.append(separate)
+        try:
+            return read()
+        finally:
+            self.newlines_separate.pop()
+
+    # Declarations
+
+    def file(self) -> Outline:
+        outline: Outline = {
             "params": {},
             "vars": {},
             "outputs": {},
             "modules": {},
             "resources": [],
         }
-        for element in parser.parse(text).children:
-            kind, kids = str(element.data), element.children
-            if kind == "param":
-                decorators, name, data_type, default = kids
-                allowed = None
-                for decorator in decorators.children if decorators else []:
-                    if decorator.data == "deco_allowed":
-                        allowed = value(decorator.children[0], frozenset())["array"]
-                result["params"][str(name)] = {
-                    "type": str(data_type.children[0]),
-                    "default": value(default, frozenset()),
-                    "allowed": allowed,
+        decorators: dict[str, list[Node]] = {}
+        while True:
+            self.skip_separators()
+            if self.peek().kind == "end":
+                return outline
+            if self.at("@"):
+                self.next()
+                decorator = self.name().text
+                if decorator == "sys" and self.at("."):
+                    self.next()
+                    decorator = self.name().text
+                decorators[decorator] = self.arguments()
+                continue
+            keyword = self.name()
+            if keyword.text in ("targetScope", "metadata"):
+                if keyword.text == "metadata":
+                    self.name()
+                self.expect("=")
+                self.expression()
+            elif keyword.text == "param":
+                name = self.name()
+                kind = self.type_name()
+                default = None
+                if self.at("="):
+                    self.next()
+                    default = self.expression()
+                allowed = decorators.get("allowed")
+                outline["params"][name.text] = {
+                    "type": kind,
+                    "default": default,
+                    "allowed": allowed[0]["array"] if allowed else None,
                     "line": name.line,
                 }
-            elif kind == "var":
-                result["vars"][str(kids[1])] = value(kids[2], frozenset())
-            elif kind == "output":
-                result["outputs"][str(kids[1])] = value(kids[3], frozenset())
-            elif kind == "module":
-                _, name, path, body = kids
-                module = resource(name, path.children[0], None, body, frozenset())
-                module["path"] = module.pop("type")
-                result["modules"][str(name)] = module
-            elif kind == "resource":
-                _, name, kind_api, existing, body = kids
-                result["resources"].append(
-                    resource(name, kind_api.children[0], existing, body, frozenset())
+            elif keyword.text == "var":
+                name = self.name()
+                self.expect("=")
+                outline["vars"][name.text] = self.expression()
+            elif keyword.text == "output":
+                name = self.name()
+                self.type_name()
+                self.expect("=")
+                outline["outputs"][name.text] = self.expression()
+            elif keyword.text == "module":
+                record = self.declaration(self.name(), existing_allowed=False)
+                record["path"] = record.pop("type")
+                outline["modules"][record["symbol"]] = record
+            elif keyword.text == "resource":
+                outline["resources"].append(self.declaration(self.name()))
+            else:
+                raise BicepSyntaxError(
+                    f"{self.path}:{keyword.line}: {keyword.text!r} is not read here"
                 )
-        return result
+            decorators = {}
+            if self.peek().kind not in ("newline", "end"):
+                raise self.error("expected the end of the line")
 
-    outlines = {}
-    for path, text in json.load(sys.stdin).items():
+    def type_name(self) -> str:
+        words = []
+        while not self.at("=") and self.peek().kind not in ("newline", "end"):
+            words.append(self.next().text)
+        if not words:
+            raise self.error("expected a type")
+        return "".join(words)
+
+    def declaration(self, symbol: Token, existing_allowed: bool = True) -> Node:
+        kind = self.primary()
+        if "str" not in kind:
+            raise BicepSyntaxError(f"{self.path}:{symbol.line}: expected a type string")
+        existing = existing_allowed and self.at("existing")
+        if existing:
+            self.next()
+        self.expect("=")
+        body, condition, loop = self.body(), None, False
+        if "if" in body:
+            condition, body = body["if"], body["then"]
+        if "loop" in body:
+            loop, body = True, body["loop"]
+            if "if" in body:
+                condition, body = body["if"], body["then"]
+        if "object" not in body:
+            raise BicepSyntaxError(f"{self.path}:{symbol.line}: expected an object")
+        return {
+            "symbol": symbol.text,
+            "type": kind["str"],
+            "existing": existing,
+            "line": symbol.line,
+            "condition": condition,
+            "loop": loop,
+            "body": body,
+        }
+
+    def body(self) -> Node:
+        if not self.at("if"):
+            return self.expression()
+        self.next()
+        condition = self.parenthesised()
+        return {"if": condition, "then": self.body()}
+
+    # Expressions
+
+    def expression(self, floor: int = 0) -> Node:
+        left = self.unary()
+        while True:
+            token = self.peek()
+            if token.kind != "op":
+                return left
+            if token.text == "?" and floor == 0:
+                self.next()
+                yes = self.expression()
+                self.expect(":")
+                left = {"op": "?:", "args": [left, yes, self.expression()]}
+                continue
+            strength = BINARY.get(token.text, 0)
+            if strength <= floor:
+                return left
+            self.next()
+            right = self.expression(strength)
+            left = {"op": token.text, "args": [left, right]}
+
+    def unary(self) -> Node:
+        if self.at("!", "-"):
+            operator = "!" if self.next().text == "!" else "neg"
+            return {"op": operator, "args": [self.unary()]}
+        return self.postfix(self.primary())
+
+    def postfix(self, node: Node) -> Node:
+        while True:
+            token = self.peek()
+            if token.kind != "op":
+                return node
+            if token.text in (".", ".?"):
+                self.next()
+                member = self.name().text
+                if self.at("("):
+                    node = {"call": member, "target": node, "args": self.arguments()}
+                elif node.get("op") == "property":
+                    node = {"op": "property", "args": [*node["args"], member]}
+                else:
+                    node = {"op": "property", "args": [node, member]}
+            elif token.text in ("[", "[?"):
+                self.next()
+                index = self.nested(False, self.expression)
+                self.expect("]")
+                node = {"op": "index", "args": [node, index]}
+            elif token.text == "::":
+                self.next()
+                node = {"op": "::", "args": [node, self.name().text]}
+            elif token.text == "!":
+                self.next()  # `x!`: asserts x is not null
+            else:
+                return node
+
+    def primary(self) -> Node:
+        token = self.next()
+        if token.kind == "string":
+            return self.string(token)
+        if token.kind == "multiline":
+            return {"str": token.text[3:-3], "line": token.line}
+        if token.kind == "int":
+            return {"int": int(token.text)}
+        if token.kind == "name":
+            if token.text in ("true", "false"):
+                return {"bool": token.text == "true"}
+            if token.text == "null":
+                return {"null": True}
+            function = token.text
+            if function in ("az", "sys") and self.at(".") and self.peek(2).text == "(":
+                self.next()
+                function = self.name().text
+            if self.at("("):
+                return {"call": function, "args": self.arguments()}
+            if token.text in self.bound:
+                return {"local": token.text}
+            return {"ref": token.text}
+        if token.text == "(":
+            self.index -= 1
+            return self.parenthesised()
+        if token.text in ("[", "[?"):
+            return self.nested(True, self.array)
+        if token.text == "{":
+            return self.nested(True, self.object)
+        self.index -= 1
+        raise self.error("expected a value")
+
+    def parenthesised(self) -> Node:
+        self.expect("(")
+        node = self.nested(False, self.expression)
+        self.expect(")")
+        return node
+
+    def arguments(self) -> list[Node]:
+        def read() -> list[Node]:
+            found = []
+            while not self.at(")"):
+                found.append(self.expression())
+                if not self.at(")"):
+                    self.expect(",")
+            self.next()
+            return found
+
+        self.expect("(")
+        return self.nested(False, read)
+
+    def array(self) -> Node:
+        self.skip_separators()
+        if self.at("for"):
+            return self.loop()
+        found = []
+        while True:
+            self.skip_separators(commas=True)
+            if self.at("]"):
+                self.next()
+                return {"array": found}
+            found.append(self.expression())
+
+    def loop(self) -> Node:
+        self.expect("for")
+        names = []
+        if self.at("("):
+            self.next()
+            names = [self.name().text]
+            while self.at(","):
+                self.next()
+                names.append(self.name().text)
+            self.expect(")")
+        else:
+            names = [self.name().text]
+        self.expect("in")
+        self.expression()
+        self.expect(":")
+        outer, self.bound = self.bound, self.bound | set(names)
         try:
-            outlines[path] = outline(text)
-        except Exception as exc:
-            outlines[path] = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(outlines))
+            body = self.body()
+        finally:
+            self.bound = outer
+        self.skip_separators()
+        self.expect("]")
+        return {"loop": body}
 
+    def object(self) -> Node:
+        pairs_found: list[list[Any]] = []
+        children: list[Node] = []
+        while True:
+            self.skip_separators(commas=True)
+            if self.at("}"):
+                self.next()
+                return {"object": pairs_found, "resources": children}
+            key = self.next()
+            if key.text == "resource" and self.peek().kind == "name":
+                children.append(self.declaration(self.name()))
+                continue
+            if key.kind == "string":
+                literal = self.string(key)
+                name = literal.get("str", key.text[1:-1])
+            elif key.kind == "name":
+                name = key.text
+            else:
+                self.index -= 1
+                raise self.error("expected a property name")
+            self.expect(":")
+            pairs_found.append([name, key.line, self.expression()])
 
-def pycep_python() -> str:
-    """The interpreter checkov runs on, which has pycep."""
-    checkov = find_tool("checkov")
-    shebang = checkov.read_text(errors="replace").splitlines()[0]
-    command = shebang.removeprefix("#!").split()
-    if Path(command[0]).name == "env":
-        return shutil.which(command[1]) or command[1]
-    return command[0]
+    def string(self, token: Token) -> Node:
+        body, parts, literal, i = token.text[1:-1], [], "", 0
+        while i < len(body):
+            if body[i] == "\\":
+                literal += ESCAPES.get(body[i + 1], body[i + 1])
+                i += 2
+            elif body.startswith("${", i):
+                j = interpolation_end(body, i)
+                reader = BicepReader(body[i + 2 : j - 1], self.path, token.line)
+                reader.bound = self.bound
+                parts += [literal, reader.nested(False, reader.expression)]
+                literal, i = "", j
+            else:
+                literal += body[i]
+                i += 1
+        parts.append(literal)
+        parts = [part for part in parts if part != ""]
+        if all(isinstance(part, str) for part in parts):
+            return {"str": "".join(parts), "line": token.line}
+        return {"interp": parts, "line": token.line}
 
 
 def outline_sources(sources: dict[str, str]) -> dict[str, Outline]:
-    script = "\n".join(
-        [
-            "from __future__ import annotations",
-            inspect.getsource(print_bicep_outlines),
-            "print_bicep_outlines()",
-        ]
-    )
-    result = subprocess.run(
-        [pycep_python(), "-c", script],
-        input=json.dumps(sources),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    outlines = json.loads(result.stdout)
-    errors = {path: o["error"] for path, o in outlines.items() if "error" in o}
-    assert not errors, errors
-    return outlines
+    return {path: BicepReader(text, path).file() for path, text in sources.items()}
 
 
 @cache
@@ -321,7 +536,7 @@ def alternatives(
                 if candidate is not None:
                     yield from alternatives(candidate, outline, seen)
         return
-    if node.get("op") == "conditional":
+    if node.get("op") == "?:":
         for branch in node["args"][1:]:
             yield from alternatives(branch, outline, seen)
         return
@@ -337,7 +552,7 @@ def items(node: Node, outline: Outline) -> Iterator[Node]:
                 yield from alternatives(item, outline)
         elif "loop" in alternative:
             yield from alternatives(alternative["loop"], outline)
-        elif alternative.get("op") == "concat":
+        elif alternative.get("call") == "concat":
             for part in alternative["args"]:
                 yield from items(part, outline)
 
@@ -816,6 +1031,23 @@ resource reader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 """
+
+
+def test_the_reader_follows_bicep_operator_precedence() -> None:
+    text = "var a = !empty(x) ? x.y[0].z : 'none'\nvar b = p || !q && r == 's'\n"
+    variables = outline_sources({"precedence.bicep": text})["precedence.bicep"]["vars"]
+    test, yes, _ = variables["a"]["args"]
+    assert variables["a"]["op"] == "?:"
+    assert test == {"op": "!", "args": [{"call": "empty", "args": [{"ref": "x"}]}]}
+    assert yes["op"] == "property" and yes["args"][1:] == ["z"]
+    either = variables["b"]
+    assert [either["op"], either["args"][1]["op"]] == ["||", "&&"]
+    assert either["args"][1]["args"][1]["op"] == "=="
+
+
+def test_the_reader_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(BicepSyntaxError, match=r"lambda\.bicep:2: "):
+        outline_sources({"lambda.bicep": "var a = 1\nvar b = filter(a, x => x)\n"})
 
 
 @cache
