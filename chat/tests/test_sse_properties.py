@@ -288,13 +288,22 @@ def test_it_parses_a_reply_split_at_any_bytes(
     assert parse(split_at(body, cuts)) == events
 
 
+def tricky_cuts(stream: bytes) -> list[int]:
+    """Every cut inside a multi-byte character or between a CR and its LF."""
+    return [
+        cut
+        for cut in range(1, len(stream))
+        if 0x80 <= stream[cut] < 0xC0 or stream[cut - 1 : cut + 1] == b"\r\n"
+    ]
+
+
 @given(st.lists(tricky_texts, min_size=1, max_size=4))
 def test_it_parses_a_reply_split_inside_every_character(chunks: list[str]) -> None:
-    # Every single cut: each byte of each multi-byte character is a boundary, and
-    # in the CRLF copy every CR/LF pair is split once.
+    # Each byte of each multi-byte character is a boundary, and in the CRLF copy
+    # every CR/LF pair is split once. (Cuts anywhere else: the test above.)
     body, events = reply_stream(chunks, [True])
     for stream in (body, body.replace(b"\n", b"\r\n")):
-        for cut in range(1, len(stream)):
+        for cut in tricky_cuts(stream):
             assert parse([stream[:cut], stream[cut:]]) == events
 
 
