@@ -169,6 +169,9 @@ var tags = {
 }
 var aiResourceGroupName = empty(aiServicesResourceGroupName) ? resourceGroup.name : aiServicesResourceGroupName
 var resolvedAiServicesName = !empty(aiServicesName) ? aiServicesName : 'ais-${resourceToken}'
+// An account to grant the AI roles on: a new one, or the existing one named. Without
+// either (the local and openai backends, or before the agent exists) there is none.
+var hasAiServices = createAiServices || !empty(aiServicesName)
 var webAppName = 'ca-web-${resourceToken}'
 
 resource resourceGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -239,7 +242,7 @@ module aiServices 'modules/ai-services.bicep' = if (createAiServices) {
 
 // Both roles at the AI Services account itself: the old deployment failed with
 // "permission denied" until Cognitive Services User was granted at this scope.
-module aiAccess 'modules/ai-access.bicep' = {
+module aiAccess 'modules/ai-access.bicep' = if (hasAiServices) {
   name: 'ai-access'
   scope: az.resourceGroup(aiResourceGroupName)
   params: {
@@ -337,7 +340,10 @@ output AZURE_CONTAINER_REGISTRY_ENDPOINT string = registry.outputs.loginServer
 output AZURE_CONTAINER_REGISTRY_NAME string = registry.outputs.name
 output AZURE_CONTAINER_ENVIRONMENT_NAME string = containerAppsEnvironment.outputs.name
 output AZURE_MIGRATE_JOB_NAME string = web.outputs.migrateJobName
-output AZURE_AI_SERVICES_NAME string = resolvedAiServicesName
+// azd stores outputs in the environment and passes this one back as aiServicesName
+// on the next provision: a name for an account that was never created would make
+// that provision grant roles on it.
+output AZURE_AI_SERVICES_NAME string = hasAiServices ? resolvedAiServicesName : ''
 output AZURE_AI_SERVICES_RESOURCE_GROUP string = aiResourceGroupName
 output AZURE_AI_PROJECT_ENDPOINT string = web.outputs.aiProjectEndpoint
 output SERVICE_WEB_NAME string = web.outputs.name

@@ -1080,3 +1080,286 @@ def test_the_checker_reports_a_wrong_enum_given_to_a_parameter(
     outline = outline_sources({"param.bicep": text})["param.bicep"]
     problems = check_outline(definitions, "param.bicep", outline)
     assert [(p.kind, p.where) for p in problems] == [("enum", "param.bicep:4")]
+
+
+# --- The templates as azd runs them -----------------------------------------------
+
+
+class Unknown(Exception):
+    """A value only the deployment knows: a resource's property, a secret azd makes."""
+
+
+UNKNOWN = object()
+
+# What azd puts in the environment itself: the names, and who is logged in.
+AZD_ENVIRONMENT = {
+    "AZURE_ENV_NAME": "chatsite-test",
+    "AZURE_LOCATION": "swedencentral",
+    "AZURE_PRINCIPAL_ID": "00000000-0000-0000-0000-0000000000aa",
+}
+
+
+def bicep_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+@dataclass
+class Template:
+    """One Bicep file with its parameters bound, evaluated as far as that is possible
+    before the deployment runs. Resource properties and module outputs are Unknown;
+    uniqueString() stands for a fixed token."""
+
+    path: str
+    params: dict[str, Any]
+
+    @property
+    def outline(self) -> Outline:
+        return outline_of(self.path)
+
+    def evaluate(self, node: Node | None) -> Any:
+        if node is None:
+            raise Unknown("no value")
+        for literal in ("str", "int", "bool"):
+            if literal in node:
+                return node[literal]
+        if "null" in node:
+            return None
+        if "interp" in node:
+            return "".join(
+                part if isinstance(part, str) else bicep_string(self.evaluate(part))
+                for part in node["interp"]
+            )
+        if "array" in node:
+            return [self.evaluate(item) for item in node["array"]]
+        if "object" in node:
+            return {key: self.evaluate(value) for key, _, value in pairs(node)}
+        if "ref" in node:
+            return self.lookup(node["ref"])
+        if "call" in node:
+            return self.call(node["call"], node["args"])
+        return self.operation(node.get("op"), node.get("args", []))
+
+    def operation(self, op: str | None, args: list[Any]) -> Any:
+        if op == "?:":
+            return self.evaluate(args[1] if self.evaluate(args[0]) else args[2])
+        if op == "||":
+            return self.evaluate(args[0]) or self.evaluate(args[1])
+        if op == "&&":
+            return self.evaluate(args[0]) and self.evaluate(args[1])
+        if op == "!":
+            return not self.evaluate(args[0])
+        if op in ("==", "!="):
+            same = self.evaluate(args[0]) == self.evaluate(args[1])
+            return same if op == "==" else not same
+        if op == "property":
+            base, *names = args
+            declared = {r["symbol"]: r for r in self.outline["resources"]}
+            if names == ["name"] and base.get("ref") in declared:
+                return self.evaluate(field(declared[base["ref"]]["body"], "name"))
+        raise Unknown(op)
+
+    def call(self, function: str, args: list[Node]) -> Any:
+        if function == "empty":
+            return not self.evaluate(args[0])
+        if function == "string":
+            return bicep_string(self.evaluate(args[0]))
+        if function == "toLower":
+            return self.evaluate(args[0]).lower()
+        if function == "uniqueString":
+            return "uniquestring0"
+        if function == "concat":
+            values = [self.evaluate(arg) for arg in args]
+            if all(isinstance(v, list) for v in values):
+                return [item for value in values for item in value]
+            return "".join(bicep_string(v) for v in values)
+        raise Unknown(function)
+
+    def lookup(self, name: str) -> Any:
+        params, variables = self.outline["params"], self.outline["vars"]
+        if name in self.params:
+            if self.params[name] is UNKNOWN:
+                raise Unknown(name)
+            return self.params[name]
+        if name in params:
+            return self.evaluate(params[name]["default"])
+        if name in variables:
+            return self.evaluate(variables[name])
+        raise Unknown(name)
+
+    def resolve(self, node: Node) -> Node:
+        """The expression a variable or a `?:` stands for, without evaluating it."""
+        while True:
+            if node.get("ref") in self.outline["vars"]:
+                node = self.outline["vars"][node["ref"]]
+            elif node.get("op") == "?:":
+                test, yes, no = node["args"]
+                node = yes if self.evaluate(test) else no
+            else:
+                return node
+
+    def member(self, node: Node, *keys: str) -> Node:
+        for key in keys:
+            found = field(self.resolve(node), key)
+            assert found is not None, f"{self.path}: no {key}"
+            node = found
+        return node
+
+    def items(self, node: Node) -> list[Node]:
+        node = self.resolve(node)
+        if node.get("call") == "concat":
+            return [item for arg in node["args"] for item in self.items(arg)]
+        return [self.resolve(item) for item in node["array"]]
+
+    def deploys(self, record: Node) -> bool:
+        return record["condition"] is None or bool(self.evaluate(record["condition"]))
+
+    def deployed_resources(self) -> list[Node]:
+        return [r for r, _ in declarations(self.outline) if self.deploys(r)]
+
+    def resource(self, symbol: str) -> Node:
+        (record,) = [r for r, _ in declarations(self.outline) if r["symbol"] == symbol]
+        return record
+
+    def module(self, name: str) -> "Template":
+        """The module's file, bound to the parameters this template passes it."""
+        module = self.outline["modules"][name]
+        bound: dict[str, Any] = {}
+        for key, _, value in pairs(self.member(module["body"], "params")):
+            try:
+                bound[key] = self.evaluate(value)
+            except Unknown:
+                bound[key] = UNKNOWN
+        path = (Path(self.path).parent / module["path"]).as_posix()
+        return Template(path, bound)
+
+    def outputs(self) -> dict[str, str]:
+        """The outputs azd can see already, as it stores them in the environment."""
+        found = {}
+        for name, node in self.outline["outputs"].items():
+            try:
+                found[name] = bicep_string(self.evaluate(node))
+            except Unknown:
+                continue
+        return found
+
+
+def azd_parameters(environment: dict[str, str]) -> dict[str, Any]:
+    """main.parameters.json filled in as azd does from an environment: `${NAME}` and
+    `${NAME=default}`; a parameter left empty by unset variables is not passed, so its
+    Bicep default applies."""
+    main = outline_of("infra/main.bicep")
+    given = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    values: dict[str, Any] = {}
+    for name, spec in given.items():
+        unset = False
+
+        def substitute(match: re.Match[str]) -> str:
+            nonlocal unset
+            variable, _, default = match[1].partition("=")
+            unset = unset or variable not in environment
+            return environment.get(variable) or default
+
+        text = re.sub(r"\$\{([^}]*)\}", substitute, spec["value"])
+        if text == "" and unset:
+            continue
+        kind = main["params"][name]["type"]
+        if kind == "bool":
+            assert text in ("true", "false"), f"{name}: {text!r}"
+            values[name] = text == "true"
+        else:
+            values[name] = int(text) if kind == "int" else text
+    return values
+
+
+def provision(environment: dict[str, str]) -> tuple[Template, dict[str, str]]:
+    """main.bicep as `azd provision` deploys it, and the environment azd keeps after
+    it (outputs included: the next provision reads them back)."""
+    main = Template("infra/main.bicep", azd_parameters(environment))
+    return main, environment | main.outputs()
+
+
+@pytest.mark.parametrize("backend", ["azure_agents", "foundry", "openai", "local"])
+def test_a_bare_azd_up_grants_no_roles_on_an_account_that_does_not_exist(
+    backend: str,
+) -> None:
+    environment = AZD_ENVIRONMENT | {"CHAT_BACKEND": backend}
+    for run in ("first provision", "second provision"):
+        main, environment = provision(environment)
+        modules = main.outline["modules"]
+        assert not main.deploys(modules["aiServices"]), run
+        assert not main.deploys(modules["aiAccess"]), run
+    assert environment["AZURE_AI_SERVICES_NAME"] == ""
+
+
+@pytest.mark.parametrize(
+    ("setting", "account"),
+    [
+        ({"AZURE_AI_SERVICES_NAME": "my-foundry"}, "my-foundry"),
+        ({"CREATE_AI_SERVICES": "true"}, "ais-uniquestring0"),
+    ],
+)
+def test_the_roles_go_to_the_account_named_or_created(
+    setting: dict[str, str], account: str
+) -> None:
+    environment = AZD_ENVIRONMENT | setting
+    for run in ("first provision", "second provision"):
+        main, environment = provision(environment)
+        assert main.deploys(main.outline["modules"]["aiAccess"]), run
+        assert main.module("aiAccess").params["aiServicesName"] == account, run
+
+
+def canonical(node: Any) -> str:
+    """An expression without its line numbers, to compare two of them."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "line"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return json.dumps(strip(node), sort_keys=True)
+
+
+def test_a_conditional_module_s_outputs_are_read_only_under_its_condition() -> None:
+    main = outline_of("infra/main.bicep")
+    conditions = {
+        name: canonical(module["condition"])
+        for name, module in main["modules"].items()
+        if module["condition"] is not None
+    }
+    unguarded: list[str] = []
+
+    def walk(node: Any, guards: frozenset[tuple[str, bool]], where: str) -> None:
+        if isinstance(node, list):
+            for value in node:
+                walk(value, guards, where)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.get("op") == "?:":
+            test, yes, no = node["args"]
+            walk(test, guards, where)
+            walk(yes, guards | {(canonical(test), True)}, where)
+            walk(no, guards | {(canonical(test), False)}, where)
+            return
+        if node.get("op") == "property":
+            base, *names = node["args"]
+            module = base.get("ref") if isinstance(base, dict) else None
+            guarded = (conditions.get(module), True) in guards
+            if module in conditions and names[:1] == ["outputs"] and not guarded:
+                unguarded.append(f"{where}: {module}.outputs.{names[1]}")
+        for value in node.values():
+            walk(value, guards, where)
+
+    for name, module in main["modules"].items():
+        walk(module["body"], frozenset(), f"module {name}")
+    for kind in ("vars", "outputs"):
+        for name, node in main[kind].items():
+            walk(node, frozenset(), f"{kind[:-1]} {name}")
+    assert conditions, "main.bicep has no conditional module"
+    assert not unguarded, unguarded
