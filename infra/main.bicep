@@ -14,6 +14,17 @@ param location string
 @description('Object id of the person running azd. When set, they get the same two AI roles as the app, for local runs with AZURE_AI_CREDENTIAL=dev.')
 param principalId string = ''
 
+// Role assignments name the kind of principal and Azure refuses a mismatch
+// (UnmatchedPrincipalType): azd logged in with a client id, as in CI, is a
+// ServicePrincipal, not a User.
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+@description('What principalId is. azd passes ServicePrincipal when it is logged in as one, User otherwise.')
+param principalType string = 'User'
+
 @description('Set by azd (SERVICE_WEB_RESOURCE_EXISTS): keeps the deployed image when only the infrastructure is re-provisioned.')
 param webExists bool = false
 
@@ -249,6 +260,7 @@ module aiAccess 'modules/ai-access.bicep' = if (hasAiServices) {
     aiServicesName: resolvedAiServicesName
     appPrincipalId: identity.outputs.principalId
     userPrincipalId: principalId
+    userPrincipalType: principalType
   }
   dependsOn: [
     resourceGroup

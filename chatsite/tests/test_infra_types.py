@@ -1363,3 +1363,29 @@ def test_a_conditional_module_s_outputs_are_read_only_under_its_condition() -> N
             walk(node, frozenset(), f"{kind[:-1]} {name}")
     assert conditions, "main.bicep has no conditional module"
     assert not unguarded, unguarded
+
+
+@pytest.mark.parametrize("logged_in_as", [None, "User", "ServicePrincipal"])
+def test_the_roles_for_whoever_runs_azd_name_their_principal_type(
+    logged_in_as: str | None,
+) -> None:
+    environment = AZD_ENVIRONMENT | {"AZURE_AI_SERVICES_NAME": "my-foundry"}
+    if logged_in_as:
+        environment["AZURE_PRINCIPAL_TYPE"] = logged_in_as
+    main, _ = provision(environment)
+    access = main.module("aiAccess")
+    granted: dict[str, set[str]] = {}
+    for record in access.deployed_resources():
+        if not record["type"].startswith("Microsoft.Authorization/roleAssignments@"):
+            continue
+        properties = access.member(record["body"], "properties")
+        try:
+            principal = access.evaluate(field(properties, "principalId"))
+        except Unknown:
+            principal = "the app's identity"
+        kind = access.evaluate(field(properties, "principalType"))
+        granted.setdefault(principal, set()).add(kind)
+    assert granted == {
+        "the app's identity": {"ServicePrincipal"},
+        AZD_ENVIRONMENT["AZURE_PRINCIPAL_ID"]: {logged_in_as or "User"},
+    }

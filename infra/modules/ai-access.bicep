@@ -7,6 +7,14 @@ param appPrincipalId string
 @description('Developer to grant the same roles for local runs; empty skips it.')
 param userPrincipalId string = ''
 
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+@description('What userPrincipalId is: ServicePrincipal when azd runs as one (CI).')
+param userPrincipalType string = 'User'
+
 var azureAiDeveloperRoleId = '64702f94-c441-49e6-a78b-ef80e0188fee'
 var cognitiveServicesUserRoleId = 'a97b65f3-24c7-4388-baec-2e87135dc908'
 
@@ -39,7 +47,7 @@ resource userAiDeveloper 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   scope: account
   properties: {
     principalId: userPrincipalId
-    principalType: 'User'
+    principalType: userPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', azureAiDeveloperRoleId)
   }
 }
@@ -49,7 +57,7 @@ resource userCognitiveServicesUser 'Microsoft.Authorization/roleAssignments@2022
   scope: account
   properties: {
     principalId: userPrincipalId
-    principalType: 'User'
+    principalType: userPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', cognitiveServicesUserRoleId)
   }
 }
