@@ -11,6 +11,7 @@ as free, and the next request in the conversation stores the reply it lost.
 """
 
 import asyncio
+import contextvars
 import logging
 import os
 import secrets
@@ -38,14 +39,18 @@ def is_alive(process_id: str) -> bool:
 
 
 async def ensure_heartbeat() -> None:
-    """Starts this process's heartbeat on the running loop, once."""
+    """Starts this process's heartbeat on the running loop, once (at start-up
+    under a server; at the first reply otherwise)."""
     global _heartbeat
     loop = asyncio.get_running_loop()
     running = _heartbeat is not None and not _heartbeat.done()
     if running and _heartbeat.get_loop() is loop:
         return
     await _beat()
-    _heartbeat = loop.create_task(_beat_forever(), name="chat-lease-heartbeat")
+    # A context of its own: the task outlives the request that may start it.
+    _heartbeat = loop.create_task(
+        _beat_forever(), name="chat-lease-heartbeat", context=contextvars.Context()
+    )
 
 
 async def _beat() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
-from chat import relay
+from chat import lease, relay
 from chat.backends import aclose_all
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,16 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
+
+
+async def start_heartbeat() -> None:
+    """Starts the process's lease heartbeat (chat.lease). Called at lifespan
+    startup, so that it counts among the tasks that are always there."""
+    try:
+        await lease.ensure_heartbeat()
+    except Exception:
+        # The shared cache is unreachable: the first reply tries again.
+        logger.warning("starting the lease heartbeat failed", exc_info=True)
 
 
 def watch_for_count_requests() -> None:
