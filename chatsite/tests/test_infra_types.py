@@ -1389,3 +1389,36 @@ def test_the_roles_for_whoever_runs_azd_name_their_principal_type(
         "the app's identity": {"ServicePrincipal"},
         AZD_ENVIRONMENT["AZURE_PRINCIPAL_ID"]: {logged_in_as or "User"},
     }
+
+
+def depends_on(record: Node) -> set[str]:
+    listed = field(record["body"], "dependsOn") or {"array": []}
+    return {item["ref"] for item in listed["array"] if "ref" in item}
+
+
+def test_children_of_one_resource_deploy_one_after_another() -> None:
+    """An AI Services account and a PostgreSQL server take one operation at a time;
+    their children, created together, fail now and then with RequestConflict."""
+    unordered = []
+    for path, outline in infra_outlines().items():
+        siblings: dict[str, list[Node]] = {}
+        for record, enclosing in declarations(outline):
+            parent = field(record["body"], "parent") or {}
+            parent_symbol = enclosing["symbol"] if enclosing else parent.get("ref")
+            if parent_symbol and not record["existing"]:
+                siblings.setdefault(parent_symbol, []).append(record)
+        for parent_symbol, children in siblings.items():
+            after = {child["symbol"]: depends_on(child) for child in children}
+            for child in children:  # everything each one waits for, transitively
+                waits = after[child["symbol"]]
+                while new := {d for w in waits for d in after.get(w, ())} - waits:
+                    waits |= new
+            for i, first in enumerate(children):
+                for second in children[i + 1 :]:
+                    a, b = first["symbol"], second["symbol"]
+                    if a not in after[b] and b not in after[a]:
+                        unordered.append(
+                            f"{path}:{second['line']}: {a} and {b}, "
+                            f"both children of {parent_symbol}, may deploy at once"
+                        )
+    assert not unordered, "\n".join(unordered)

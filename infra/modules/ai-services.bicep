@@ -42,6 +42,9 @@ resource project 'Microsoft.CognitiveServices/accounts/projects@2025-06-01' = {
   }
 }
 
+// The account takes one operation at a time: created alongside the project, the
+// deployment fails now and then with RequestConflict ("Another operation is being
+// performed on the parent resource").
 resource modelDeployment 'Microsoft.CognitiveServices/accounts/deployments@2025-06-01' = {
   parent: account
   name: modelName
@@ -56,6 +59,9 @@ resource modelDeployment 'Microsoft.CognitiveServices/accounts/deployments@2025-
       version: modelVersion
     }
   }
+  dependsOn: [
+    project
+  ]
 }
 
 output name string = account.name

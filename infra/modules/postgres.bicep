@@ -55,6 +55,7 @@ resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-0
 // Consumption-plan Container Apps have no fixed outbound address, so the server admits
 // Azure-internal traffic (the special 0.0.0.0 rule) and relies on TLS plus the password.
 // A VNet-integrated environment with private access is the stricter alternative.
+// After the database: the server, too, refuses a second operation while one runs.
 resource allowAzureServices 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = {
   parent: server
   name: 'AllowAllAzureServicesAndResourcesWithinAzureIps'
@@ -62,6 +63,9 @@ resource allowAzureServices 'Microsoft.DBforPostgreSQL/flexibleServers/firewallR
     startIpAddress: '0.0.0.0'
     endIpAddress: '0.0.0.0'
   }
+  dependsOn: [
+    database
+  ]
 }
 
 output name string = server.name
