@@ -1209,7 +1209,15 @@ class Template:
         return node
 
     def items(self, node: Node) -> list[Node]:
-        node = self.resolve(node)
+        """The items of an array; where a `?:` cannot be decided yet, both branches'."""
+        while node.get("ref") in self.outline["vars"]:
+            node = self.outline["vars"][node["ref"]]
+        if node.get("op") == "?:":
+            test, yes, no = node["args"]
+            try:
+                return self.items(yes if self.evaluate(test) else no)
+            except Unknown:
+                return self.items(yes) + self.items(no)
         if node.get("call") == "concat":
             return [item for arg in node["args"] for item in self.items(arg)]
         return [self.resolve(item) for item in node["array"]]
@@ -1422,3 +1430,55 @@ def test_children_of_one_resource_deploy_one_after_another() -> None:
                             f"both children of {parent_symbol}, may deploy at once"
                         )
     assert not unordered, "\n".join(unordered)
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """What a placeholder image is known to do: the port it listens on, given the
+    container's environment, and whether it answers 200 on any path."""
+
+    port: Callable[[dict[str, str]], int]
+    answers_any_path: bool
+
+
+PLACEHOLDERS = {
+    # Azure's sample page, on port 80 whatever the environment says.
+    "mcr.microsoft.com/azuredocs/containerapps-helloworld:latest": Placeholder(
+        port=lambda environment: 80, answers_any_path=False
+    ),
+    # GoogleCloudPlatform/kubernetes-engine-samples, quickstarts/hello-app: one
+    # handler for every path; $PORT, else 8080.
+    "us-docker.pkg.dev/google-samples/containers/gke/hello-app:1.0": Placeholder(
+        port=lambda environment: int(environment.get("PORT", "8080")),
+        answers_any_path=True,
+    ),
+}
+
+
+def test_the_placeholder_image_answers_where_the_ingress_and_the_probes_look() -> None:
+    """The first provision runs a placeholder until azd deploys the real image, and
+    azd then swaps the image alone, so the ingress, the probes and the environment
+    are the real app's from the start. A placeholder that does not answer them fails
+    activation, and its restarts fire the restart alert, on every new environment."""
+    web = Template("infra/modules/web.bicep", {"exists": False})
+    app = web.resource("app")
+    containers = web.member(app["body"], "properties", "template", "containers")
+    (container,) = web.items(containers)
+    environment = {}
+    for variable in web.items(web.member(container, "env")):
+        try:
+            value = web.evaluate(field(variable, "value"))
+        except Unknown:
+            continue  # a secret, or known only once deployed
+        environment[web.evaluate(field(variable, "name"))] = value
+    image = web.evaluate(web.member(container, "image"))
+    assert image in PLACEHOLDERS, f"add what {image} listens on to PLACEHOLDERS"
+    placeholder = PLACEHOLDERS[image]
+    ingress = web.member(app["body"], "properties", "configuration", "ingress")
+    target_port = web.evaluate(web.member(ingress, "targetPort"))
+    probes = web.items(web.member(container, "probes"))
+    probe_ports = {web.evaluate(web.member(p, "httpGet", "port")) for p in probes}
+    listens_on = placeholder.port(environment)
+    assert listens_on == target_port, f"{image} listens on {listens_on}"
+    assert probe_ports == {target_port}
+    assert placeholder.answers_any_path, f"{image} may not answer the probe paths"

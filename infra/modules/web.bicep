@@ -54,7 +54,12 @@ var port = 8000
 // (partial text stored, the browser told to retry). Then uvicorn's 90 s
 // --timeout-graceful-shutdown, then SIGKILL at terminationGracePeriodSeconds.
 var chatDrainSeconds = 60
-var placeholderImage = 'mcr.microsoft.com/azuredocs/containerapps-helloworld:latest'
+// Until azd deploys the real image the app runs this placeholder, and `azd deploy`
+// then swaps the image alone: the target port, the probes and the environment stay as
+// provisioned here. So the placeholder answers the probes itself: it listens on $PORT,
+// answers 200 on every path and shows only its host name, never its environment
+// (which holds the app's secrets already).
+var placeholderImage = 'us-docker.pkg.dev/google-samples/containers/gke/hello-app:1.0'
 
 resource environment 'Microsoft.App/managedEnvironments@2024-03-01' existing = {
   name: containerAppsEnvironmentName
@@ -220,7 +225,13 @@ var redisEnv = empty(redisName) ? [] : [
     secretRef: 'redis-url'
   }
 ]
-var env = concat(baseEnv, databaseEnv, redisEnv)
+var placeholderEnv = exists ? [] : [
+  {
+    name: 'PORT'
+    value: string(port)
+  }
+]
+var env = concat(baseEnv, databaseEnv, redisEnv, placeholderEnv)
 
 var registries = [
   {
