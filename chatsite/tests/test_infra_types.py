@@ -425,7 +425,6 @@ class BicepReader:
 
     def loop(self) -> Node:
         self.expect("for")
-        names = []
         if self.at("("):
             self.next()
             names = [self.name().text]
@@ -539,6 +538,9 @@ def alternatives(
     if node.get("op") == "?:":
         for branch in node["args"][1:]:
             yield from alternatives(branch, outline, seen)
+        return
+    if "if" in node:  # the body of `[for ...: if (...) {...}]`
+        yield from alternatives(node["then"], outline, seen)
         return
     yield node
 
@@ -709,7 +711,9 @@ class ResourceCheck:
             wanted = kind.removesuffix("Type").lower()
             if kind in ("UnionType", "StringLiteralType"):
                 wanted = "string"
-            yield self.problem("type", line, f"{at} is {given}, the type is {wanted}")
+            yield self.problem(
+                "type", line, f"{at} is given a {given}, where the type is {wanted}"
+            )
 
     def enum(self, node: Node, expected: TypeRef, at: str, line: int) -> Iterator:
         entry = expected.entry
@@ -721,8 +725,12 @@ class ResourceCheck:
         values = [o["value"] for o in options if o["$type"] == "StringLiteralType"]
         if values and node["str"] not in values:
             shown = ", ".join(repr(v) for v in values)
+            open_enum = len(values) < len(options)
             yield self.problem(
-                "enum", line, f"{at} is {node['str']!r}, which is not one of {shown}"
+                "enum",
+                line,
+                f"{at} is {node['str']!r}, which is not one of {shown}"
+                + (" (Bicep would accept it; Azure may not)" if open_enum else ""),
             )
 
     def object(
@@ -730,10 +738,10 @@ class ResourceCheck:
     ) -> Iterator:
         properties = dict(expected.entry.get("properties", {}))
         additional = expected.entry.get("additionalProperties")
+        discriminator = expected.entry.get("discriminator")
         required = True
-        if expected.entry["$type"] == "DiscriminatedObjectType":
+        if discriminator is not None:
             properties.update(expected.entry["baseProperties"])
-            discriminator = expected.entry["discriminator"]
             chosen = field(node, discriminator) or {}
             elements = expected.entry["elements"]
             if chosen.get("str") in elements:
@@ -757,10 +765,7 @@ class ResourceCheck:
         for key, key_line, value in pairs(node):
             if top and key in BICEP_KEYS:
                 continue
-            if (
-                expected.entry["$type"] == "DiscriminatedObjectType"
-                and key == (expected.entry["discriminator"])
-            ):
+            if key == discriminator:  # checked above
                 given.add(key)
                 continue
             name = by_lower.get(key.lower())
@@ -1082,7 +1087,7 @@ def test_the_checker_reports_a_wrong_enum_given_to_a_parameter(
     assert [(p.kind, p.where) for p in problems] == [("enum", "param.bicep:4")]
 
 
-# --- The templates as azd runs them -----------------------------------------------
+# --- The templates as azd runs them ---------------------------------------------------
 
 
 class Unknown(Exception):
