@@ -23,6 +23,9 @@ MAX_LIMIT = 100
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
 INTEGER = re.compile(r"-?[0-9]+")
+# Longer searches add nothing and can fail in the database (SQLite refuses LIKE
+# patterns over 50,000 bytes).
+MAX_QUERY_CHARS = 200
 
 
 def _single(params: QueryDict, name: str) -> str | None:
@@ -115,6 +118,11 @@ async def list_posts(request: HttpRequest) -> HttpResponse:
     query = (_single(request.GET, "q") or "").strip()
     if NUL in query:
         raise BadRequest("invalid query parameter", fields={"q": [NUL_MESSAGE]})
+    if len(query) > MAX_QUERY_CHARS:
+        raise BadRequest(
+            "invalid query parameter",
+            fields={"q": [f"must be at most {MAX_QUERY_CHARS} characters"]},
+        )
     if query:
         posts = posts.matching(query)
     total = await posts.acount()
