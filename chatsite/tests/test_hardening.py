@@ -6,6 +6,7 @@ What needs a real server (uvicorn's flags, the Host header as sent, the ASGI bod
 guard, a Redis outage through REDIS_URL) is tested live in test_hardening_live.py.
 """
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,34 @@ def test_the_admin_shows_nothing_for_an_overlong_search(
     assert f"Search for at most {MAX_QUERY_CHARS} characters." in response.text
     response = admin_client.get("/admin/posts/post/", {"q": "django"})
     assert list(response.context["cl"].result_list) == [post]
+
+
+# --- What readiness tells the public --------------------------------------------------
+
+
+@pytest.mark.django_db
+async def test_readiness_names_failed_checks_without_their_errors(
+    async_client: AsyncClient, settings, caplog
+) -> None:
+    settings.REDIS_URL = DEAD_REDIS_URL
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": DEAD_REDIS_URL,
+        }
+    }
+    settings.CHAT_BACKEND = "chat.backends.no_such_module.Backend"
+
+    with caplog.at_level(logging.WARNING, logger="chatsite.views"):
+        response = await async_client.get("/api/health/ready")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failed"] == ["cache", "chat_backend"]
+    assert body["checks"]["cache"] == {"ok": False}
+    assert body["checks"]["chat_backend"] == {"ok": False}
+    assert body["checks"]["database"]["ok"] is True
+    for detail in ("127.0.0.1", "111", "Error", "no_such_module"):
+        assert detail not in response.text
+    assert "readiness check cache failed: ConnectionError" in caplog.text
+    assert "no_such_module" in caplog.text

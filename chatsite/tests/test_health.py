@@ -113,8 +113,7 @@ async def test_it_names_a_failed_cache(async_client: AsyncClient, settings) -> N
     body = response.json()
     assert body["status"] == "unavailable"
     assert body["failed"] == ["cache"]
-    assert body["checks"]["cache"]["ok"] is False
-    assert "ConnectionError" in body["checks"]["cache"]["error"]
+    assert body["checks"]["cache"] == {"ok": False}
     assert body["checks"]["database"]["ok"] is True
 
 
@@ -130,8 +129,7 @@ async def test_it_names_a_failed_database(
     assert response.status_code == 503
     body = response.json()
     assert body["failed"] == ["database"]
-    assert body["checks"]["database"]["ok"] is False
-    assert body["checks"]["database"]["error"]
+    assert body["checks"]["database"] == {"ok": False}
     assert body["checks"]["chat_backend"]["ok"] is True
 
 
@@ -147,7 +145,7 @@ async def test_it_names_a_misconfigured_chat_backend(
     assert response.status_code == 503
     body = response.json()
     assert body["failed"] == ["chat_backend"]
-    assert "ImproperlyConfigured" in body["checks"]["chat_backend"]["error"]
+    assert body["checks"]["chat_backend"] == {"ok": False}
 
 
 async def test_it_names_every_failed_check(
