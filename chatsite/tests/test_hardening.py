@@ -7,6 +7,9 @@ guard, a Redis outage through REDIS_URL) is tested live in test_hardening_live.p
 """
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,9 @@ from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client
 from django.urls import path
+from django.utils.csp import CSP
 
+from chatsite.checks import check_csp_nonce, check_middleware_settings
 from posts.models import Post
 from posts.views import MAX_QUERY_CHARS
 
@@ -34,6 +39,88 @@ urlpatterns = [path("address", address)]
 @pytest.fixture(autouse=True)
 def _empty_cache() -> None:
     cache.clear()
+
+
+# --- Deploy checks for our middleware -------------------------------------------------
+
+
+SECURE = {
+    "SECURE_HSTS_SECONDS": 31536000,
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+    "SECURE_HSTS_PRELOAD": True,
+    "SECURE_SSL_REDIRECT": True,
+    "SESSION_COOKIE_SECURE": True,
+    "CSRF_COOKIE_SECURE": True,
+}
+
+
+@pytest.fixture
+def secure_settings(settings):
+    for name, value in SECURE.items():
+        setattr(settings, name, value)
+    return settings
+
+
+def test_our_middleware_passes_with_secure_settings(secure_settings) -> None:
+    assert check_middleware_settings() == []
+    assert check_csp_nonce() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("SECURE_HSTS_SECONDS", 0, "security.W004"),
+        ("SECURE_HSTS_INCLUDE_SUBDOMAINS", False, "security.W005"),
+        ("SECURE_HSTS_PRELOAD", False, "security.W021"),
+        ("SECURE_CONTENT_TYPE_NOSNIFF", False, "security.W006"),
+        ("SECURE_SSL_REDIRECT", False, "security.W008"),
+        ("SESSION_COOKIE_SECURE", False, "security.W012"),
+        ("SESSION_COOKIE_HTTPONLY", False, "security.W015"),
+        ("CSRF_COOKIE_SECURE", False, "security.W016"),
+        ("X_FRAME_OPTIONS", "SAMEORIGIN", "security.W019"),
+        ("SECURE_REFERRER_POLICY", None, "security.W022"),
+        ("SECURE_REFERRER_POLICY", "no-such-policy", "security.E023"),
+        ("SECURE_CROSS_ORIGIN_OPENER_POLICY", "no-such-policy", "security.E024"),
+    ],
+)
+def test_it_reports_what_djangos_checks_report_for_its_own_middleware(
+    secure_settings, setting: str, value: object, expected: str
+) -> None:
+    setattr(secure_settings, setting, value)
+
+    assert [message.id for message in check_middleware_settings()] == [expected]
+
+
+def test_it_reports_a_csp_nonce_without_its_context_processor(settings) -> None:
+    settings.SECURE_CSP = {**settings.SECURE_CSP, "script-src": [CSP.NONCE]}
+    settings.TEMPLATES = [
+        {**settings.TEMPLATES[0], "OPTIONS": {"context_processors": []}}
+    ]
+
+    assert [message.id for message in check_csp_nonce()] == ["security.W027"]
+
+
+def test_manage_py_check_deploy_reports_insecure_settings() -> None:
+    insecure = {
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "deploy-check-" + os.urandom(32).hex(),
+        "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+        "DJANGO_SECURE_COOKIES": "0",
+        "DJANGO_HSTS_SECONDS": "0",
+        "DJANGO_SSL_REDIRECT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        cwd=BASE_DIR,
+        env={**os.environ, **insecure},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    reported = result.stdout + result.stderr
+    for check_id in ("W004", "W008", "W012", "W016"):
+        assert f"security.{check_id}" in reported, reported
 
 
 # --- Search lengths -------------------------------------------------------------------
