@@ -28,11 +28,14 @@ RUN DJANGO_DEBUG=0 DJANGO_SECRET_KEY=collectstatic-build-only-not-a-secret \
 # --- runtime: the venv, the code and the collected static files, run as a non-root user --
 FROM python:3.13-slim-trixie
 
+# TRUSTED_PROXY_HOPS: the Container Apps ingress appends the client's address to
+# X-Forwarded-For; the app takes that one, not what the client wrote before it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DJANGO_DEBUG=0 \
-    WEB_CONCURRENCY=1
+    WEB_CONCURRENCY=1 \
+    TRUSTED_PROXY_HOPS=1
 
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app
@@ -57,4 +60,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # may finish for CHAT_DRAIN_SECONDS (60 in Azure) before the app ends them cleanly;
 # 90 s is the backstop after which uvicorn cancels what is left and the lifespan
 # handler stores it, all inside the 120 s Container Apps termination grace period.
-CMD ["uvicorn", "chatsite.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips=*", "--timeout-graceful-shutdown", "90", "--no-access-log"]
+# The client's address comes from the app (TRUSTED_PROXY_HOPS), not from uvicorn's
+# proxy headers, which take the leftmost X-Forwarded-For entry: the client's own.
+# h11 bounds the request head at 64 KiB (above Envoy's 60 KiB default) where
+# httptools has no limit; no `server: uvicorn` header.
+CMD ["uvicorn", "chatsite.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers", "--http", "h11", "--h11-max-incomplete-event-size", "65536", "--no-server-header", "--timeout-graceful-shutdown", "90", "--no-access-log"]

@@ -70,11 +70,15 @@ var:
 install: $(VENV)/.runtime var
 install-dev: $(VENV)/.dev $(VENV)/.clients $(TOOLS)/.installed var
 
+# uvicorn's flags are the image's (Dockerfile): bounded request heads, no proxy
+# headers, no server header.
 .PHONY: run
 run: install
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(VENV)/bin/uvicorn chatsite.asgi:application \
-	  --host $(HOST) --port $(PORT) --no-access-log --timeout-graceful-shutdown 20
+	  --host $(HOST) --port $(PORT) --no-proxy-headers --http h11 \
+	  --h11-max-incomplete-event-size 65536 --no-server-header --no-access-log \
+	  --timeout-graceful-shutdown 20
 
 .PHONY: emulator
 emulator: install

@@ -11,6 +11,12 @@ fixed. Requests that share a thread also share its database connection between
 their hops; that is safe because a transaction never spans a hop (Django's
 `atomic` is sync-only) and connections are not persistent (`CONN_MAX_AGE=0`).
 
+Request limits. Django reads a whole request body, into a temporary file past
+FILE_UPLOAD_MAX_MEMORY_SIZE, before any view can refuse it. `RequestLimits` counts
+the body as it arrives instead and answers 413 at DATA_UPLOAD_MAX_MEMORY_SIZE. The
+size of the request head is bounded by uvicorn (`--h11-max-incomplete-event-size`);
+the number of headers here.
+
 Shutdown. Django has no ASGI lifespan support. Without it, uvicorn's graceful shutdown
 cancels in-flight streams and re-raises SIGTERM before their cleanup runs, and the
 partial replies are lost. The wrapper below answers lifespan messages and, on
@@ -24,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
+import orjson
 from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
@@ -57,8 +64,76 @@ class SharedThreadsASGIHandler(ASGIHandler):
             await self.handle(scope, receive, send)
 
 
+# Browsers send about 20; proxies add about 10.
+MAX_REQUEST_HEADERS = 100
+
+
+class RequestLimits:
+    """Refuses a request with too many headers (431) or too large a body (413)
+    before the application reads it.
+
+    A declared Content-Length over the limit is refused before any body is read;
+    a chunked body as soon as the bytes received pass it. The application then
+    sees the client disconnect, and the connection is closed.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if len(scope["headers"]) > MAX_REQUEST_HEADERS:
+            await _refuse(send, 431, "too many request headers", "too_many_headers")
+            return
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        too_large = f"request body is larger than {limit} bytes"
+        if _content_length(scope) > limit:
+            await _refuse(send, 413, too_large, "too_large")
+            return
+        received = 0
+
+        async def counting_receive() -> MutableMapping[str, Any]:
+            nonlocal received
+            if received > limit:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                await _refuse(send, 413, too_large, "too_large")
+                return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _content_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return 0
+
+
+async def _refuse(send: Send, status: int, message: str, code: str) -> None:
+    body = orjson.dumps({"error": message, "code": code})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 django.setup(set_prefix=False)
-django_application = SharedThreadsASGIHandler()
+django_application = RequestLimits(SharedThreadsASGIHandler())
 
 
 async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,6 +148,7 @@ async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> No
             lifecycle.tune_garbage_collector()
             lifecycle.watch_for_termination()
             lifecycle.watch_for_count_requests()
+            await lifecycle.start_heartbeat()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             from chat import lifecycle

@@ -7,6 +7,7 @@ so they run inline; the one hook that does I/O, saving the session, is awaited
 through the session's async API.
 """
 
+import ipaddress
 import logging
 import re
 import time
@@ -41,7 +42,17 @@ class InlineHooksMixin:
 
 
 class SecurityMiddleware(InlineHooksMixin, security.SecurityMiddleware):
-    pass
+    """Django's, plus the `Permissions-Policy` header (PERMISSIONS_POLICY)."""
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        response = super().process_response(request, response)
+        if settings.PERMISSIONS_POLICY:
+            response.headers.setdefault(
+                "Permissions-Policy", settings.PERMISSIONS_POLICY
+            )
+        return response
 
 
 class CsrfViewMiddleware(InlineHooksMixin, csrf.CsrfViewMiddleware):
@@ -99,15 +110,8 @@ def _already_saved(must_create: bool = False) -> None:
     return None
 
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-access_logger = logging.getLogger("chatsite.request")
-
-
-class RequestLogMiddleware:
-    """One structured log line per request, with a request id (also sent back in
-    `X-Request-ID`). Streaming responses are logged when the stream ends, with
-    what was added with `requestlog.annotate` (time to first chunk, chunk count).
-    Never logs bodies, message content, tokens or secrets."""
+class AsyncMiddleware:
+    """A middleware that runs only on the event loop (no sync mode to adapt to)."""
 
     sync_capable = False
     async_capable = True
@@ -115,6 +119,20 @@ class RequestLogMiddleware:
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
         markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        return await self.get_response(request)
+
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+access_logger = logging.getLogger("chatsite.request")
+
+
+class RequestLogMiddleware(AsyncMiddleware):
+    """One structured log line per request, with a request id (also sent back in
+    `X-Request-ID`). Streaming responses are logged when the stream ends, with
+    what was added with `requestlog.annotate` (time to first chunk, chunk count).
+    Never logs bodies, message content, tokens or secrets."""
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()
@@ -168,3 +186,47 @@ class RequestLogMiddleware:
                 **fields,
             },
         )
+
+
+class ClientAddressMiddleware(AsyncMiddleware):
+    """Sets `REMOTE_ADDR` to the client's address behind TRUSTED_PROXY_HOPS proxies.
+
+    Each proxy appends the address it was connected from to X-Forwarded-For; the
+    client can write anything before those. So the client is the entry that the
+    outermost trusted proxy appended, the hops-th from the right. With no hops, or
+    fewer entries than hops (a request that did not pass them all), the connecting
+    address stays.
+    """
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        hops = settings.TRUSTED_PROXY_HOPS
+        if hops:
+            entries = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+            address = _ip_address(entries[-hops]) if len(entries) >= hops else None
+            if address:
+                request.META["REMOTE_ADDR"] = address
+        return await self.get_response(request)
+
+
+def _ip_address(entry: str) -> str | None:
+    """The address in an X-Forwarded-For entry: `a.b.c.d`, `a.b.c.d:port`, an
+    IPv6 address, or `[v6]:port`."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        entry = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
+
+
+class AllowedHostsMiddleware(AsyncMiddleware):
+    """Checks the Host header against ALLOWED_HOSTS on every request: Django does
+    it only when something calls `get_host()`, which most views never do.
+    `DisallowedHost` becomes Django's 400."""
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        request.get_host()
+        return await self.get_response(request)

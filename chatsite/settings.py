@@ -136,7 +136,9 @@ INSTALLED_APPS = [
 # (each sync MiddlewareMixin costs one hop per hook under ASGI). The wrappers in
 # chatsite.middleware run Django's own middleware logic inline on the event loop.
 MIDDLEWARE = [
+    "chatsite.middleware.ClientAddressMiddleware",
     "chatsite.middleware.RequestLogMiddleware",
+    "chatsite.middleware.AllowedHostsMiddleware",
     "chatsite.middleware.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -258,6 +260,29 @@ SECURE_HSTS_PRELOAD = False
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# The pages use none of these browser features (chatsite.middleware sends it).
+PERMISSIONS_POLICY = ", ".join(
+    f"{feature}=()"
+    for feature in (
+        "accelerometer",
+        "camera",
+        "display-capture",
+        "geolocation",
+        "gyroscope",
+        "hid",
+        "magnetometer",
+        "microphone",
+        "midi",
+        "payment",
+        "serial",
+        "usb",
+        "xr-spatial-tracking",
+    )
+)
+# Proxies in front of the app that append to X-Forwarded-For (1 behind the Container
+# Apps ingress); the client's address is the one the outermost of them appended.
+# 0: the connecting address, X-Forwarded-For ignored.
+TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)
 SECURE_CSP = {
     "default-src": [CSP.SELF],
     "script-src": [CSP.SELF],
@@ -270,7 +295,7 @@ SECURE_CSP = {
     "frame-ancestors": [CSP.NONE],
 }
 
-# Request bodies above this answer 413 on the JSON API.
+# Request bodies above this answer 413, counted as they arrive (chatsite.asgi).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 
 # --- Internationalisation -----------------------------------------------------------

@@ -41,6 +41,47 @@ def _empty_cache() -> None:
     cache.clear()
 
 
+# --- The client's address behind proxies ----------------------------------------------
+
+
+async def seen_address(forwarded_for: str | None) -> str:
+    """The address the app sees for a request from 127.0.0.1 (the test client's)."""
+    headers = {} if forwarded_for is None else {"X-Forwarded-For": forwarded_for}
+    response = await AsyncClient().get("/address", headers=headers)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize(
+    ("forwarded_for", "hops", "expected"),
+    [
+        # The ingress appended the real address after what the client wrote.
+        ("203.0.113.9, 198.51.100.4", 1, "198.51.100.4"),
+        ("1.1.1.1,2.2.2.2,  198.51.100.4", 1, "198.51.100.4"),
+        ("198.51.100.4", 1, "198.51.100.4"),
+        # Two proxies: the outer one appended the client, the inner one the outer.
+        ("203.0.113.9, 198.51.100.4, 10.0.0.2", 2, "198.51.100.4"),
+        # Fewer entries than proxies: the request did not pass them all.
+        ("198.51.100.4", 2, "127.0.0.1"),
+        # No proxy trusted: X-Forwarded-For is the client's own text.
+        ("198.51.100.4", 0, "127.0.0.1"),
+        (None, 1, "127.0.0.1"),
+        ("", 1, "127.0.0.1"),
+        ("not-an-address", 1, "127.0.0.1"),
+        ("203.0.113.9, 198.51.100.4:5123", 1, "198.51.100.4"),
+        ("203.0.113.9, 2001:db8::7", 1, "2001:db8::7"),
+        ("203.0.113.9, [2001:db8::7]:5123", 1, "2001:db8::7"),
+    ],
+)
+async def test_it_takes_the_address_the_trusted_proxy_appended(
+    settings, forwarded_for: str | None, hops: int, expected: str
+) -> None:
+    settings.TRUSTED_PROXY_HOPS = hops
+
+    assert await seen_address(forwarded_for) == expected
+
+
 # --- Deploy checks for our middleware -------------------------------------------------
 
 
@@ -195,3 +236,17 @@ async def test_readiness_names_failed_checks_without_their_errors(
         assert detail not in response.text
     assert "readiness check cache failed: ConnectionError" in caplog.text
     assert "no_such_module" in caplog.text
+
+
+# --- Permissions-Policy ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("url", ["/", "/api/health", "/admin/login/"])
+async def test_it_denies_browser_features_the_pages_do_not_use(
+    async_client: AsyncClient, url: str
+) -> None:
+    response = await async_client.get(url)
+
+    policy = {item.strip() for item in response["Permissions-Policy"].split(",")}
+    assert {"camera=()", "microphone=()", "geolocation=()", "payment=()"} <= policy

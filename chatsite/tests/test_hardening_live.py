@@ -1,0 +1,350 @@
+"""Hardening on a live server run with the image's uvicorn options (Dockerfile CMD):
+forged X-Forwarded-For, the Host header, oversized request heads and bodies, a
+Redis that cannot be reached, response headers, and `make run` with debug off."""
+
+import contextlib
+import json
+import os
+import re
+import select
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from emulator import EmulatorConfig, EmulatorThread
+from testing.live import LiveServer
+from testing.sse import iter_data
+from testing.upstream import server_env
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+DOCKERFILE = (BASE_DIR / "Dockerfile").read_text()
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
+MiB = 1024 * 1024
+
+
+def image_options() -> list[str]:
+    """uvicorn's options in the image's CMD, less --host and --port."""
+    (command,) = re.findall(r"^CMD (\[.*\])$", DOCKERFILE, re.MULTILINE)
+    argv = json.loads(command)
+    options = argv[argv.index("chatsite.asgi:application") + 1 :]
+    for name in ("--host", "--port"):
+        at = options.index(name)
+        del options[at : at + 2]
+    return options
+
+
+def image_env(name: str) -> str:
+    (value,) = re.findall(rf"^\s*(?:ENV )?{name}=(\S+?)(?: \\)?$", DOCKERFILE, re.M)
+    return value
+
+
+@pytest.fixture
+def production_server(
+    uvicorn_server_factory: Callable[..., LiveServer],
+) -> Callable[..., LiveServer]:
+    def start(**env: str) -> LiveServer:
+        return uvicorn_server_factory(
+            {"TRUSTED_PROXY_HOPS": image_env("TRUSTED_PROXY_HOPS"), **env},
+            *image_options(),
+        )
+
+    return start
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(config=EmulatorConfig()) as emulator:
+        yield emulator
+
+
+def connect(server: LiveServer) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=15)
+
+
+def read_response(sock: socket.socket) -> tuple[int | None, bytes]:
+    """The status and what the server sent, until its body is complete or it
+    closes (status None: closed without a response)."""
+    data = b""
+    while True:
+        try:
+            part = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not part:
+            break
+        data += part
+        head, blank, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *([0-9]+)", head)
+        if blank and length and len(body) >= int(length.group(1)):
+            break
+    if not data:
+        return None, b""
+    return int(data.split(b" ", 2)[1]), data
+
+
+def json_body(response: bytes) -> dict:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+# --- The client's address behind the ingress ------------------------------------------
+
+
+def chat(
+    server: LiveServer, forwarded_for: str
+) -> contextlib.AbstractContextManager[httpx.Response]:
+    headers = {"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}
+    return httpx.stream(
+        "POST",
+        f"{server.url}/api/chat",
+        json={"message": "hi"},
+        headers=headers,
+        timeout=15,
+    )
+
+
+def first_frame(response: httpx.Response) -> tuple[dict, Iterator[dict]]:
+    """The reply's first frame, and the rest to hold on to: dropping the iterator
+    would close the connection and end the reply."""
+    assert response.status_code == 200
+    frames = iter_data(response.iter_lines())
+    return next(frames), frames
+
+
+def test_it_limits_the_address_the_ingress_appended_not_the_forged_one(
+    production_server: Callable[..., LiveServer], emulator: EmulatorThread
+) -> None:
+    emulator.configure(hold_after=1)
+    server = production_server(
+        **server_env("azure_agents", emulator),
+        CHAT_MAX_CONCURRENT_STREAMS="1",
+        CHAT_DRAIN_SECONDS="1",
+        DJANGO_SSL_REDIRECT="1",
+    )
+    assert image_env("TRUSTED_PROXY_HOPS") == "1"
+
+    with chat(server, "203.0.113.1, 198.51.100.7") as held:
+        first, _rest = first_frame(held)
+        assert first["type"] == "metadata"
+        # What the client writes goes before what the ingress appends.
+        for forged in ("203.0.113.2", "10.0.0.1", "198.51.100.8, 203.0.113.3", ""):
+            with chat(server, f"{forged}, 198.51.100.7".lstrip(", ")) as refused:
+                assert refused.status_code == 429, forged
+        # Another client behind the same ingress has slots of its own.
+        with chat(server, "203.0.113.1, 198.51.100.8") as other:
+            assert first_frame(other)[0]["type"] == "metadata"
+
+    # The scheme the ingress forwards still counts: https is not redirected.
+    posts = f"{server.url}/api/posts"
+    assert httpx.get(posts, headers={"X-Forwarded-Proto": "https"}).status_code == 200
+    redirect = httpx.get(posts)
+    assert redirect.status_code == 301
+    assert redirect.headers["location"].startswith("https://")
+
+
+def test_it_ignores_forwarded_for_without_trusted_proxies(
+    production_server: Callable[..., LiveServer], emulator: EmulatorThread
+) -> None:
+    emulator.configure(hold_after=1)
+    server = production_server(
+        **server_env("azure_agents", emulator),
+        CHAT_MAX_CONCURRENT_STREAMS="1",
+        CHAT_DRAIN_SECONDS="1",
+        TRUSTED_PROXY_HOPS="0",
+    )
+
+    with chat(server, "203.0.113.1") as held:
+        first, _rest = first_frame(held)
+        assert first["type"] == "metadata"
+        for forged in ("203.0.113.2", "198.51.100.8, 203.0.113.3"):
+            with chat(server, forged) as refused:
+                assert refused.status_code == 429, forged
+
+
+# --- The Host header ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/"),
+        ("GET", "/api/posts"),
+        ("POST", "/api/chat"),
+        ("GET", "/api/health"),
+        ("GET", "/api/health/ready"),
+        ("GET", "/admin/login/"),
+    ],
+)
+def test_it_refuses_hosts_that_are_not_allowed(
+    production_server: Callable[..., LiveServer], method: str, path: str
+) -> None:
+    server = production_server(
+        DJANGO_ALLOWED_HOSTS="chat.example.com,localhost,127.0.0.1"
+    )
+
+    def status(host: str) -> int:
+        response = httpx.request(
+            method,
+            f"{server.url}{path}",
+            json={"message": "hi"},
+            headers={"Host": host, "X-Forwarded-Proto": "https"},
+        )
+        return response.status_code
+
+    assert status("evil.example") == 400
+    assert status("chat.example.com.evil.example") == 400
+    assert status("localhost") != 400
+
+
+# --- Request heads --------------------------------------------------------------------
+
+
+def test_it_refuses_a_megabyte_of_headers(
+    production_server: Callable[..., LiveServer],
+) -> None:
+    server = production_server()
+
+    with connect(server) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: ")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(1024):
+                sock.sendall(b"a" * 1024)
+            sock.sendall(b"\r\n\r\n")
+        status, _ = read_response(sock)
+
+    assert status in (None, 400, 431)
+    assert server.answers()
+
+
+def test_it_refuses_too_many_headers(
+    production_server: Callable[..., LiveServer],
+) -> None:
+    server = production_server()
+    many = {f"X-Filler-{n}": "a" for n in range(150)}
+
+    response = httpx.get(f"{server.url}/api/health", headers=many)
+
+    assert response.status_code == 431
+    assert response.json()["code"] == "too_many_headers"
+
+
+def test_it_serves_requests_with_ordinary_large_headers(
+    production_server: Callable[..., LiveServer],
+) -> None:
+    server = production_server()
+    headers = {
+        "Cookie": "; ".join(f"c{n}={'v' * 100}" for n in range(80)),
+        **{f"X-Custom-{n}": "value" for n in range(40)},
+    }
+
+    response = httpx.get(f"{server.url}/api/posts", headers=headers)
+
+    assert response.status_code == 200
+
+
+# --- Request bodies -------------------------------------------------------------------
+
+
+def files_open_under(pid: int, directory: Path) -> list[str]:
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(directory)):
+                found.append(target)
+    return found
+
+
+CHUNKED_CHAT = (
+    b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def test_it_refuses_a_chunked_body_at_the_limit_without_reading_the_rest(
+    production_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    spool = tmp_path / "server-tmp"
+    spool.mkdir()
+    server = production_server(TMPDIR=str(spool))
+    total = 64 * MiB
+    chunk = b"x" * 65536
+    sent = 0
+    spooled: list[str] = []
+
+    with connect(server) as sock:
+        # A small send buffer, so that `sent` is close to what the server read.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(CHUNKED_CHAT)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+                spooled += files_open_under(server.process.pid, spool)
+        status, response = read_response(sock)
+
+    assert status == 413
+    assert json_body(response) == {
+        "error": f"request body is larger than {MiB} bytes",
+        "code": "too_large",
+    }
+    # Refused once past 1 MiB; what else was sent sat in socket buffers.
+    assert sent < 16 * MiB
+    assert spooled == []
+
+
+def test_it_refuses_a_declared_length_before_reading_the_body(
+    production_server: Callable[..., LiveServer],
+) -> None:
+    server = production_server()
+
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+        )
+        status, response = read_response(sock)
+
+    assert status == 413
+    assert json_body(response)["code"] == "too_large"
+
+
+def test_it_reads_chunked_bodies_under_the_limit(
+    production_server: Callable[..., LiveServer],
+) -> None:
+    server = production_server()
+    message = "a" * 4000
+
+    def body() -> Iterator[bytes]:
+        encoded = json.dumps({"message": message, "stream": False}).encode()
+        for start in range(0, len(encoded), 1000):
+            yield encoded[start : start + 1000]
+
+    response = httpx.post(
+        f"{server.url}/api/chat",
+        content=body(),
+        headers={"Content-Type": "application/json"},
+        timeout=15,
+    )
+
+    assert response.status_code == 200
+    assert message in response.json()["full_response"]
+
+
+# --- Response headers -----------------------------------------------------------------
+
+
+def test_it_names_no_server_and_denies_unused_browser_features(
+    production_server: Callable[..., LiveServer],
+) -> None:
+    server = production_server()
+
+    response = httpx.get(f"{server.url}/api/health")
+
+    assert "server" not in response.headers
+    assert "camera=()" in response.headers["permissions-policy"]
