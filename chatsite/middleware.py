@@ -24,8 +24,12 @@ from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, csp, csrf, security
+from opentelemetry import metrics
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatsite import requestlog
+from chatsite.api import json_error
 
 
 class InlineHooksMixin:
@@ -230,3 +234,37 @@ class AllowedHostsMiddleware(AsyncMiddleware):
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         request.get_host()
         return await self.get_response(request)
+
+
+CACHE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+logger = logging.getLogger(__name__)
+# A no-op unless telemetry is configured (chatsite/telemetry.py).
+cache_outages = metrics.get_meter(__name__).create_counter(
+    "chatsite.cache_unreachable",
+    description="Requests refused because the shared cache could not be reached",
+)
+
+
+class CacheOutageMiddleware(AsyncMiddleware):
+    """Requests that need the shared cache (Redis: chat limits, Idempotency-Keys,
+    process leases) fail closed while it cannot be reached: an API request answers
+    503 `{"error": ..., "code": "unavailable"}` with Retry-After, never a bare
+    500. Each is logged and counted."""
+
+    async def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
+        if not isinstance(exception, CACHE_UNREACHABLE):
+            return None
+        logger.warning(
+            "cache unreachable: %s %s: %s", request.method, request.path, exception
+        )
+        cache_outages.add(1)
+        if not request.path.startswith("/api/"):
+            return None
+        return json_error(
+            "a service the request needs is unavailable; try again shortly",
+            503,
+            code="unavailable",
+            headers={"Retry-After": "5"},
+        )

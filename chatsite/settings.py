@@ -139,6 +139,7 @@ MIDDLEWARE = [
     "chatsite.middleware.ClientAddressMiddleware",
     "chatsite.middleware.RequestLogMiddleware",
     "chatsite.middleware.AllowedHostsMiddleware",
+    "chatsite.middleware.CacheOutageMiddleware",
     "chatsite.middleware.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -226,6 +227,8 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "chatsite",
+            # Without timeouts an unreachable Redis blocks a request forever.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
 else:

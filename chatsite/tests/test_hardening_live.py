@@ -336,6 +336,35 @@ def test_it_reads_chunked_bodies_under_the_limit(
     assert message in response.json()["full_response"]
 
 
+# --- Redis out of reach ---------------------------------------------------------------
+
+
+def test_it_answers_503_json_when_redis_cannot_be_reached(
+    production_server: Callable[..., LiveServer],
+) -> None:
+    server = production_server(
+        REDIS_URL=DEAD_REDIS_URL,
+        CHAT_RATE_LIMIT_PER_MINUTE="20",
+        CHAT_MAX_CONCURRENT_STREAMS="3",
+    )
+    chat_url = f"{server.url}/api/chat"
+
+    for headers in ({}, {"Idempotency-Key": "one"}):
+        response = httpx.post(chat_url, json={"message": "hi"}, headers=headers)
+        assert response.status_code == 503
+        assert response.json() == {
+            "error": "a service the request needs is unavailable; try again shortly",
+            "code": "unavailable",
+        }
+        assert response.headers["retry-after"] == "5"
+    assert httpx.get(f"{server.url}/api/posts").status_code == 200
+    ready = httpx.get(f"{server.url}/api/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["failed"] == ["cache"]
+    assert "127.0.0.1:1" not in ready.text
+    assert "cache unreachable: POST /api/chat" in server.log()
+
+
 # --- Response headers -----------------------------------------------------------------
 
 
