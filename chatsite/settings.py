@@ -286,6 +286,13 @@ PERMISSIONS_POLICY = ", ".join(
 # Apps ingress); the client's address is the one the outermost of them appended.
 # 0: the connecting address, X-Forwarded-For ignored.
 TRUSTED_PROXY_HOPS = env_int("TRUSTED_PROXY_HOPS", 0)
+# Admin login: after this many failed passwords for one account, or from one
+# address, within the lockout period, no password is checked until it ends.
+ADMIN_LOGIN_MAX_FAILURES = env_int("ADMIN_LOGIN_MAX_FAILURES", 5, minimum=1)
+ADMIN_LOGIN_MAX_FAILURES_PER_IP = env_int(
+    "ADMIN_LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1
+)
+ADMIN_LOGIN_LOCKOUT_SECONDS = env_int("ADMIN_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 SECURE_CSP = {
     "default-src": [CSP.SELF],
     "script-src": [CSP.SELF],

@@ -164,6 +164,115 @@ def test_manage_py_check_deploy_reports_insecure_settings() -> None:
         assert f"security.{check_id}" in reported, reported
 
 
+# --- The admin login throttle ---------------------------------------------------------
+
+
+@pytest.fixture
+def throttle(settings) -> None:
+    settings.ADMIN_LOGIN_MAX_FAILURES = 5
+    settings.ADMIN_LOGIN_MAX_FAILURES_PER_IP = 12
+    settings.ADMIN_LOGIN_LOCKOUT_SECONDS = 900
+    # Fast hashing: the throttle is what is tested, not the hasher.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def staff(username: str) -> User:
+    return User.objects.create_user(
+        username, password=f"right-{username}-password", is_staff=True
+    )
+
+
+def log_in(client: Client, username: str, password: str) -> HttpResponse:
+    return client.post(
+        "/admin/login/?next=/admin/",
+        {"username": username, "password": password},
+    )
+
+
+def logged_in(response: HttpResponse) -> bool:
+    return response.status_code == 302 and response["Location"] == "/admin/"
+
+
+THROTTLED = "Too many failed logins for this account or from this address"
+
+
+@pytest.mark.django_db
+def test_it_locks_an_account_after_failed_logins(throttle) -> None:
+    staff("alice")
+    client = Client()
+    for _ in range(5):
+        response = log_in(client, "alice", "wrong")
+        assert response.status_code == 200
+        assert "Please enter the correct username and password" in response.text
+
+    response = log_in(client, "alice", "right-alice-password")
+
+    assert not logged_in(response)
+    assert THROTTLED in response.text
+    assert "Try again in 15 minutes" in response.text
+    # Also from another address, and whatever the case of the name.
+    other = Client(REMOTE_ADDR="192.0.2.44")
+    assert THROTTLED in log_in(other, "ALICE", "right-alice-password").text
+
+
+@pytest.mark.django_db
+def test_it_leaves_other_accounts_open(throttle) -> None:
+    staff("alice")
+    staff("bob")
+    client = Client()
+    for _ in range(6):
+        log_in(client, "alice", "wrong")
+
+    assert logged_in(log_in(client, "bob", "right-bob-password"))
+
+
+@pytest.mark.django_db
+def test_it_throttles_an_address_trying_many_accounts(throttle) -> None:
+    staff("carol")
+    client = Client()
+    for n in range(12):
+        assert not logged_in(log_in(client, f"user{n}", "wrong"))
+
+    response = log_in(client, "carol", "right-carol-password")
+
+    assert THROTTLED in response.text
+    assert logged_in(
+        log_in(Client(REMOTE_ADDR="192.0.2.44"), "carol", "right-carol-password")
+    )
+
+
+@pytest.mark.django_db
+def test_a_login_clears_the_accounts_failures(throttle) -> None:
+    staff("dave")
+    client = Client()
+    for _ in range(4):
+        log_in(client, "dave", "wrong")
+    assert logged_in(log_in(client, "dave", "right-dave-password"))
+
+    client = Client()
+    for _ in range(4):
+        log_in(client, "dave", "wrong")
+    assert logged_in(log_in(client, "dave", "right-dave-password"))
+
+
+@pytest.mark.django_db
+def test_it_logs_in_without_the_throttle_when_the_cache_is_down(
+    throttle, settings, caplog
+) -> None:
+    staff("erin")
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": DEAD_REDIS_URL,
+        }
+    }
+
+    with caplog.at_level(logging.WARNING, logger="chatsite.admin"):
+        assert not logged_in(log_in(Client(), "erin", "wrong"))
+        assert logged_in(log_in(Client(), "erin", "right-erin-password"))
+    assert "admin login not throttled" in caplog.text
+
+
 # --- Search lengths -------------------------------------------------------------------
 
 
