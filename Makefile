@@ -70,10 +70,15 @@ var:
 install: $(VENV)/.runtime var
 install-dev: $(VENV)/.dev $(VENV)/.clients $(TOOLS)/.installed var
 
-# uvicorn's flags are the image's (Dockerfile): bounded request heads, no proxy
-# headers, no server header.
+# With debug off, pages name static files by the hashed names in the manifest that
+# collectstatic writes (the image build runs it too). uvicorn's flags are the
+# image's (Dockerfile): bounded request heads, no proxy headers, no server header.
 .PHONY: run
 run: install
+	@if [ "$$(DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) -c 'from chatsite import settings; print(settings.DEBUG)' 2>/dev/null)" = False ]; then \
+	  echo "DJANGO_DEBUG is off: collecting static files into staticfiles/"; \
+	  $(PY) manage.py collectstatic --noinput -v 0 || exit 1; \
+	fi
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(VENV)/bin/uvicorn chatsite.asgi:application \
 	  --host $(HOST) --port $(PORT) --no-proxy-headers --http h11 \

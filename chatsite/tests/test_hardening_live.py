@@ -7,7 +7,10 @@ import json
 import os
 import re
 import select
+import shutil
+import signal
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,9 +18,10 @@ import httpx
 import pytest
 
 from emulator import EmulatorConfig, EmulatorThread
-from testing.live import LiveServer
+from testing.live import LiveServer, free_port
 from testing.sse import iter_data
 from testing.upstream import server_env
+from testing.waiting import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -377,3 +381,61 @@ def test_it_names_no_server_and_denies_unused_browser_features(
 
     assert "server" not in response.headers
     assert "camera=()" in response.headers["permissions-policy"]
+
+
+# --- make run with debug off ----------------------------------------------------------
+
+
+def test_make_run_with_debug_off_serves_pages(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    for name in ("chat", "chatsite", "posts", "static", "templates"):
+        shutil.copytree(
+            BASE_DIR / name,
+            project / name,
+            ignore=shutil.ignore_patterns("tests", "__pycache__"),
+        )
+    for name in ("manage.py", "Makefile", "requirements.txt"):
+        shutil.copy2(BASE_DIR / name, project / name)
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "make-run-test-" + os.urandom(24).hex(),
+        "DJANGO_SECURE_COOKIES": "0",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "LOG_LEVEL": "WARNING",
+    }
+    log_path = tmp_path / "make-run.log"
+    make = [
+        "make",
+        "run",
+        f"VENV={BASE_DIR / '.venv'}",
+        f"PORT={port}",
+        "-o",
+        "install",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            make,
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def page() -> httpx.Response | None:
+        assert process.poll() is None, log_path.read_text()
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(f"http://127.0.0.1:{port}/")
+        return None
+
+    try:
+        response = wait_until(page, timeout=60, interval=0.2)
+        assert response.status_code == 200, log_path.read_text()
+        (script,) = re.findall(r'src="(/static/chat/[^"]+\.js)"', response.text)
+        assert re.search(r"\.[0-9a-f]{12}\.js$", script)
+        assert httpx.get(f"http://127.0.0.1:{port}{script}").status_code == 200
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
