@@ -33,8 +33,8 @@ class Caller:
 
 
 def caller_of(request: HttpRequest, owner: Owner) -> Caller:
-    # Behind the Container Apps proxy, uvicorn's --proxy-headers puts the client's
-    # address here from X-Forwarded-For.
+    # Behind the Container Apps ingress, chatsite.middleware.ClientAddressMiddleware
+    # puts here the address the ingress appended to X-Forwarded-For.
     address = f"ip:{request.META.get('REMOTE_ADDR', 'unknown')}"
     if owner.user_id is not None:
         return Caller(f"user:{owner.user_id}")
