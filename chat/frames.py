@@ -1,9 +1,15 @@
 """The chat stream's frames: their shapes (pydantic models) and their bytes.
 
-Every frame is `id: <n>\\ndata: <one-line JSON>\\n\\n`, the format the earlier chat
-service used, so its clients keep working. JSON never contains a raw CR or LF
-(orjson escapes them), so one `data:` line always carries the whole payload.
-Comment frames (`: keep-alive`) keep idle connections open through proxies.
+Every frame is `data: <one-line JSON>\nid: <n>\n\n`: the earlier chat service's
+`data:` lines, so its clients keep working, with an event id to resume from. The
+JSON is ASCII, as the earlier service's `json.dumps` wrote it: every other
+character is a `\\uXXXX` escape, so no CR, LF, U+0085, U+2028 or U+2029 can end a
+line early in any reader (some split lines on all of them), and a reader that
+decodes each network read on its own never cuts a character in two.
+
+While the agent is silent a comment line (`: keep-alive`) keeps idle
+connections open through proxies. It has no blank line after it: a blank line
+dispatches an event, and some clients then hand their caller an empty message.
 
 The relay builds frames only through these models; `encode` is the one place
 that turns them into bytes, and the OpenAPI document takes their JSON Schemas
@@ -24,8 +30,11 @@ from pydantic import (
 )
 
 KEEPALIVE = b": keep-alive\n"
-_CHUNK = b'id: %d\ndata: {"type":"chunk","content":%b}\n\n'
-_FRAME = b"id: %d\ndata: %b\n\n"
+# The id after the data: a client that takes an id as soon as it reads it (as
+# fetch-event-source does) never asks to resume after a frame it did not get,
+# unless the connection breaks between a frame's last two bytes.
+_CHUNK = b'data: {"type":"chunk","content":%b}\nid: %d\n\n'
+_FRAME = b"data: %b\nid: %d\n\n"
 
 
 def _unless_none(field_type: Any) -> Any:
@@ -123,6 +132,6 @@ FRAME_MODELS: tuple[type[Frame], ...] = (Metadata, Chunk, Annotation, Done, Erro
 def encode(event_id: int, frame: Frame) -> bytes:
     if type(frame) is Chunk:
         # The hot path: one frame per delta, so it skips the generic dump.
-        return _CHUNK % (event_id, _ascii_string(frame.content).encode())
+        return _CHUNK % (_ascii_string(frame.content).encode(), event_id)
     data = _dumps(frame.model_dump(), ensure_ascii=True, separators=(",", ":"))
-    return _FRAME % (event_id, data.encode())
+    return _FRAME % (data.encode(), event_id)

@@ -38,6 +38,12 @@ def is_alive(process_id: str) -> bool:
     return process_id == PROCESS_ID or cache.get(_alive_key(process_id)) is not None
 
 
+async def alive(process_id: str) -> bool:
+    return (
+        process_id == PROCESS_ID or await cache.aget(_alive_key(process_id)) is not None
+    )
+
+
 async def ensure_heartbeat() -> None:
     """Starts this process's heartbeat on the running loop, once (at start-up
     under a server; at the first reply otherwise)."""

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.utils import timezone
 from opentelemetry import metrics, trace
@@ -36,6 +37,7 @@ from chat.backends.base import (
     INCOMPLETE,
     INTERRUPTED,
     NOT_SAVED,
+    PRODUCER_LOST,
     SERVER_SHUTDOWN,
     TIMEOUT,
     UPSTREAM_DISCONNECTED,
@@ -51,7 +53,7 @@ from chat.backends.base import (
 )
 from chat.models import Conversation, Message, Owner
 from chat.replylog import ReplyLog
-from chatsite import requestlog
+from chatsite import requestlog, threads
 
 logger = logging.getLogger(__name__)
 # No-ops unless telemetry is configured (chatsite/telemetry.py).
@@ -83,6 +85,10 @@ _STATUS_FOR_REASON = {
 # In-flight replies of this process, by conversation id: stop requests and
 # shutdown find them here. Strong references also keep the producer tasks alive.
 _ACTIVE: dict[UUID, "Reply"] = {}
+# Replies that finished, by conversation, oldest first, with when to forget them:
+# a late reader (a retry, a reconnect) still gets their frames exactly.
+_FINISHED: dict[UUID, tuple[float, "Reply"]] = {}
+MAX_FINISHED = 1000
 
 UPSTREAM_CANCEL_TIMEOUT = 5.0
 CLEANUP_TIMEOUT = 10.0
@@ -170,6 +176,7 @@ async def discard(conversation: Conversation, backend: ChatBackend) -> None:
     if reply is not None:
         reply.stop(STOPPED)
         await wait_closed([reply], CLEANUP_TIMEOUT)
+    _FINISHED.pop(conversation.pk, None)
     thread_id = conversation.upstream_thread_id
     if thread_id and conversation.backend == backend.alias:
         try:
@@ -182,11 +189,63 @@ async def discard(conversation: Conversation, backend: ChatBackend) -> None:
 
 
 def attach(conversation_id: UUID, message_id: UUID) -> "Reply | None":
-    """The reply `message_id` while it streams in this process."""
-    reply = _ACTIVE.get(conversation_id)
+    """The reply `message_id` while it streams in this process, or finished in
+    it less than `CHAT_REPLAY_TTL_SECONDS` ago."""
+    reply = find(conversation_id)
     if reply is not None and reply.message_id == message_id:
         return reply
     return None
+
+
+def find(conversation_id: UUID) -> "Reply | None":
+    """The conversation's latest reply while its frames are here: streaming in
+    this process, or finished in it less than `CHAT_REPLAY_TTL_SECONDS` ago."""
+    reply = _ACTIVE.get(conversation_id)
+    if reply is not None:
+        return reply
+    _forget_expired()
+    kept = _FINISHED.get(conversation_id)
+    return kept[1] if kept is not None else None
+
+
+def _keep_finished(reply: "Reply") -> None:
+    ttl = settings.CHAT_REPLAY_TTL_SECONDS
+    if ttl <= 0:
+        return
+    _forget_expired()
+    reply.request.history = []  # not needed once the reply is written
+    _FINISHED.pop(reply.conversation_id, None)
+    _FINISHED[reply.conversation_id] = (time.monotonic() + ttl, reply)
+    while len(_FINISHED) > MAX_FINISHED:
+        del _FINISHED[next(iter(_FINISHED))]
+
+
+def _forget_expired() -> None:
+    # Oldest first: stop at the first one still wanted.
+    now = time.monotonic()
+    while _FINISHED:
+        conversation_id, (expires, _reply) = next(iter(_FINISHED.items()))
+        if expires > now:
+            return
+        del _FINISHED[conversation_id]
+
+
+def lost(conversation: Conversation, backend: ChatBackend) -> list[frames.Frame]:
+    """The frames of a reply whose server died while writing it."""
+    message_id = str(conversation.active_message_id)
+    return [
+        frames.Metadata(
+            conversation_id=str(conversation.pk),
+            thread_id=conversation.upstream_thread_id or None,
+            message_id=message_id,
+            **{**backend.describe(), "backend": conversation.backend},
+        ),
+        frames.Error(
+            code=PRODUCER_LOST,
+            message="the server writing this reply stopped; send your message again",
+            message_id=message_id,
+        ),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,14 +255,16 @@ class StoredReply:
 
 
 async def stored(
-    conversation_id: UUID, message_id: UUID, backend: ChatBackend
+    conversation_id: UUID, message_id: UUID | None, backend: ChatBackend
 ) -> StoredReply | None:
-    """A finished reply, from the database; None while it is not stored."""
-    message = await (
-        Message.objects.select_related("conversation")
-        .filter(pk=message_id, conversation_id=conversation_id)
-        .afirst()
+    """A finished reply (the conversation's last, without `message_id`), from the
+    database; None while it is not stored."""
+    replies = Message.objects.select_related("conversation").filter(
+        conversation_id=conversation_id, role=Message.Role.ASSISTANT
     )
+    if message_id is not None:
+        replies = replies.filter(pk=message_id)
+    message = await replies.order_by("-created_at").afirst()
     if message is None:
         return None
     conversation = message.conversation
@@ -312,7 +373,7 @@ class Reply:
 
     def start(self) -> None:
         self.task = asyncio.create_task(
-            self._produce(), name=f"chat-reply-{self.conversation_id}"
+            self._run(), name=f"chat-reply-{self.conversation_id}"
         )
         _ACTIVE[self.conversation_id] = self
 
@@ -361,6 +422,12 @@ class Reply:
             self._watchdog = loop.call_at(due, self._check_time)
 
     # --- producer ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        # Sync work on threads of its own: the reply may outlive the request
+        # that started it, and with it that request's threads.
+        async with ThreadSensitiveContext(executor=threads.next_executor()):
+            await self._produce()
 
     async def _produce(self) -> None:
         with tracer.start_as_current_span(
@@ -461,6 +528,7 @@ class Reply:
                 _ACTIVE.pop(self.conversation_id, None)
                 self._send_metadata()
                 log.append(self.final_frame(), final=True)
+                _keep_finished(self)
 
     async def _record(self, run_id: str, thread_id: str) -> None:
         """Lets a stop request reach this run from any replica."""
@@ -585,12 +653,19 @@ class Reply:
         arrives. Chunks that queued up while the client was slow come as one.
 
         The owner is the request that started the reply: when it goes away
-        before the end, the reply stops. Other readers just stop reading."""
+        before the end, the reply goes on without it (`CHAT_ON_DISCONNECT`
+        continue) or stops (cancel). Other readers just stop reading."""
         log = self.log
         keepalive = settings.CHAT_KEEPALIVE_SECONDS
         chunk = frames.Chunk
         chunks = 0
-        ended = False
+        if last_id >= len(log):
+            last_id = -1  # an id this reply never sent: from its start
+        ended = log.ended and last_id + 1 >= len(log)
+        if ended and not owner:
+            # A reader that has everything gets the final frame again, rather
+            # than an empty stream that an EventSource would reopen for ever.
+            last_id, ended = len(log) - 2, False
         try:
             while not ended:
                 if not await log.wait(last_id, keepalive):
@@ -605,12 +680,14 @@ class Reply:
         finally:
             task = self.task
             if owner and task is not None:
-                if not ended:
+                detached = not ended and settings.CHAT_ON_DISCONNECT == "continue"
+                if not ended and not detached:
                     self.stop(DISCONNECTED)
-                await asyncio.wait({task}, timeout=CLEANUP_TIMEOUT)
+                if not detached:
+                    await asyncio.wait({task}, timeout=CLEANUP_TIMEOUT)
                 requestlog.annotate(
                     backend=self.backend.alias,
-                    reply_status=str(self.status),
+                    reply_status="detached" if detached else str(self.status),
                     error_code=self.error.code if self.error else None,
                     chunks=chunks,
                     ttfc_ms=self.ttfc_ms(),

@@ -14,4 +14,9 @@ urlpatterns = [
         views.conversation,
         name="conversation",
     ),
+    path(
+        "api/conversations/<uuid:conversation_id>/stream",
+        views.resume,
+        name="resume",
+    ),
 ]

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 
-from chat import frames, idempotency, limits, relay, store
+from chat import frames, idempotency, lease, limits, relay, store
 from chat.backends import get_backend
 from chat.models import Conversation, Owner
 from chat.schemas import ChatRequest
@@ -22,6 +22,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "
 # Accept values under which a client takes the stream (axios sends
 # "application/json, text/plain, */*" and always got one).
 STREAM_TYPES = {"text/event-stream", "*/*", "text/*"}
+RETRY_FIELD = b"retry: 2000\n"
 BUSY = "a reply is already streaming in this conversation; stop it or wait"
 
 
@@ -132,7 +133,9 @@ async def _repeat(
 
 
 def _last_event_id(request: HttpRequest) -> int:
-    value = request.headers.get("Last-Event-ID", "").strip()
+    """The last frame the client has, from `Last-Event-ID` or `last_event_id`."""
+    value = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
+    value = (value or "").strip()
     return int(value) if value.isdigit() and len(value) < 10 else -1
 
 
@@ -185,6 +188,38 @@ async def list_conversations(request: HttpRequest) -> HttpResponse:
     return json_response({"results": [c.to_dict() async for c in conversations]})
 
 
+async def get_stream(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """The conversation's reply in flight, or its last one, for a client that
+    lost its stream: the frames after its last event id, then live."""
+    conversation = await _owned_conversation(request, conversation_id)
+    last_id = _last_event_id(request)
+    reply = relay.find(conversation.pk)
+    if reply is not None:
+        return _event_stream(_retrying(reply.sse(last_id, owner=False)))
+    holder = conversation.active_holder
+    if conversation.active_since is not None and await lease.alive(holder):
+        raise BadRequest(
+            "the reply is being written on another server; try again shortly",
+            409,
+            code="reply_elsewhere",
+            headers={"Retry-After": "2"},
+        )
+    if conversation.active_since is not None and conversation.active_message_id:
+        lost = relay.lost(conversation, get_backend())
+        return _event_stream(_retrying(_frames_body(lost)))
+    stored = await relay.stored(conversation.pk, None, get_backend())
+    if stored is None:
+        raise BadRequest("this conversation has no reply yet", 404, code="not_found")
+    return _event_stream(_retrying(_frames_body(stored.frames)))
+
+
+async def _retrying(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    # EventSource reconnects after this long; no blank line, so no empty event.
+    yield RETRY_FIELD
+    async for part in content:
+        yield part
+
+
 async def get_conversation(
     request: HttpRequest, conversation_id: uuid.UUID
 ) -> HttpResponse:
@@ -216,3 +251,4 @@ chat = api_view(POST=post_chat)
 stop = api_view(POST=post_stop)
 conversations = api_view(GET=list_conversations)
 conversation = api_view(GET=get_conversation, DELETE=delete_conversation)
+resume = api_view(GET=get_stream)

@@ -23,10 +23,8 @@ partial replies are lost. The wrapper below answers lifespan messages and, on
 shutdown, stops open chat streams and waits for them to store what they have.
 """
 
-import itertools
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
@@ -35,7 +33,7 @@ from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
-from chatsite import telemetry
+from chatsite import telemetry, threads
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -47,20 +45,12 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 class SharedThreadsASGIHandler(ASGIHandler):
     """Django's ASGI handler with a fixed set of threads for sync work."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"django-sync-{n}")
-            for n in range(settings.DJANGO_SYNC_THREADS)
-        ]
-        self._next_executor = itertools.cycle(self.executors)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             raise ValueError(
                 f"Django can only handle HTTP connections, not {scope['type']}"
             )
-        async with ThreadSensitiveContext(executor=next(self._next_executor)):
+        async with ThreadSensitiveContext(executor=threads.next_executor()):
             await self.handle(scope, receive, send)
 
 

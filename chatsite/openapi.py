@@ -455,5 +455,41 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/conversations/{conversation_id}/stream": {
+                "parameters": [
+                    CONVERSATION_ID,
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "required": False,
+                        "description": "Resume after this frame id (as the "
+                        "Last-Event-ID header does)",
+                        "schema": {"type": "string", "maxLength": 20},
+                    },
+                ],
+                "get": {
+                    "operationId": "resumeChat",
+                    "summary": "The conversation's reply in flight, or its last "
+                    "one, as an EventSource stream",
+                    "description": "The frames after `Last-Event-ID` (header) or "
+                    "`last_event_id`, then live until the final frame. A reply "
+                    "that finished more than CHAT_REPLAY_TTL_SECONDS ago comes "
+                    "from the database: metadata, its text as one chunk, and its "
+                    "final frame.",
+                    "responses": {
+                        "200": {
+                            "description": "The reply as an SSE stream",
+                            "content": {
+                                "text/event-stream": {"schema": _ref("ChatEvent")}
+                            },
+                        },
+                        **_errors("404"),
+                        "409": _error(
+                            "The reply is streaming on another server that keeps "
+                            "its frames"
+                        ),
+                    },
+                },
+            },
         },
     }

@@ -349,6 +349,14 @@ CHAT_UPSTREAM_TIMEOUT_SECONDS = env_float(
     "CHAT_UPSTREAM_TIMEOUT_SECONDS", 120.0, minimum=0.1
 )
 CHAT_MAX_STREAM_SECONDS = env_float("CHAT_MAX_STREAM_SECONDS", 900.0, minimum=1.0)
+# When the client that started a reply goes away: "continue" lets the reply run to
+# its end (stored, and resumable from GET /api/conversations/<id>/stream);
+# "cancel" stops it and cancels the agent's run.
+CHAT_ON_DISCONNECT = env_choice(
+    "CHAT_ON_DISCONNECT", "continue", ("continue", "cancel")
+)
+# How long a finished reply's frames stay in the reply log for late readers.
+CHAT_REPLAY_TTL_SECONDS = env_float("CHAT_REPLAY_TTL_SECONDS", 300.0)
 # A process's heartbeat lease: when a process dies, its conversation locks and
 # stream slots are free again within this long.
 CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 15.0, minimum=1.0)

@@ -220,8 +220,8 @@ def test_it_writes_each_frame_as_exactly_two_lines(event_id: int, text: str) -> 
         frames.encode(event_id, frames.Chunk(content=text)),
         frames.encode(event_id, frames.Error(code="c", message=text, message_id="m")),
     ):
-        head, data, blank = body.split(b"\n", 2)
-        assert head == b"id: %d" % event_id
+        data, tail, blank = body.split(b"\n", 2)
+        assert tail == b"id: %d" % event_id
         assert data.startswith(b"data: ")
         assert b"\r" not in data
         assert blank == b"\n"
