@@ -33,24 +33,8 @@ from django.utils import timezone
 from opentelemetry import metrics, trace
 
 from chat import frames, lease, limits, store
-from chat.backends.base import (
-    INCOMPLETE,
-    INTERRUPTED,
-    NOT_SAVED,
-    PRODUCER_LOST,
-    SERVER_SHUTDOWN,
-    TIMEOUT,
-    UPSTREAM_DISCONNECTED,
-    UPSTREAM_UNAVAILABLE,
-    BackendError,
-    ChatBackend,
-    Citation,
-    Completed,
-    Delta,
-    ReplyRequest,
-    RunStarted,
-    ThreadReady,
-)
+from chat.backends import base
+from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
 from chat.replylog import ReplyLog
 from chatsite import requestlog, threads
@@ -73,7 +57,7 @@ SHUTDOWN = "shutdown"  # the server is stopping
 TIMED_OUT = "timed_out"  # the upstream was silent too long
 
 # Errors after which the upstream run may still be generating.
-RUN_MAY_CONTINUE = {UPSTREAM_DISCONNECTED, INCOMPLETE}
+RUN_MAY_CONTINUE = {base.UPSTREAM_DISCONNECTED, base.INCOMPLETE}
 
 _STATUS_FOR_REASON = {
     STOPPED: Message.Status.CANCELLED,
@@ -241,7 +225,7 @@ def lost(conversation: Conversation, backend: ChatBackend) -> list[frames.Frame]
             **{**backend.describe(), "backend": conversation.backend},
         ),
         frames.Error(
-            code=PRODUCER_LOST,
+            code=base.PRODUCER_LOST,
             message="the server writing this reply stopped; send your message again",
             message_id=message_id,
         ),
@@ -294,7 +278,7 @@ async def stored(
     else:
         replay.append(
             frames.Error(
-                code=message.error_code or INTERRUPTED,
+                code=message.error_code or base.INTERRUPTED,
                 message=message.error_message
                 or "the reply stopped when its client left",
                 message_id=str(message.pk),
@@ -458,27 +442,27 @@ class Reply:
             async for event in self.backend.stream_reply(self.request):
                 self._last_event = clock()
                 match event:
-                    case Delta(text=text):
+                    case base.Delta(text=text):
                         if self.first_chunk_at is None:
                             self.first_chunk_at = time.perf_counter()
                             self._send_metadata()
                         self.delta_count += 1
                         log.append_chunk(text)
-                    case ThreadReady():
+                    case base.ThreadReady():
                         self.thread_id = event.thread_id
                         self.replaced_thread_id = event.replaced_thread_id
                         self._send_metadata()
-                    case RunStarted(run_id=run_id):
+                    case base.RunStarted(run_id=run_id):
                         self.run_id = run_id
                         if not self.backend.offline and self.thread_id:
                             self._record_run = asyncio.create_task(
                                 self._record(run_id, self.thread_id)
                             )
-                    case Citation(data=data):
+                    case base.Citation(data=data):
                         self.citations.append(data)
                         self._send_metadata()
                         log.append(frames.Annotation(**data))
-                    case Completed():
+                    case base.Completed():
                         self.usage = event.usage
                         if event.cancelled:
                             self.status = Message.Status.CANCELLED
@@ -486,7 +470,7 @@ class Reply:
                         break
             if not completed:
                 raise BackendError(
-                    INCOMPLETE, "the agent's reply ended before the run finished"
+                    base.INCOMPLETE, "the agent's reply ended before the run finished"
                 )
         except BackendError as exc:
             self.error = exc
@@ -500,13 +484,13 @@ class Reply:
             self.status = _STATUS_FOR_REASON[reason]
             if reason == TIMED_OUT:
                 self.error = BackendError(
-                    TIMEOUT,
+                    base.TIMEOUT,
                     f"the agent sent nothing for "
                     f"{settings.CHAT_UPSTREAM_TIMEOUT_SECONDS:g} seconds",
                 )
             elif reason == SHUTDOWN:
                 self.error = BackendError(
-                    SERVER_SHUTDOWN,
+                    base.SERVER_SHUTDOWN,
                     "the server is restarting; send your message again",
                 )
             await self._cancel_upstream()
@@ -514,7 +498,7 @@ class Reply:
         except Exception:
             logger.exception("chat backend %s failed", self.backend.alias)
             self.error = BackendError(
-                UPSTREAM_UNAVAILABLE, "the agent service failed unexpectedly"
+                base.UPSTREAM_UNAVAILABLE, "the agent service failed unexpectedly"
             )
             self.status = Message.Status.FAILED
             await self._cancel_upstream()
@@ -587,7 +571,7 @@ class Reply:
             logger.exception("storing reply %s failed", self.message_id)
             # Never a `done` that says the reply was kept.
             self.error = BackendError(
-                NOT_SAVED, "the reply could not be stored; send your message again"
+                base.NOT_SAVED, "the reply could not be stored; send your message again"
             )
             try:
                 await store.retrying(
@@ -626,7 +610,9 @@ class Reply:
         error = self.error
         if error is None and self.status == Message.Status.INTERRUPTED:
             # Seen only by a reader that attached after the first client left.
-            error = BackendError(INTERRUPTED, "the reply stopped when its client left")
+            error = BackendError(
+                base.INTERRUPTED, "the reply stopped when its client left"
+            )
         if error is not None:
             return frames.Error(
                 code=error.code,

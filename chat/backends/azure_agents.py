@@ -30,6 +30,7 @@ from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from django.conf import settings
 
+from chat.backends import base
 from chat.backends._azure import (
     credential,
     is_loopback,
@@ -37,23 +38,7 @@ from chat.backends._azure import (
     project_endpoint_problems,
 )
 from chat.backends._errors import model_rate_limited
-from chat.backends.base import (
-    INCOMPLETE,
-    RATE_LIMITED,
-    RUN_FAILED,
-    UPSTREAM_AUTH,
-    UPSTREAM_DISCONNECTED,
-    UPSTREAM_UNAVAILABLE,
-    BackendError,
-    ChatBackend,
-    Citation,
-    Completed,
-    Delta,
-    Event,
-    ReplyRequest,
-    RunStarted,
-    ThreadReady,
-)
+from chat.backends.base import BackendError, ChatBackend, Event, ReplyRequest
 
 logger = logging.getLogger(__name__)
 
@@ -112,45 +97,48 @@ def map_error(exc: BaseException) -> BackendError:
         status = exc.status_code or 0
         detail = (exc.error.message if exc.error else None) or exc.reason or ""
         if isinstance(exc, ClientAuthenticationError) and not status:
-            return BackendError(UPSTREAM_AUTH, f"could not get a token: {exc.message}")
+            return BackendError(
+                base.UPSTREAM_AUTH, f"could not get a token: {exc.message}"
+            )
         if status in (401, 403):
             return BackendError(
-                UPSTREAM_AUTH,
+                base.UPSTREAM_AUTH,
                 f"the agent service refused our credentials (HTTP {status}). The "
                 "identity needs the Azure AI Developer and Cognitive Services User "
                 "roles on the AI Services resource.",
             )
         if status == 429:
             return BackendError(
-                RATE_LIMITED,
+                base.RATE_LIMITED,
                 "the agent service is rate limiting requests; try again shortly",
                 retry_after=_retry_after(exc),
             )
         if status >= 500:
             return BackendError(
-                UPSTREAM_UNAVAILABLE,
+                base.UPSTREAM_UNAVAILABLE,
                 f"the agent service failed (HTTP {status}): {detail}".rstrip(": "),
             )
         return BackendError(
-            RUN_FAILED,
+            base.RUN_FAILED,
             f"the agent service rejected the request (HTTP {status}): {detail}",
         )
     if isinstance(exc, ClientAuthenticationError):
-        return BackendError(UPSTREAM_AUTH, f"could not get a token: {exc.message}")
+        return BackendError(base.UPSTREAM_AUTH, f"could not get a token: {exc.message}")
     if isinstance(
         exc, ServiceRequestError | ServiceResponseError | aiohttp.ClientError
     ):
         return BackendError(
-            UPSTREAM_UNAVAILABLE, f"could not reach the agent service: {exc}"
+            base.UPSTREAM_UNAVAILABLE, f"could not reach the agent service: {exc}"
         )
     if isinstance(exc, ValueError):
         # The SDK decodes every error body as JSON; an HTML error page (a proxy's
         # 502, say) surfaces as a JSON decoding error.
         return BackendError(
-            UPSTREAM_UNAVAILABLE, "the agent service answered with an unreadable error"
+            base.UPSTREAM_UNAVAILABLE,
+            "the agent service answered with an unreadable error",
         )
     if isinstance(exc, AzureError):
-        return BackendError(UPSTREAM_UNAVAILABLE, f"agent service error: {exc}")
+        return BackendError(base.UPSTREAM_UNAVAILABLE, f"agent service error: {exc}")
     raise exc
 
 
@@ -175,11 +163,11 @@ def _delta_events(delta: dict[str, Any]) -> list[Event]:
         if not text:
             continue
         if text.get("value"):
-            events.append(Delta(text["value"]))
+            events.append(base.Delta(text["value"]))
         for annotation in text.get("annotations") or ():
             citation = _citation(annotation)
             if citation:
-                events.append(Citation(citation))
+                events.append(base.Citation(citation))
     return events
 
 
@@ -194,21 +182,21 @@ RUN_ENDED = {
 }
 
 
-def _run_ended(name: str, run: dict[str, Any]) -> Completed:
+def _run_ended(name: str, run: dict[str, Any]) -> base.Completed:
     """The final event of a run that ended, or the error it ended with."""
     if name == "thread.run.completed":
-        return Completed(usage=run.get("usage"))
+        return base.Completed(usage=run.get("usage"))
     if name == "thread.run.cancelled":
-        return Completed(usage=run.get("usage"), cancelled=True)
+        return base.Completed(usage=run.get("usage"), cancelled=True)
     raise _run_failure(run)
 
 
 def _error_event(data: Any) -> BackendError:
     error = data.get("error", data) if isinstance(data, dict) else {"message": data}
     if error.get("code") == "rate_limit_exceeded":
-        return BackendError(RATE_LIMITED, error.get("message") or "rate limited")
+        return BackendError(base.RATE_LIMITED, error.get("message") or "rate limited")
     return BackendError(
-        UPSTREAM_UNAVAILABLE,
+        base.UPSTREAM_UNAVAILABLE,
         f"the agent service reported an error: {error.get('message') or error}",
     )
 
@@ -223,7 +211,7 @@ def _run_failure(run: dict[str, Any]) -> BackendError:
         message = message or f"the run stopped early ({reason})"
     if code == "rate_limit_exceeded":
         return model_rate_limited(message)
-    return BackendError(RUN_FAILED, f"the agent's run {status}: {code}: {message}")
+    return BackendError(base.RUN_FAILED, f"the agent's run {status}: {code}: {message}")
 
 
 class AzureAgentsBackend(ChatBackend):
@@ -256,7 +244,7 @@ class AzureAgentsBackend(ChatBackend):
         if self._client is None:
             problems = self.configuration_problems()
             if problems:
-                raise BackendError(UPSTREAM_AUTH, "; ".join(problems))
+                raise BackendError(base.UPSTREAM_AUTH, "; ".join(problems))
             self._credential = credential()
             # Our own session: the SDK's default caps a process at 100 concurrent
             # connections, so the 101st open chat would silently queue.
@@ -296,15 +284,7 @@ class AzureAgentsBackend(ChatBackend):
         thread_id = request.thread_id
         replaced = None
         try:
-            if thread_id is None:
-                thread = await client.threads.create(messages=[message])
-                thread_id = thread.id
-                stream = await client.runs.stream(
-                    thread_id=thread_id,
-                    agent_id=self.agent_id,
-                    event_handler=RawEvents(),
-                )
-            else:
+            if thread_id is not None:
                 try:
                     stream = await client.runs.stream(
                         thread_id=thread_id,
@@ -315,23 +295,23 @@ class AzureAgentsBackend(ChatBackend):
                 except ResourceNotFoundError:
                     # The thread is gone upstream (deleted, expired): start a new one
                     # and say so in the metadata.
-                    replaced = thread_id
-                    thread = await client.threads.create(messages=[message])
-                    thread_id = thread.id
-                    stream = await client.runs.stream(
-                        thread_id=thread_id,
-                        agent_id=self.agent_id,
-                        event_handler=RawEvents(),
-                    )
+                    replaced, thread_id = thread_id, None
+            if thread_id is None:
+                thread_id = (await client.threads.create(messages=[message])).id
+                stream = await client.runs.stream(
+                    thread_id=thread_id,
+                    agent_id=self.agent_id,
+                    event_handler=RawEvents(),
+                )
         except ResourceNotFoundError as exc:
             # On a thread that exists (new, or just replaced): the agent is missing.
             raise BackendError(
-                RUN_FAILED,
+                base.RUN_FAILED,
                 f"the agent service has no agent {self.agent_id}: {exc.message}",
             ) from exc
         except Exception as exc:
             raise map_error(exc) from exc
-        yield ThreadReady(thread_id, replaced)
+        yield base.ThreadReady(thread_id, replaced)
         try:
             async with stream as events:
                 async for name, data in events:
@@ -339,14 +319,14 @@ class AzureAgentsBackend(ChatBackend):
                         for event in _delta_events(data):
                             yield event
                     elif name == "thread.run.created":
-                        yield RunStarted(data["id"])
+                        yield base.RunStarted(data["id"])
                     elif name in RUN_ENDED:
                         yield _run_ended(name, data)
                         return
                     elif name == "thread.run.requires_action":
                         await self.cancel(thread_id, data["id"])
                         raise BackendError(
-                            RUN_FAILED,
+                            base.RUN_FAILED,
                             "the agent asked for a client-side tool call, which "
                             "chatsite does not run",
                         )
@@ -358,14 +338,16 @@ class AzureAgentsBackend(ChatBackend):
             raise
         except (IncompleteReadError, ServiceResponseError, aiohttp.ClientError) as exc:
             raise BackendError(
-                UPSTREAM_DISCONNECTED, "the connection to the agent service was cut"
+                base.UPSTREAM_DISCONNECTED,
+                "the connection to the agent service was cut",
             ) from exc
         except HttpResponseError as exc:
             raise BackendError(
-                UPSTREAM_DISCONNECTED, f"the agent service stream broke: {exc.message}"
+                base.UPSTREAM_DISCONNECTED,
+                f"the agent service stream broke: {exc.message}",
             ) from exc
         raise BackendError(
-            INCOMPLETE, "the agent's reply ended before the run finished"
+            base.INCOMPLETE, "the agent's reply ended before the run finished"
         )
 
     async def cancel(self, thread_id: str, run_id: str) -> None:

@@ -25,6 +25,7 @@ from django.conf import settings
 from openai import APIError, AsyncOpenAI, NotFoundError
 from openai.types.responses import Response
 
+from chat.backends import base
 from chat.backends._azure import (
     credential,
     project_endpoint,
@@ -32,21 +33,7 @@ from chat.backends._azure import (
 )
 from chat.backends._errors import incomplete, model_rate_limited, stream_error
 from chat.backends._openai import api_error, http_client, stream_broke
-from chat.backends.base import (
-    INCOMPLETE,
-    RUN_FAILED,
-    UPSTREAM_AUTH,
-    UPSTREAM_UNAVAILABLE,
-    BackendError,
-    ChatBackend,
-    Citation,
-    Completed,
-    Delta,
-    Event,
-    ReplyRequest,
-    RunStarted,
-    ThreadReady,
-)
+from chat.backends.base import BackendError, ChatBackend, Event, ReplyRequest
 
 logger = logging.getLogger(__name__)
 
@@ -89,19 +76,19 @@ def _usage(response: Response) -> dict[str, Any] | None:
     }
 
 
-def _completed(response: Response) -> Completed:
+def _completed(response: Response) -> base.Completed:
     if any(item.type in CLIENT_ACTIONS for item in response.output or ()):
         raise BackendError(
-            RUN_FAILED,
+            base.RUN_FAILED,
             "the agent asked for a client-side tool call, which chatsite does not run",
         )
-    return Completed(usage=_usage(response))
+    return base.Completed(usage=_usage(response))
 
 
-def _ended(response: Response) -> Completed:
+def _ended(response: Response) -> base.Completed:
     """The outcome of a response.failed or response.incomplete event."""
     if response.status == "cancelled":
-        return Completed(usage=_usage(response), cancelled=True)
+        return base.Completed(usage=_usage(response), cancelled=True)
     if response.status == "incomplete":
         details = response.incomplete_details
         raise incomplete(details.reason if details else None)
@@ -110,7 +97,9 @@ def _ended(response: Response) -> Completed:
     message = (error.message if error else None) or ""
     if code == "rate_limit_exceeded":
         raise model_rate_limited(message)
-    raise BackendError(RUN_FAILED, f"the agent's response failed: {code}: {message}")
+    raise BackendError(
+        base.RUN_FAILED, f"the agent's response failed: {code}: {message}"
+    )
 
 
 class FoundryBackend(ChatBackend):
@@ -143,7 +132,7 @@ class FoundryBackend(ChatBackend):
         if self._client is None:
             problems = self.configuration_problems()
             if problems:
-                raise BackendError(UPSTREAM_AUTH, "; ".join(problems))
+                raise BackendError(base.UPSTREAM_AUTH, "; ".join(problems))
             self._credential = credential()
             self._project = AIProjectClient(
                 endpoint=self.endpoint, credential=self._credential
@@ -184,7 +173,7 @@ class FoundryBackend(ChatBackend):
         except Exception as exc:
             raise api_error(exc, SERVICE) from exc
         # Known before the response starts, so a failed first reply keeps it.
-        yield ThreadReady(conversation_id, replaced)
+        yield base.ThreadReady(conversation_id, replaced)
         if stream is None:
             try:
                 stream = await self._respond(conversation_id, request.message)
@@ -192,7 +181,7 @@ class FoundryBackend(ChatBackend):
                 # On a conversation that exists (new, or just replaced): the
                 # agent is missing.
                 raise BackendError(
-                    RUN_FAILED,
+                    base.RUN_FAILED,
                     f"the project has no agent {self.describe()['agent']}",
                 ) from exc
             except Exception as exc:
@@ -203,13 +192,13 @@ class FoundryBackend(ChatBackend):
                     kind = event.type
                     if kind in TEXT_DELTAS:
                         if event.delta:
-                            yield Delta(event.delta)
+                            yield base.Delta(event.delta)
                     elif kind == "response.output_text.annotation.added":
                         citation = _citation(event.annotation)
                         if citation:
-                            yield Citation(citation)
+                            yield base.Citation(citation)
                     elif kind == "response.created":
-                        yield RunStarted(event.response.id)
+                        yield base.RunStarted(event.response.id)
                     elif kind == "response.completed":
                         yield _completed(event.response)
                         return
@@ -221,14 +210,14 @@ class FoundryBackend(ChatBackend):
                             event.code,
                             event.message,
                             service=SERVICE,
-                            default=UPSTREAM_UNAVAILABLE,
+                            default=base.UPSTREAM_UNAVAILABLE,
                         )
         except BackendError:
             raise
         except Exception as exc:
             raise stream_broke(exc, SERVICE) from exc
         raise BackendError(
-            INCOMPLETE, "the agent's reply ended before the response finished"
+            base.INCOMPLETE, "the agent's reply ended before the response finished"
         )
 
     async def cancel(self, thread_id: str, run_id: str) -> None:

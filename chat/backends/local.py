@@ -5,15 +5,8 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from chat.backends.base import (
-    ChatBackend,
-    Completed,
-    Delta,
-    Event,
-    ReplyRequest,
-    RunStarted,
-    ThreadReady,
-)
+from chat.backends import base
+from chat.backends.base import ChatBackend, Event, ReplyRequest
 
 TOKEN = re.compile(r"\s*\S+|\s+")
 
@@ -47,16 +40,16 @@ class LocalBackend(ChatBackend):
     offline = True
 
     async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
-        yield ThreadReady(request.thread_id or f"local_{uuid.uuid4().hex}")
-        yield RunStarted(f"run_local_{uuid.uuid4().hex}")
+        yield base.ThreadReady(request.thread_id or f"local_{uuid.uuid4().hex}")
+        yield base.RunStarted(f"run_local_{uuid.uuid4().hex}")
         delay = settings.CHAT_LOCAL_DELAY_MS / 1000
         tokens = TOKEN.findall(demo_reply(request.message))
         for token in tokens:
             if delay:
                 await asyncio.sleep(delay)
-            yield Delta(token)
+            yield base.Delta(token)
         prompt_tokens = len(request.message.split())
-        yield Completed(
+        yield base.Completed(
             usage={
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": len(tokens),

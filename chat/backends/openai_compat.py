@@ -20,21 +20,11 @@ from azure.identity.aio import get_bearer_token_provider
 from django.conf import settings
 from openai import AsyncOpenAI
 
+from chat.backends import base
 from chat.backends._azure import credential, is_loopback
 from chat.backends._errors import INCOMPLETE_REASONS, incomplete
 from chat.backends._openai import api_error, http_client, stream_broke
-from chat.backends.base import (
-    INCOMPLETE,
-    UPSTREAM_AUTH,
-    BackendError,
-    ChatBackend,
-    Completed,
-    Delta,
-    Event,
-    ReplyRequest,
-    RunStarted,
-    ThreadReady,
-)
+from chat.backends.base import BackendError, ChatBackend, Event, ReplyRequest
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +120,7 @@ class OpenAIBackend(ChatBackend):
         if self._client is None:
             problems = self.configuration_problems()
             if problems:
-                raise BackendError(UPSTREAM_AUTH, "; ".join(problems))
+                raise BackendError(base.UPSTREAM_AUTH, "; ".join(problems))
             self._client = AsyncOpenAI(
                 base_url=self.base_url,
                 api_key=self._api_key(),
@@ -141,7 +131,7 @@ class OpenAIBackend(ChatBackend):
 
     async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
         client = self.client()
-        yield ThreadReady(request.thread_id or f"oa_{uuid.uuid4().hex}")
+        yield base.ThreadReady(request.thread_id or f"oa_{uuid.uuid4().hex}")
         try:
             stream = await client.chat.completions.create(
                 model=self.model,
@@ -158,10 +148,10 @@ class OpenAIBackend(ChatBackend):
                 async for chunk in stream:
                     if run_id is None:
                         run_id = chunk.id or f"oa_run_{uuid.uuid4().hex}"
-                        yield RunStarted(run_id)
+                        yield base.RunStarted(run_id)
                     for choice in chunk.choices:
                         if choice.delta and choice.delta.content:
-                            yield Delta(choice.delta.content)
+                            yield base.Delta(choice.delta.content)
                         finish_reason = choice.finish_reason or finish_reason
                     if chunk.usage is not None:
                         usage = {
@@ -172,10 +162,12 @@ class OpenAIBackend(ChatBackend):
         except Exception as exc:
             raise stream_broke(exc, SERVICE) from exc
         if finish_reason is None:
-            raise BackendError(INCOMPLETE, "the model's reply ended before it finished")
+            raise BackendError(
+                base.INCOMPLETE, "the model's reply ended before it finished"
+            )
         if finish_reason in INCOMPLETE_REASONS:
             raise incomplete(finish_reason)
-        yield Completed(usage=usage)
+        yield base.Completed(usage=usage)
 
     async def aclose(self) -> None:
         if self._client is not None:
