@@ -1,11 +1,13 @@
 """The emulator as the upstream of each backend that talks to an agent service.
 
 `upstream_settings` is what points a backend at an emulator; tests apply it to
-Django's settings in process (chat/tests/conftest.py) or hand `server_env` to a
-live server.
+Django's settings in process (`answer_through`) or hand `server_env` to a live
+server.
 """
 
 from typing import Any
+
+from pytest_django.fixtures import Settings
 
 from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator, EmulatorThread
 
@@ -41,6 +43,14 @@ def upstream_settings(
         case _:
             raise ValueError(f"{backend!r} has no upstream to emulate")
     return {"CHAT_BACKEND": backend, "CHAT_UPSTREAM_RETRIES": 0, **upstream}
+
+
+def answer_through(
+    settings: Settings, backend: str, emulator: AgentsEmulator | EmulatorThread
+) -> None:
+    """Points Django's `settings` (pytest-django's fixture) at `emulator`."""
+    for name, value in upstream_settings(backend, emulator).items():
+        setattr(settings, name, value)
 
 
 def server_env(

@@ -2,11 +2,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from django.core.cache import cache
-from pytest_django.fixtures import Settings
 
 from chat.backends import aclose_all
 from emulator import AgentsEmulator
-from testing.upstream import upstream_settings
+from testing.upstream import answer_through
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +26,6 @@ async def emulator() -> AsyncIterator[AgentsEmulator]:
     await emulator.start(host="127.0.0.1", port=0)
     yield emulator
     await emulator.stop()
-
-
-def answer_through(settings: Settings, backend: str, emulator: AgentsEmulator) -> None:
-    for name, value in upstream_settings(backend, emulator).items():
-        setattr(settings, name, value)
 
 
 @pytest.fixture

@@ -6,11 +6,14 @@ against the emulator: each fault the service can show ends in its documented err
 code, a silent service times out, and a reply that ends early cancels its run.
 """
 
+from typing import Any
+
 import pytest
 from django.test import AsyncClient
+from django.utils.module_loading import import_string
 from pytest_django.fixtures import Settings
 
-from chat.backends import get_backend
+from chat.backends import backend_path, get_backend
 from chat.backends.base import Completed, Delta, ReplyRequest, RunStarted, ThreadReady
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
@@ -24,6 +27,7 @@ from testing.sse import (
     read_then_leave,
     reply_of,
 )
+from testing.upstream import answer_through
 from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,6 +57,13 @@ FAULT_CODES = {
 # The OpenAI protocols' truncated replies, and how the error message says why.
 # Classic Agents runs have no such ending.
 TRUNCATIONS = {"max_tokens": "token limit", "content_filter": "content filter"}
+# A project endpoint and credential that must not go together, and the problem
+# a Foundry project backend reports for them.
+UNSAFE_CREDENTIALS = [
+    ("https://x.services.ai.azure.com/api/projects/p", "dev", "loopback"),
+    ("http://127.0.0.1:1/api/projects/p", "default", "needs AZURE_AI_CREDENTIAL"),
+    ("http://example.com/api/projects/p", "default", "https"),
+]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -170,10 +181,15 @@ class UpstreamContract(BackendContract):
     # The operation that starts a reply, and the settings it cannot do without.
     reply_operation: str
     required_settings: tuple[str, ...]
-    faults: dict[str, str]
+    faults: dict[str, str] = FAULT_CODES
     # Whether the conversation keeps a new upstream thread when the reply then
     # fails to start, so that a retry does not make another.
     keeps_the_thread_of_a_failed_start = True
+
+    @pytest.fixture
+    def backend(self, settings: Settings, emulator: AgentsEmulator) -> AgentsEmulator:
+        answer_through(settings, self.alias, emulator)
+        return emulator
 
     def expected(self, message: str) -> str:
         return f"You said: {message}"
@@ -286,29 +302,112 @@ class UpstreamContract(BackendContract):
         assert response.json()["failed"] == ["chat_backend"]
 
 
-class TestAzureAgentsBackend(UpstreamContract):
+class ProjectContract(UpstreamContract):
+    """A backend for an agent in an Azure AI Foundry project: the service keeps
+    each conversation, and the project endpoint and credential are checked together.
+    """
+
+    def upstream_threads(self, backend: AgentsEmulator) -> dict[str, Any]:
+        """The emulator's store of the service's conversations, by thread id."""
+        raise NotImplementedError
+
+    def follow_up_body(self, message: str) -> dict[str, Any]:
+        """What the call that adds `message` to a kept thread carries it in."""
+        raise NotImplementedError
+
+    async def test_it_sends_a_follow_up_in_one_call_on_the_kept_thread(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        first = await reply_of(async_client, "one")
+        before = len(backend.requests)
+        second = await reply_of(async_client, "two", thread_id=first[0]["thread_id"])
+        assert second[0]["thread_id"] == first[0]["thread_id"]
+        assert second[-1]["full_response"] == "You said: two"
+        # The classic backend reads the agent's name once, in the background.
+        calls = [r for r in backend.requests[before:] if r.operation != "agents.get"]
+        assert [r.operation for r in calls] == [self.reply_operation]
+        for name, value in self.follow_up_body("two").items():
+            assert calls[0].body[name] == value
+        thread = self.upstream_threads(backend)[first[0]["thread_id"]]
+        assert [m.role for m in thread.messages] == ["user", "assistant"] * 2
+
+    async def test_it_starts_a_new_thread_when_the_old_one_is_gone(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        first = await reply_of(async_client, "one")
+        del self.upstream_threads(backend)[first[0]["thread_id"]]
+        second = await reply_of(async_client, "two", thread_id=first[0]["thread_id"])
+        assert second[0]["thread_reset"] is True
+        assert second[0]["previous_thread_id"] == first[0]["thread_id"]
+        assert second[0]["thread_id"] != first[0]["thread_id"]
+        assert second[0]["thread_id"] in self.upstream_threads(backend)
+        assert second[-1]["full_response"] == "You said: two"
+        conversation = await Conversation.objects.aget()
+        assert conversation.upstream_thread_id == second[0]["thread_id"]
+
+    async def test_it_passes_citations_through(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        backend.configure(annotations=True)
+        data = await reply_of(async_client)
+        citations = [d for d in data if d["type"] == "annotation"]
+        assert [c["kind"] for c in citations] == ["url_citation", "file_citation"]
+        url, file = citations
+        assert url["url"].startswith("https://") and url["title"]
+        assert file["file_id"]
+        reply = await astored_reply()
+        assert reply.annotations == [
+            {k: v for k, v in c.items() if k != "type"} for c in citations
+        ]
+
+    async def test_it_deletes_the_upstream_thread_with_the_conversation(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        data = await reply_of(async_client)
+        response = await async_client.delete(
+            f"/api/conversations/{data[0]['conversation_id']}"
+        )
+        assert response.status_code == 204
+        assert data[0]["thread_id"] not in self.upstream_threads(backend)
+        assert await Conversation.objects.acount() == 0
+
+    @pytest.mark.parametrize(("endpoint", "credential", "problem"), UNSAFE_CREDENTIALS)
+    def test_it_refuses_unsafe_credential_setups(
+        self, settings: Settings, endpoint: str, credential: str, problem: str
+    ) -> None:
+        settings.AZURE_AI_PROJECT_ENDPOINT = endpoint
+        settings.AZURE_AI_CREDENTIAL = credential
+        problems = import_string(backend_path(self.alias))().configuration_problems()
+        assert any(problem in p for p in problems)
+
+
+class TestAzureAgentsBackend(ProjectContract):
     alias = "azure_agents"
     thread_prefix = "thread_"
     reply_operation = "runs.create"
     required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_ID")
+    # Classic Agents runs are never cut short by a token limit or a filter.
     faults = {f: c for f, c in FAULT_CODES.items() if f not in TRUNCATIONS}
     keeps_the_thread_of_a_failed_start = False
 
-    @pytest.fixture
-    def backend(self, azure: AgentsEmulator) -> AgentsEmulator:
-        return azure
+    def upstream_threads(self, backend: AgentsEmulator) -> dict[str, Any]:
+        return backend.threads
+
+    def follow_up_body(self, message: str) -> dict[str, Any]:
+        return {"additional_messages": [{"role": "user", "content": message}]}
 
 
-class TestFoundryBackend(UpstreamContract):
+class TestFoundryBackend(ProjectContract):
     alias = "foundry"
     thread_prefix = "conv_"
     reply_operation = "responses.create"
     required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_NAME")
-    faults = FAULT_CODES
 
-    @pytest.fixture
-    def backend(self, foundry: AgentsEmulator) -> AgentsEmulator:
-        return foundry
+    def upstream_threads(self, backend: AgentsEmulator) -> dict[str, Any]:
+        return backend.conversations
+
+    def follow_up_body(self, message: str) -> dict[str, Any]:
+        return {"input": message}
 
     async def assert_run_cancelled(self, backend: object, reply: Message) -> None:
         await super().assert_run_cancelled(backend, reply)
@@ -326,11 +425,6 @@ class TestOpenAIBackend(UpstreamContract):
     thread_prefix = "oa_"
     reply_operation = "chat.completions.create"
     required_settings = ("OPENAI_BASE_URL", "OPENAI_MODEL")
-    faults = FAULT_CODES
-
-    @pytest.fixture
-    def backend(self, openai_backend: AgentsEmulator) -> AgentsEmulator:
-        return openai_backend
 
     async def assert_run_cancelled(self, backend: object, reply: Message) -> None:
         await super().assert_run_cancelled(backend, reply)
