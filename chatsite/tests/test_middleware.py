@@ -36,17 +36,6 @@ urlpatterns = [
 uses_session_views = pytest.mark.urls(__name__)
 
 
-@pytest.fixture(autouse=True)
-def _uncollected_static(settings) -> None:
-    # Pages (the admin login) render without `collectstatic`.
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {
-            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        },
-    }
-
-
 def middleware_classes() -> list[type]:
     return [import_string(dotted) for dotted in settings.MIDDLEWARE]
 

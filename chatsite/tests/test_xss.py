@@ -80,17 +80,6 @@ def assert_inert(html: str, *shown: str) -> None:
         ), text
 
 
-@pytest.fixture(autouse=True)
-def _uncollected_static(settings) -> None:
-    # The admin renders without `collectstatic`.
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {
-            "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        },
-    }
-
-
 @pytest.fixture
 def author() -> User:
     # Usernames cannot hold these through the forms, but can through the ORM.
