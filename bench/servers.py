@@ -221,20 +221,20 @@ class Database:
             self.tempdir.cleanup()
 
 
-def prepare_database(source_url: str) -> Database:
-    """A fresh, migrated database: `bench_chatsite` on the PostgreSQL server of
-    DATABASE_URL when it is set, SQLite in a temporary directory otherwise."""
+def prepare_database(source_url: str, name: str = BENCH_DATABASE) -> Database:
+    """A fresh, migrated database: `name` on the PostgreSQL server of `source_url`
+    when it is one, SQLite in a temporary directory otherwise."""
     if source_url.startswith(("postgres://", "postgresql://")):
         import psycopg
 
         parts = urlsplit(source_url)
         admin = urlunsplit(parts._replace(path="/postgres"))
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-        url = urlunsplit(parts._replace(path=f"/{BENCH_DATABASE}"))
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+        url = urlunsplit(parts._replace(path=f"/{name}"))
         host = parts.hostname or "localhost"
-        database = Database(url, f"PostgreSQL {BENCH_DATABASE} on {host}")
+        database = Database(url, f"PostgreSQL {name} on {host}")
     else:
         tempdir = tempfile.TemporaryDirectory(prefix="chatsite-bench-")
         url = f"sqlite:///{tempdir.name}/db.sqlite3"

@@ -21,19 +21,23 @@ import os
 import platform
 import resource
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import psycopg
 import servers
 from load import Stream, client_session, run_stream
+
+# Run as a script: the repository root, for the test support's /proc readers.
+sys.path.append(str(servers.ROOT))
+
+from testing.procfs import established_tcp
 
 RESULTS = servers.BENCH / "results"
 SOAK_DATABASE = "soak_chatsite"
@@ -85,24 +89,6 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def prepare_database(postgres_url: str) -> str:
-    """A fresh, migrated `soak_chatsite` on the server of `postgres_url`."""
-    parts = urlsplit(postgres_url)
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {SOAK_DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {SOAK_DATABASE}")
-    url = urlunsplit(parts._replace(path=f"/{SOAK_DATABASE}"))
-    subprocess.run(
-        [servers.PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=servers.ROOT,
-        env=servers.app_env("http://127.0.0.1:9/api/projects/unused", url),
-        check=True,
-        timeout=300,
-    )
-    return url
-
-
 def runtime_counts(process: servers.Process) -> dict[str, Any] | None:
     """The server's SIGUSR1 count line (chat.lifecycle), if it has the feature:
     without it, SIGUSR1 would kill the server."""
@@ -128,23 +114,9 @@ def runtime_counts(process: servers.Process) -> dict[str, Any] | None:
 
 def socket_peers(pid: int) -> dict[int, int]:
     """The process's established TCP connections, counted by remote port."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
     peers: dict[int, int] = {}
-    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table_path) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                if fields[3] == "01" and fields[9] in inodes:
-                    port = int(fields[2].rsplit(":", 1)[1], 16)
-                    peers[port] = peers.get(port, 0) + 1
+    for _local, remote in established_tcp(pid):
+        peers[remote] = peers.get(remote, 0) + 1
     return peers
 
 
@@ -403,7 +375,7 @@ def main() -> int:
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     pin = servers.can_pin()
-    database_url = prepare_database(args.postgres)
+    database_url = servers.prepare_database(args.postgres, SOAK_DATABASE).url
     emulator, emulator_base = servers.start_emulator(
         log_dir, servers.LOAD_CPU if pin else None
     )

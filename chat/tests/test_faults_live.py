@@ -8,7 +8,6 @@ and their state, or open files on the SQLite database).
 """
 
 import json
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from django.db import connection
 from chat.models import Conversation, Message
 from emulator import EmulatorConfig, EmulatorThread
 from testing.live import LiveServer, start_server
+from testing.procfs import established_tcp, open_paths
 from testing.replies import stored_reply
 from testing.sse import chunks_text, iter_data, read_until_text
 from testing.upstream import server_env, token_text
@@ -51,46 +51,9 @@ MAX_IDLE_UPSTREAM = 2
 # --- looking at the server process from outside -------------------------------
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
 def established_ports(pid: int, remote_port: int) -> list[int]:
     """Local ports of the process's established TCP connections to `remote_port`."""
-    inodes = _socket_inodes(pid)
-    ports = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-                if (
-                    state == "01"
-                    and inode in inodes
-                    and int(remote.rsplit(":", 1)[1], 16) == remote_port
-                ):
-                    ports.append(int(local.rsplit(":", 1)[1], 16))
-    return ports
-
-
-def open_files(pid: int, path: str) -> int:
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd) == path:
-                count += 1
-        except OSError:
-            continue
-    return count
+    return [local for local, remote in established_tcp(pid) if remote == remote_port]
 
 
 @dataclass
@@ -128,7 +91,8 @@ class Probe:
         """The server's open database connections, and those not idle."""
         settings = connection.settings_dict
         if connection.vendor == "sqlite":
-            return open_files(self.pid, str(Path(settings["NAME"]).resolve())), []
+            path = str(Path(settings["NAME"]).resolve())
+            return open_paths(self.pid).count(path), []
         ports = established_ports(self.pid, int(settings["PORT"] or 5432))
         with connection.cursor() as cursor:
             cursor.execute(

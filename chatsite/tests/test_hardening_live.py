@@ -19,6 +19,7 @@ import pytest
 
 from emulator import EmulatorConfig, EmulatorThread
 from testing.live import LiveServer, free_port
+from testing.procfs import open_paths
 from testing.sse import iter_data
 from testing.upstream import server_env
 from testing.waiting import wait_until
@@ -255,13 +256,7 @@ def test_it_serves_requests_with_ordinary_large_headers(
 
 
 def files_open_under(pid: int, directory: Path) -> list[str]:
-    found = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith(str(directory)):
-                found.append(target)
-    return found
+    return [path for path in open_paths(pid) if path.startswith(str(directory))]
 
 
 CHUNKED_CHAT = (
