@@ -30,15 +30,12 @@ def _plain_static_storage(settings: object) -> None:
     }
 
 
-@pytest.fixture
-def uvicorn_server_factory(
-    transactional_db: None, tmp_path: Path
-) -> Iterator[Callable[..., LiveServer]]:
-    """Starts uvicorn subprocesses on the test database; stops them afterwards."""
+def _servers(log_dir: Path) -> Iterator[Callable[..., LiveServer]]:
+    """A factory of uvicorn subprocesses logging to `log_dir`, stopped at the end."""
     servers: list[LiveServer] = []
 
     def start(env: dict[str, str] | None = None, *extra_args: str) -> LiveServer:
-        log_path = tmp_path / f"server-{len(servers)}.log"
+        log_path = log_dir / f"server-{len(servers)}.log"
         server = start_server(env or {}, log_path, *extra_args)
         servers.append(server)
         return server
@@ -46,6 +43,23 @@ def uvicorn_server_factory(
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def uvicorn_server_factory(
+    transactional_db: None, tmp_path: Path
+) -> Iterator[Callable[..., LiveServer]]:
+    """Starts uvicorn subprocesses on the test database; stops them afterwards."""
+    yield from _servers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(
+    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., LiveServer]]:
+    """Starts uvicorn subprocesses that serve a whole module on the test database,
+    whose tests flush it after each (transactional_db)."""
+    yield from _servers(tmp_path_factory.mktemp("servers"))
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from sseclient import SSEClient
 
 from chatsite.models import ApiKey
 from emulator import EmulatorConfig, EmulatorThread
-from testing.live import LiveServer, start_server
+from testing.live import LiveServer
 from testing.proxy import SplittingProxy
 from testing.upstream import server_env
 
@@ -348,6 +348,11 @@ def open_stream(
         yield Stream(response)
 
 
+def say_hi(url: str) -> contextlib.AbstractContextManager[httpx.Response]:
+    """Streams the reply to "hi" from the server (or proxy) at `url`."""
+    return httpx.stream("POST", f"{url}/api/chat", json={"message": "hi"}, timeout=30)
+
+
 def is_chunk(data: dict[str, Any]) -> bool:
     return data["type"] == "chunk"
 
@@ -373,16 +378,11 @@ def emulator(module_emulator: EmulatorThread) -> EmulatorThread:
 
 @pytest.fixture(scope="module")
 def server(
-    django_db_setup: None,
-    module_emulator: EmulatorThread,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[LiveServer]:
+    module_server_factory: ServerFactory, module_emulator: EmulatorThread
+) -> LiveServer:
     """One server for the module, keep-alive every 0.2 s, limits off."""
-    log_path = tmp_path_factory.mktemp("clients") / "server.log"
     env = server_env("azure_agents", module_emulator, **SHORT_KEEPALIVE)
-    server = start_server(env, log_path)
-    yield server
-    server.stop()
+    return module_server_factory(env)
 
 
 @pytest.fixture
@@ -529,9 +529,7 @@ def test_the_wire_is_ascii_and_splitlines_reads_the_exact_text(
     server: LiveServer, emulator: EmulatorThread
 ) -> None:
     emulator.configure(reply=REPLY)
-    with httpx.stream(
-        "POST", f"{server.url}/api/chat", json={"message": "hi"}, timeout=30
-    ) as response:
+    with say_hi(server.url) as response:
         body = response.read()
     assert body.isascii(), [c for c in body.decode() if not c.isascii()][:10]
     for raw in ("\u2028", "\u2029", "\u0085"):
@@ -545,9 +543,7 @@ def test_iter_lines_reads_the_exact_text(
     server: LiveServer, emulator: EmulatorThread
 ) -> None:
     emulator.configure(reply=REPLY)
-    with httpx.stream(
-        "POST", f"{server.url}/api/chat", json={"message": "hi"}, timeout=30
-    ) as response:
+    with say_hi(server.url) as response:
         events = list(parse_event_stream(response.iter_lines()))
     check_whole_reply(Received(events), REPLY)
 
@@ -558,9 +554,7 @@ def test_a_reader_decoding_each_read_on_its_own_reads_the_exact_text(
     emulator.configure(reply=LONG_REPLY)
     data: list[dict[str, Any]] = []
     buffer = ""
-    with httpx.stream(
-        "POST", f"{proxy.url}/api/chat", json={"message": "hi"}, timeout=30
-    ) as response:
+    with say_hi(proxy.url) as response:
         for read in response.iter_raw():
             buffer += read.decode("utf-8", errors="replace")
             *lines, buffer = buffer.split("\n")
@@ -751,69 +745,33 @@ def statuses_streaming_at_once(
     return statuses
 
 
-def streams_at_once(
-    factory: ServerFactory,
+ONE_EACH = {"CHAT_MAX_CONCURRENT_STREAMS": "1"}
+THREE_EACH = {"CHAT_MAX_CONCURRENT_STREAMS": "3"}
+THREE_EACH_FIVE_AN_ADDRESS = {**THREE_EACH, "CHAT_MAX_CONCURRENT_STREAMS_PER_IP": "5"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "count", "limits", "expected"),
+    [
+        # Anonymous browser sessions each get their own stream limit,
+        ("session", 4, THREE_EACH, [200] * 4),
+        # cookieless callers are still limited per address,
+        ("anonymous", 4, THREE_EACH, [200, 200, 200, 429]),
+        # sessions share a per-address ceiling,
+        ("session", 6, THREE_EACH_FIVE_AN_ADDRESS, [200] * 5 + [429]),
+        # by default ten times the per-caller limit.
+        ("session", 11, ONE_EACH, [200] * 10 + [429]),
+    ],
+)
+def test_streams_are_limited_per_caller_and_per_address(
+    uvicorn_server_factory: ServerFactory,
     emulator: EmulatorThread,
     kind: str,
     count: int,
-    **limits: str,
-) -> list[int]:
-    """The statuses of `count` callers of `kind`, all on 127.0.0.1, streaming at
-    once from a server with `limits`."""
-    server = factory(server_env("azure_agents", emulator, **limits))
+    limits: dict[str, str],
+    expected: list[int],
+) -> None:
+    server = uvicorn_server_factory(server_env("azure_agents", emulator, **limits))
     with contextlib.ExitStack() as stack:
         clients = [stack.enter_context(caller(server.url, kind)) for _ in range(count)]
-        return statuses_streaming_at_once(emulator, clients)
-
-
-def test_anonymous_browser_sessions_each_get_their_own_stream_limit(
-    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
-) -> None:
-    statuses = streams_at_once(
-        uvicorn_server_factory,
-        emulator,
-        "session",
-        4,
-        CHAT_MAX_CONCURRENT_STREAMS="3",
-    )
-    assert statuses == [200] * 4
-
-
-def test_cookieless_callers_are_still_limited_per_address(
-    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
-) -> None:
-    statuses = streams_at_once(
-        uvicorn_server_factory,
-        emulator,
-        "anonymous",
-        4,
-        CHAT_MAX_CONCURRENT_STREAMS="3",
-    )
-    assert statuses == [200, 200, 200, 429]
-
-
-def test_sessions_share_a_per_address_ceiling(
-    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
-) -> None:
-    statuses = streams_at_once(
-        uvicorn_server_factory,
-        emulator,
-        "session",
-        6,
-        CHAT_MAX_CONCURRENT_STREAMS="3",
-        CHAT_MAX_CONCURRENT_STREAMS_PER_IP="5",
-    )
-    assert statuses == [200] * 5 + [429]
-
-
-def test_the_per_address_ceiling_is_ten_times_the_per_caller_limit_by_default(
-    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
-) -> None:
-    statuses = streams_at_once(
-        uvicorn_server_factory,
-        emulator,
-        "session",
-        11,
-        CHAT_MAX_CONCURRENT_STREAMS="1",
-    )
-    assert statuses == [200] * 10 + [429]
+        assert statuses_streaming_at_once(emulator, clients) == expected

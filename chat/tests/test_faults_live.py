@@ -21,7 +21,7 @@ from django.db import connection
 
 from chat.models import Conversation, Message
 from emulator import EmulatorConfig, EmulatorThread
-from testing.live import LiveServer, start_server
+from testing.live import LiveServer
 from testing.procfs import established_tcp, open_paths
 from testing.replies import stored_reply
 from testing.sse import chunks_text, iter_data, read_until_text
@@ -154,13 +154,10 @@ def emulator() -> Iterator[EmulatorThread]:
 
 @pytest.fixture(scope="module")
 def server(
-    django_db_setup: None,
-    emulator: EmulatorThread,
-    tmp_path_factory: pytest.TempPathFactory,
+    module_server_factory: ServerFactory, emulator: EmulatorThread
 ) -> Iterator[LiveServer]:
-    """One server for the module, on the test database; tests flush it after each."""
-    log_path = tmp_path_factory.mktemp("faults") / "server.log"
-    server = start_server(server_env("azure_agents", emulator, **SERVER_ENV), log_path)
+    """One server for the module, stopped here to check how it went."""
+    server = module_server_factory(server_env("azure_agents", emulator, **SERVER_ENV))
     yield server
     assert server.stop() in (0, -signal.SIGTERM)
     log = server.log()
