@@ -121,16 +121,24 @@ def first_frame(response: httpx.Response) -> tuple[dict, Iterator[dict]]:
     return next(frames), frames
 
 
-def test_it_limits_the_address_the_ingress_appended_not_the_forged_one(
-    production_server: Callable[..., LiveServer], emulator: EmulatorThread
-) -> None:
+def one_stream_each(
+    production_server: Callable[..., LiveServer], emulator: EmulatorThread, **env: str
+) -> LiveServer:
+    """A server allowing each caller one stream, whose agent holds every reply
+    after its first token, so that a caller's first stream stays open."""
     emulator.configure(hold_after=1)
-    server = production_server(
+    return production_server(
         **server_env("azure_agents", emulator),
         CHAT_MAX_CONCURRENT_STREAMS="1",
         CHAT_DRAIN_SECONDS="1",
-        DJANGO_SSL_REDIRECT="1",
+        **env,
     )
+
+
+def test_it_limits_the_address_the_ingress_appended_not_the_forged_one(
+    production_server: Callable[..., LiveServer], emulator: EmulatorThread
+) -> None:
+    server = one_stream_each(production_server, emulator, DJANGO_SSL_REDIRECT="1")
     assert image_env("TRUSTED_PROXY_HOPS") == "1"
 
     with chat(server, "203.0.113.1, 198.51.100.7") as held:
@@ -155,13 +163,7 @@ def test_it_limits_the_address_the_ingress_appended_not_the_forged_one(
 def test_it_ignores_forwarded_for_without_trusted_proxies(
     production_server: Callable[..., LiveServer], emulator: EmulatorThread
 ) -> None:
-    emulator.configure(hold_after=1)
-    server = production_server(
-        **server_env("azure_agents", emulator),
-        CHAT_MAX_CONCURRENT_STREAMS="1",
-        CHAT_DRAIN_SECONDS="1",
-        TRUSTED_PROXY_HOPS="0",
-    )
+    server = one_stream_each(production_server, emulator, TRUSTED_PROXY_HOPS="0")
 
     with chat(server, "203.0.113.1") as held:
         first, _rest = first_frame(held)
