@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 from django.test import AsyncClient
+from pytest_django.fixtures import Settings
 
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
@@ -17,6 +18,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SLOW_DELAY_MS = 200
 # An agent that says nothing for a minute.
 SILENT_DELAY_MS = 60_000
+
+
+@pytest.fixture
+def slow_agent(settings: Settings) -> Settings:
+    """The offline agent at SLOW_DELAY_MS a token; the settings, for more changes."""
+    settings.CHAT_LOCAL_DELAY_MS = SLOW_DELAY_MS
+    return settings
 
 
 async def test_it_streams_the_old_wire_format(async_client: AsyncClient) -> None:
@@ -158,9 +166,8 @@ async def test_it_answers_404_for_unknown_ids(async_client: AsyncClient) -> None
 
 
 async def test_it_refuses_a_second_message_while_one_streams(
-    async_client: AsyncClient, settings
+    async_client: AsyncClient, slow_agent: Settings
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = SLOW_DELAY_MS
     response = await chat(async_client)
     stream = aiter(response.streaming_content)
     conversation_id = parse_sse(await anext(stream))[0]["data"]["conversation_id"]
@@ -170,16 +177,16 @@ async def test_it_refuses_a_second_message_while_one_streams(
     await async_client.post(f"/api/chat/{conversation_id}/stop")
     async for _ in stream:
         pass
-    settings.CHAT_LOCAL_DELAY_MS = 1
+    slow_agent.CHAT_LOCAL_DELAY_MS = 1
     again = await chat(async_client, conversation_id=conversation_id)
     assert again.status_code == 200
     await read_stream(again)
 
 
+@pytest.mark.usefixtures("slow_agent")
 async def test_it_stops_a_reply_and_keeps_the_partial_text(
-    async_client: AsyncClient, settings
+    async_client: AsyncClient,
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = SLOW_DELAY_MS
     response = await chat(async_client)
     stream = aiter(response.streaming_content)
     raw = await anext(stream) + await anext(stream) + await anext(stream)
@@ -199,10 +206,10 @@ async def test_it_stops_a_reply_and_keeps_the_partial_text(
     assert nothing.status_code == 409
 
 
+@pytest.mark.usefixtures("slow_agent")
 async def test_it_stores_an_interrupted_reply_when_the_client_goes_away(
-    async_client: AsyncClient, settings
+    async_client: AsyncClient,
 ) -> None:
-    settings.CHAT_LOCAL_DELAY_MS = SLOW_DELAY_MS
     response = await chat(async_client)
     received = await read_then_leave(response, lambda body: body.count(b"\n\n") >= 3)
     reply = await Message.objects.aget(role="assistant")

@@ -14,6 +14,8 @@ from testing.sse import chat, chunks_text, data_frames, parse_sse, read_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+KEY = {"Idempotency-Key": "retry-me"}
+
 
 async def browser() -> AsyncClient:
     """An anonymous browser with its own session (it loaded the page)."""
@@ -30,6 +32,13 @@ async def post(client: AsyncClient, body: dict[str, Any], **headers: str) -> Any
     )
 
 
+async def held_reply(azure: AgentsEmulator, client: AsyncClient, tokens: int) -> Any:
+    """The body of a reply of `tokens` tokens, posted with KEY, that the agent
+    holds after the first two."""
+    azure.push(tokens=tokens, hold_after=2)
+    return (await post(client, {"message": "hi"}, **KEY)).streaming_content
+
+
 async def frames_until(stream: Any, done: Any) -> list[dict[str, Any]]:
     """Reads frames from a streaming body until `done(frames)` holds."""
     received = b""
@@ -43,13 +52,11 @@ async def frames_until(stream: Any, done: Any) -> list[dict[str, Any]]:
 async def test_a_retried_post_attaches_to_the_reply_in_flight(
     azure: AgentsEmulator,
 ) -> None:
-    azure.push(tokens=6, hold_after=2)
     client = AsyncClient()
-    key = {"Idempotency-Key": "retry-me"}
-    first = (await post(client, {"message": "hi"}, **key)).streaming_content
+    first = await held_reply(azure, client, tokens=6)
     seen = await frames_until(first, lambda f: chunks_text(f) == "tok0 tok1")
 
-    retry = (await post(client, {"message": "hi"}, **key)).streaming_content
+    retry = (await post(client, {"message": "hi"}, **KEY)).streaming_content
     again = await frames_until(retry, lambda f: chunks_text(f) == "tok0 tok1")
     assert again[0] == seen[0]  # the same metadata: the same reply
 
@@ -68,17 +75,15 @@ async def test_a_retried_post_attaches_to_the_reply_in_flight(
 async def test_a_retry_with_last_event_id_gets_only_what_followed(
     azure: AgentsEmulator,
 ) -> None:
-    azure.push(tokens=4, hold_after=2)
     client = AsyncClient()
-    key = {"Idempotency-Key": "k-1"}
-    first = (await post(client, {"message": "hi"}, **key)).streaming_content
+    first = await held_reply(azure, client, tokens=4)
     received = b""
     while b'"tok0"' not in received or b'" tok1"' not in received:
         received += await anext(first)
     last_id = max(f["id"] for f in parse_sse(received) if f.get("id") is not None)
 
     retry = await post(
-        client, {"message": "hi"}, **key, **{"Last-Event-ID": str(last_id)}
+        client, {"message": "hi"}, **KEY, **{"Last-Event-ID": str(last_id)}
     )
     azure.release()
     frames = parse_sse(b"".join([part async for part in retry.streaming_content]))

@@ -35,7 +35,12 @@ async def resume(client: AsyncClient, conversation_id: str, **headers: str) -> b
     return b"".join([part async for part in response.streaming_content])
 
 
-async def leave_after_two_chunks(client: AsyncClient) -> tuple[str, bytes]:
+async def leave_after_two_chunks(
+    azure: AgentsEmulator, client: AsyncClient
+) -> tuple[str, bytes]:
+    """Leaves a reply of six tokens, which the agent holds after two, once they
+    arrived: its conversation id and what the client read."""
+    azure.push(tokens=6, hold_after=2)
     response = await chat(client, "hi")
     raw = await read_then_leave(response, lambda body: b'" tok1"' in body)
     return data_frames(parse_sse(raw))[0]["conversation_id"], raw
@@ -44,9 +49,8 @@ async def leave_after_two_chunks(client: AsyncClient) -> tuple[str, bytes]:
 async def test_a_reply_goes_on_when_its_client_leaves_and_resumes_after_the_last_id(
     azure: AgentsEmulator,
 ) -> None:
-    azure.push(tokens=6, hold_after=2)
     client = AsyncClient()
-    conversation_id, raw = await leave_after_two_chunks(client)
+    conversation_id, raw = await leave_after_two_chunks(azure, client)
     seen = last_id(raw)
 
     azure.release()
@@ -129,9 +133,8 @@ async def test_a_resume_follows_the_ownership_rules(azure: AgentsEmulator) -> No
 async def test_stopping_a_detached_reply_ends_it_as_cancelled(
     azure: AgentsEmulator,
 ) -> None:
-    azure.push(tokens=6, hold_after=2)
     client = AsyncClient()
-    conversation_id, _raw = await leave_after_two_chunks(client)
+    conversation_id, _raw = await leave_after_two_chunks(azure, client)
 
     stop = await client.post(f"/api/chat/{conversation_id}/stop")
     assert stop.status_code == 200
