@@ -1,5 +1,5 @@
 """Reading POST /api/chat's event stream: in process (Django's test client) and
-over HTTP (a live server's lines)."""
+over HTTP (a live server's lines); and whole replies as frames, for parsers."""
 
 import asyncio
 import contextlib
@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 from django.http import StreamingHttpResponse
 from django.test import AsyncClient
+
+from chat.frames import Chunk, Done, Frame, Metadata
 
 
 async def chat(client: AsyncClient, message: str = "Say hello", **fields: Any) -> Any:
@@ -106,3 +108,28 @@ def read_until_text(data: Iterator[dict[str, Any]], text: str) -> list[dict[str,
             return frames
         assert text.startswith(received), (received, text)
     raise AssertionError(f"the stream ended before {text!r}: {frames}")
+
+
+def reply_frames(texts: list[str], *between: Frame, agent: str = "Ω") -> list[Frame]:
+    """A whole reply as the relay frames it: metadata, a chunk per text, the
+    `between` frames (annotations), then done."""
+    ids = {"conversation_id": "c", "message_id": "m"}
+    return [
+        Metadata(**ids, thread_id="t", backend="local", agent=agent, offline=True),
+        *[Chunk(content=text) for text in texts],
+        *between,
+        Done(
+            **ids,
+            full_response="".join(texts),
+            timestamp="2026-01-01T00:00:00+00:00",
+            status="complete",
+            usage=None,
+        ),
+    ]
+
+
+def events_of(reply: list[Frame]) -> list[dict[str, Any]]:
+    """What an SSE parser must read from `reply` framed with ids from 0."""
+    return [
+        {"id": str(seq), "data": frame.model_dump()} for seq, frame in enumerate(reply)
+    ]

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from chat import frames
+from testing.sse import events_of, reply_frames
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 PARSER = BASE_DIR / "static" / "chat" / "sse.js"
@@ -99,16 +100,6 @@ def test_it_parses_the_shared_vectors(
 
 def encoded_reply() -> tuple[bytes, list[dict[str, Any]]]:
     """A reply framed by chat/frames.py, and the events it must parse back to."""
-    replies: list[frames.Frame] = [
-        frames.Metadata(
-            conversation_id="c1",
-            thread_id=None,
-            message_id="m1",
-            backend="local",
-            agent="Agent «Ω»",
-            offline=True,
-        )
-    ]
     texts = [
         "Hello",
         " wörld",
@@ -120,28 +111,14 @@ def encoded_reply() -> tuple[bytes, list[dict[str, Any]]]:
         "é" * 300,
         "",
     ]
-    replies += [frames.Chunk(content=text) for text in texts]
-    replies.append(
-        frames.Annotation(kind="url_citation", text="【4:0†source】", url="https://e")
+    citation = frames.Annotation(
+        kind="url_citation", text="【4:0†source】", url="https://e"
     )
-    replies.append(
-        frames.Done(
-            full_response="".join(texts),
-            timestamp="2026-01-01T00:00:00+00:00",
-            message_id="m1",
-            conversation_id="c1",
-            status="cancelled",
-            usage=None,
-        )
+    reply = reply_frames(texts, citation, agent="Agent «Ω»")
+    body = b"".join(
+        frames.encode(seq, f) + frames.KEEPALIVE for seq, f in enumerate(reply)
     )
-    body = b""
-    for seq, frame in enumerate(replies):
-        body += frames.encode(seq, frame) + frames.KEEPALIVE
-    events = [
-        {"id": str(seq), "data": frame.model_dump()}
-        for seq, frame in enumerate(replies)
-    ]
-    return body, events
+    return body, events_of(reply)
 
 
 def test_it_reads_back_what_the_python_encoder_writes() -> None:

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chat import frames
+from testing.sse import events_of, reply_frames
 
 VECTORS = json.loads((Path(__file__).parent / "sse_vectors.json").read_text())
 DIGITS = re.compile(r"^\d+$")
@@ -243,27 +244,7 @@ def reply_stream(
     chunks: list[str], keepalives: list[bool]
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """A reply framed the way the view frames it, and the events it must give."""
-    reply: list[frames.Frame] = [
-        frames.Metadata(
-            conversation_id="c",
-            thread_id="t",
-            message_id="m",
-            backend="local",
-            agent="Ω",
-            offline=True,
-        )
-    ]
-    reply += [frames.Chunk(content=text) for text in chunks]
-    reply.append(
-        frames.Done(
-            full_response="".join(chunks),
-            timestamp="now",
-            message_id="m",
-            conversation_id="c",
-            status="complete",
-            usage=None,
-        )
-    )
+    reply = reply_frames(chunks)
     body = b""
     for seq, (frame, keepalive) in enumerate(
         zip(reply, [*keepalives, *[False] * len(reply)], strict=False)
@@ -271,9 +252,7 @@ def reply_stream(
         if keepalive:
             body += frames.KEEPALIVE
         body += frames.encode(seq, frame)
-    return body, [
-        {"id": str(seq), "data": frame.model_dump()} for seq, frame in enumerate(reply)
-    ]
+    return body, events_of(reply)
 
 
 @given(
