@@ -51,24 +51,24 @@ def admin() -> psycopg.Connection:
     return psycopg.connect(database_url_for_subprocess(), autocommit=True)
 
 
-def terminate_app_connections() -> int:
+def count_app_connections(what: str, where: str = "") -> int:
+    """`count(what)` over the server's connections (pg_stat_activity rows), those
+    matching `where` if given."""
     with admin() as db:
         row = db.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = %s",
+            f"SELECT count({what}) FROM pg_stat_activity "
+            f"WHERE application_name = %s {where}",
             [APP],
         ).fetchone()
     return row[0]
+
+
+def terminate_app_connections() -> int:
+    return count_app_connections("pg_terminate_backend(pid)")
 
 
 def app_connections_waiting_on_a_lock() -> int:
-    with admin() as db:
-        row = db.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = %s AND wait_event_type = 'Lock'",
-            [APP],
-        ).fetchone()
-    return row[0]
+    return count_app_connections("*", "AND wait_event_type = 'Lock'")
 
 
 class Stream:
