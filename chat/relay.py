@@ -18,6 +18,7 @@ lifecycle.
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -27,9 +28,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.utils import timezone
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
 from chat import frames, lease, limits, store
@@ -37,7 +38,7 @@ from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
 from chat.replylog import ReplyLog
-from chatsite import requestlog, threads
+from chatsite import requestlog
 
 logger = logging.getLogger(__name__)
 # No-ops unless telemetry is configured (chatsite/telemetry.py).
@@ -356,8 +357,12 @@ class Reply:
     # --- control -------------------------------------------------------------------
 
     def start(self) -> None:
+        # A context of its own: the reply may outlive the request that started
+        # it, and that request's thread-sensitive context (asgiref) with it.
         self.task = asyncio.create_task(
-            self._run(), name=f"chat-reply-{self.conversation_id}"
+            self._produce(otel_context.get_current()),
+            name=f"chat-reply-{self.conversation_id}",
+            context=contextvars.Context(),
         )
         _ACTIVE[self.conversation_id] = self
 
@@ -407,15 +412,10 @@ class Reply:
 
     # --- producer ------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        # Sync work on threads of its own: the reply may outlive the request
-        # that started it, and with it that request's threads.
-        async with ThreadSensitiveContext(executor=threads.next_executor()):
-            await self._produce()
-
-    async def _produce(self) -> None:
+    async def _produce(self, parent: otel_context.Context) -> None:
         with tracer.start_as_current_span(
             "chat.reply",
+            context=parent,
             attributes={
                 "chat.backend": self.backend.alias,
                 "chat.conversation_id": str(self.conversation_id),

@@ -12,7 +12,7 @@ Steps that may run twice are idempotent: storing a reply is keyed by its id.
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +27,7 @@ from django.utils import timezone
 from chat import lease
 from chat.backends.base import PRODUCER_LOST, Turn
 from chat.models import Conversation, Message, Owner
+from chatsite import threads
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,29 @@ UNLOCKED = {
 
 # Seconds to wait before each further try of a step whose connection failed.
 RETRY_DELAYS = (0.1, 0.5, 2.0)
+
+
+def _reply_step[**P, R](
+    step: Callable[P, R],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A step a reply's producer takes, which may outlive the request that
+    started it (and that request's thread): it runs on one of the shared
+    threads (chatsite.threads) and gives its connection back when done."""
+
+    @functools.wraps(step)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return step(*args, **kwargs)
+        finally:
+            connection.close()
+
+    async def on_a_shared_thread(*args: P.args, **kwargs: P.kwargs) -> R:
+        call = sync_to_async(
+            run, thread_sensitive=False, executor=threads.next_executor()
+        )
+        return await call(*args, **kwargs)
+
+    return on_a_shared_thread
 
 
 def _fresh_connection_on_failure[**P, R](step: Callable[P, R]) -> Callable[P, R]:
@@ -203,7 +227,7 @@ def _store_lost_reply(conversation: Conversation, now: datetime) -> None:
     )
 
 
-@sync_to_async
+@_reply_step
 @_fresh_connection_on_failure
 def finish_turn(
     *,
@@ -231,14 +255,14 @@ def finish_turn(
         Conversation.objects.filter(pk=conversation_id).update(**update)
 
 
-@sync_to_async
+@_reply_step
 @_fresh_connection_on_failure
 def release(conversation_id: UUID) -> None:
     """Releases the conversation's lock without storing a reply."""
     Conversation.objects.filter(pk=conversation_id).update(**UNLOCKED)
 
 
-@sync_to_async
+@_reply_step
 @_fresh_connection_on_failure
 def record_run(conversation_id: UUID, run_id: str, thread_id: str) -> None:
     """Lets a stop request reach this run from any replica."""
