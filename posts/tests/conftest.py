@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.test import AsyncClient
 
 from chatsite.models import ApiKey
 from posts.models import Post
@@ -58,6 +59,15 @@ def reader() -> User:
 @pytest.fixture
 def editor() -> User:
     return make_user("editor", *EDITOR_PERMISSIONS)
+
+
+@pytest.fixture
+async def editor_session(editor: User) -> AsyncClient:
+    """A browser with the editor logged in and CSRF checks on, as in production;
+    it has no CSRF token until it loads a page (`csrf_token`)."""
+    client = AsyncClient(enforce_csrf_checks=True)
+    await client.aforce_login(editor)
+    return client
 
 
 @pytest.fixture

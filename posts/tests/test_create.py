@@ -72,26 +72,16 @@ async def test_it_refuses_callers_without_permission(
     assert await Post.objects.acount() == 0
 
 
-async def test_it_refuses_a_session_write_without_csrf_token(editor: User) -> None:
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(editor)
-
-    response = await client.post("/api/posts", NEW_POST, "application/json")
-
-    assert response.status_code == 403
-    assert response.json()["code"] == "csrf"
-    assert await Post.objects.acount() == 0
-
-
-async def test_it_refuses_a_session_write_with_a_wrong_csrf_token(
-    editor: User,
+@pytest.mark.parametrize(
+    "headers", [{}, {"X-CSRFToken": "x" * 32}], ids=["no-token", "wrong-token"]
+)
+async def test_it_refuses_a_session_write_without_the_csrf_token(
+    editor_session: AsyncClient, headers: dict[str, str]
 ) -> None:
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(editor)
-    await csrf_token(client)
+    await csrf_token(editor_session)
 
-    response = await client.post(
-        "/api/posts", NEW_POST, "application/json", headers={"X-CSRFToken": "x" * 32}
+    response = await editor_session.post(
+        "/api/posts", NEW_POST, "application/json", headers=headers
     )
 
     assert response.status_code == 403
@@ -99,12 +89,12 @@ async def test_it_refuses_a_session_write_with_a_wrong_csrf_token(
     assert await Post.objects.acount() == 0
 
 
-async def test_it_accepts_a_session_write_with_the_csrf_token(editor: User) -> None:
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(editor)
-    token = await csrf_token(client)
+async def test_it_accepts_a_session_write_with_the_csrf_token(
+    editor_session: AsyncClient,
+) -> None:
+    token = await csrf_token(editor_session)
 
-    response = await client.post(
+    response = await editor_session.post(
         "/api/posts", NEW_POST, "application/json", headers={"X-CSRFToken": token}
     )
 
@@ -112,13 +102,10 @@ async def test_it_accepts_a_session_write_with_the_csrf_token(editor: User) -> N
 
 
 async def test_it_needs_no_csrf_token_with_an_api_key(
-    editor: User, editor_key: str
+    editor_session: AsyncClient, editor_key: str
 ) -> None:
     # Even beside a session cookie: browsers never add the Authorization header.
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(editor)
-
-    response = await client.post(
+    response = await editor_session.post(
         "/api/posts",
         NEW_POST,
         "application/json",

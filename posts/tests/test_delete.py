@@ -72,14 +72,12 @@ async def test_it_refuses_the_author_without_delete_permission(
 
 
 async def test_it_refuses_a_session_delete_without_csrf_token(
-    editor: User, make_post: MakePost
+    editor_session: AsyncClient, make_post: MakePost
 ) -> None:
     post = await make_post()
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(editor)
-    await csrf_token(client)
+    await csrf_token(editor_session)
 
-    response = await client.delete(f"/api/posts/{post.pk}")
+    response = await editor_session.delete(f"/api/posts/{post.pk}")
 
     assert response.status_code == 403
     assert response.json()["code"] == "csrf"
@@ -87,14 +85,12 @@ async def test_it_refuses_a_session_delete_without_csrf_token(
 
 
 async def test_it_accepts_a_session_delete_with_the_csrf_token(
-    editor: User, make_post: MakePost
+    editor_session: AsyncClient, make_post: MakePost
 ) -> None:
     post = await make_post()
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(editor)
-    token = await csrf_token(client)
+    token = await csrf_token(editor_session)
 
-    response = await client.delete(
+    response = await editor_session.delete(
         f"/api/posts/{post.pk}", headers={"X-CSRFToken": token}
     )
 

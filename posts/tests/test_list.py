@@ -11,6 +11,13 @@ from posts.tests.callers import Caller
 MakePost = Callable[..., Awaitable[Post]]
 
 
+@pytest.fixture
+async def five_posts(make_post: MakePost) -> None:
+    """Posts 1 to 5, created in that order: lists show Post 5 first."""
+    for number in range(1, 6):
+        await make_post(f"Post {number}")
+
+
 def titles(response) -> list[str]:
     return [post["title"] for post in response.json()["results"]]
 
@@ -107,12 +114,8 @@ async def test_it_refuses_a_revoked_key_even_for_reads(
     assert response.json() == {"error": "invalid or revoked API key"}
 
 
-async def test_it_pages_with_limit_and_offset(
-    async_client: AsyncClient, make_post: MakePost
-) -> None:
-    for number in range(1, 6):
-        await make_post(f"Post {number}")
-
+@pytest.mark.usefixtures("five_posts")
+async def test_it_pages_with_limit_and_offset(async_client: AsyncClient) -> None:
     response = await async_client.get("/api/posts", {"limit": 2, "offset": 2})
 
     body = response.json()
@@ -122,11 +125,10 @@ async def test_it_pages_with_limit_and_offset(
     assert query(body["previous"]) == {"limit": ["2"], "offset": ["0"]}
 
 
+@pytest.mark.usefixtures("five_posts")
 async def test_it_follows_next_links_to_the_last_page(
-    async_client: AsyncClient, make_post: MakePost
+    async_client: AsyncClient,
 ) -> None:
-    for number in range(1, 6):
-        await make_post(f"Post {number}")
     seen: list[str] = []
     link: str | None = "/api/posts?limit=2"
 
@@ -139,12 +141,8 @@ async def test_it_follows_next_links_to_the_last_page(
     assert query(response.json()["previous"]) == {"limit": ["2"], "offset": ["2"]}
 
 
-async def test_it_pages_with_page_numbers(
-    async_client: AsyncClient, make_post: MakePost
-) -> None:
-    for number in range(1, 6):
-        await make_post(f"Post {number}")
-
+@pytest.mark.usefixtures("five_posts")
+async def test_it_pages_with_page_numbers(async_client: AsyncClient) -> None:
     response = await async_client.get("/api/posts", {"limit": 2, "page": 3})
 
     body = response.json()
@@ -154,15 +152,11 @@ async def test_it_pages_with_page_numbers(
     assert query(body["previous"]) == {"limit": ["2"], "offset": ["2"]}
 
 
-async def test_it_prefers_page_over_offset(
-    async_client: AsyncClient, make_post: MakePost
-) -> None:
-    for number in range(1, 4):
-        await make_post(f"Post {number}")
-
+@pytest.mark.usefixtures("five_posts")
+async def test_it_prefers_page_over_offset(async_client: AsyncClient) -> None:
     response = await async_client.get("/api/posts?limit=1&page=2&offset=0")
 
-    assert titles(response) == ["Post 2"]
+    assert titles(response) == ["Post 4"]
 
 
 async def test_it_caps_the_default_page_at_twenty(

@@ -120,14 +120,12 @@ async def test_it_refuses_the_author_without_change_permission(
 
 @pytest.mark.parametrize("method", METHODS)
 async def test_it_refuses_a_session_write_without_csrf_token(
-    editor: User, make_post: MakePost, method: str
+    editor_session: AsyncClient, make_post: MakePost, method: str
 ) -> None:
     post = await make_post()
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(editor)
-    await csrf_token(client)
+    await csrf_token(editor_session)
 
-    response = await client.generic(
+    response = await editor_session.generic(
         method, f"/api/posts/{post.pk}", b'{"title": "x"}', "application/json"
     )
 
