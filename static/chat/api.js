@@ -32,7 +32,7 @@ function headers(extra = {}) {
 }
 
 // randomUUID needs a secure context; getRandomValues works everywhere.
-function newKey() {
+export function newKey() {
   if (crypto.randomUUID) return crypto.randomUUID();
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -71,37 +71,57 @@ async function request(url, options = {}) {
   return response;
 }
 
-// Sends a message and calls onEvent(event) for every frame of the reply, where
-// event is the parsed JSON payload ({type: "metadata" | "chunk" | ...}). A JSON
-// answer (a proxy that strips streaming, or the API's fallback) becomes the same
-// sequence of events. Rejects with ApiError before the stream starts, with an
-// AbortError when signal aborts. Each message carries its own Idempotency-Key,
-// so a POST that is sent again (by a proxy, or the browser) never runs twice.
-export async function streamChat(body, { signal, onEvent }) {
+// Sends a message and calls onEvent(event, id) for every frame of the reply, where
+// event is the parsed JSON payload ({type: "metadata" | "chunk" | ...}) and id its
+// place in the reply. A JSON answer (a proxy that strips streaming, or the API's
+// fallback) becomes the same sequence of events, without ids. Rejects with
+// ApiError before the stream starts, with an AbortError when signal aborts. Each
+// message carries its own Idempotency-Key, so a POST that is sent again (by a
+// proxy, the browser, or the page with the same `key`) never runs twice: it gets
+// the reply the first one started.
+export async function streamChat(body, { signal, onEvent, key = newKey() }) {
   const response = await request("/api/chat", {
     method: "POST",
     signal,
     headers: headers({
       "Content-Type": "application/json",
       Accept: "text/event-stream",
-      "Idempotency-Key": newKey(),
+      "Idempotency-Key": key,
     }),
     body: JSON.stringify(body),
   });
   const type = response.headers.get("Content-Type") || "";
   if (type.startsWith("text/event-stream")) {
-    await readEvents(response.body, (event) => {
-      let payload;
-      try {
-        payload = JSON.parse(event.data);
-      } catch {
-        return; // not one of ours; the protocol only sends JSON
-      }
-      onEvent(payload, event.id);
-    });
+    await readFrames(response, onEvent);
     return;
   }
   replayJson(await response.json(), onEvent);
+}
+
+// The conversation's reply in flight (or its last one) after the frame with id
+// lastId (-1: from its start), live to its final frame: frames as streamChat
+// gives them. onOpen() runs once the server has answered.
+export async function streamReply(conversationId, lastId, { signal, onEvent, onOpen }) {
+  const query = lastId >= 0 ? `?last_event_id=${lastId}` : "";
+  const response = await request(`/api/conversations/${conversationId}/stream${query}`, {
+    signal,
+    cache: "no-store",
+    headers: { Accept: "text/event-stream" },
+  });
+  onOpen?.();
+  await readFrames(response, onEvent);
+}
+
+async function readFrames(response, onEvent) {
+  await readEvents(response.body, (event) => {
+    let payload;
+    try {
+      payload = JSON.parse(event.data);
+    } catch {
+      return; // not one of ours; the protocol only sends JSON
+    }
+    onEvent(payload, event.id);
+  });
 }
 
 function replayJson(reply, onEvent) {
