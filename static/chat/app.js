@@ -1,14 +1,20 @@
 // The chat page: sending, streaming, stopping, retrying, and the conversation list.
+//
+// A reply is shown as it streams whichever way it reaches the page: the POST
+// that sent the message, or the conversation's stream after a dropped
+// connection, a reload, or in another tab. Stop works from any of them.
 
 import {
   ApiError,
   deleteConversation,
   getConversation,
   listConversations,
+  newKey,
   stopChat,
   streamChat,
 } from "./api.js";
 import { renderMarkdown, StreamingMarkdown } from "./markdown.js";
+import { followReply, whileOnline } from "./resume.js";
 
 const ui = {
   app: document.getElementById("app"),
@@ -36,17 +42,20 @@ const STATUS_LABELS = {
 
 // How long a stop waits for the server's closing frame before cutting the stream.
 const STOP_GRACE_MS = 1500;
-// Polling for a reply another request is still writing: 1 s, slowing to 10 s.
-const POLL_MS = 1000;
-const POLL_MAX_MS = 10_000;
-const POLL_ATTEMPTS = 40;
+// While the page is visible it looks this often for replies other tabs started.
+const WATCH_MS = 5000;
+const RECONNECTING = "Reconnecting…";
 
 const state = {
   conversationId: null,
-  // The reply in flight: {controller, message, stopping, ended}.
+  // The reply this page shows as it streams (a LiveReply), if any.
   reply: null,
-  pollTimer: 0,
   loadToken: 0,
+  // The open conversation's updated_at as the page shows it; null: take the next.
+  seen: null,
+  // Counts this page's own changes, so that a list fetched before one of them
+  // is not taken for news from another tab.
+  changes: 0,
 };
 
 // --- small DOM helpers --------------------------------------------------------------
@@ -178,6 +187,16 @@ class MessageView {
     this.renderer.append(text);
   }
 
+  // The reply is shown again from its start (the server replays it whole).
+  restart() {
+    this.renderer?.finish();
+    for (const note of this.node.querySelectorAll(".message-note")) note.remove();
+    const citations = new Citations(this.citations.anchorPrefix);
+    this.citations.section.replaceWith(citations.section);
+    this.citations = citations;
+    this.startStreaming();
+  }
+
   endStreaming(fullText = null) {
     if (this.renderer && !this.renderer.finished) this.renderer.finish(fullText);
     ui.log.removeAttribute("aria-busy");
@@ -241,6 +260,114 @@ class MessageView {
   }
 }
 
+// A reply shown as it streams. Its frames may come over several connections
+// (the POST, then the conversation's stream after each drop); handle() shows
+// each frame once, by its id, and lastId is where the next connection resumes.
+class LiveReply {
+  constructor(message, { conversationId = null, retry = null } = {}) {
+    this.message = message;
+    this.conversationId = conversationId;
+    this.retry = retry; // what Retry does after an error frame
+    this.reconnect = null; // ... and after a connection lost before the reply began
+    this.controller = new AbortController();
+    this.lastId = -1;
+    this.messageId = null;
+    this.finished = false; // its final frame was handled
+    this.stopping = false;
+    this.detached = false;
+    this.abandoned = ""; // "shown": the page already shows it; "other": not the reply it followed
+    this.ended = false;
+    this.onMetadata = null;
+    this.handle = this.handle.bind(this);
+  }
+
+  get signal() {
+    return this.controller.signal;
+  }
+
+  // Stops showing the reply; the server goes on with it.
+  abandon(reason) {
+    this.abandoned = reason;
+    this.controller.abort();
+  }
+
+  handle(event, id) {
+    if (this.signal.aborted) return;
+    const position = id ? Number(id) : Number.NaN;
+    if (event.message_id && this.messageId && event.message_id !== this.messageId) {
+      // The conversation moved on to another reply while this one was followed.
+      this.abandon("other");
+      return;
+    }
+    if (event.type === "metadata" && position <= this.lastId) {
+      // A replay from the start: the server no longer had what followed lastId.
+      this.message.restart();
+      this.lastId = -1;
+    }
+    if (Number.isFinite(position)) {
+      if (position <= this.lastId) return;
+      this.lastId = position;
+    }
+    const message = this.message;
+    switch (event.type) {
+      case "metadata":
+        if (event.message_id) {
+          this.messageId = event.message_id;
+          if (shownElsewhere(event.message_id, message.node)) {
+            this.abandon("shown");
+            return;
+          }
+          message.node.dataset.messageId = event.message_id;
+        }
+        if (event.agent) {
+          ui.agent.textContent = event.agent;
+          message.header.textContent = event.agent;
+        }
+        if (typeof event.offline === "boolean") ui.offline.hidden = !event.offline;
+        if (event.notice) message.addNote(event.notice);
+        this.onMetadata?.(event);
+        break;
+      case "chunk":
+        message.append(event.content);
+        break;
+      case "annotation":
+        message.citations.add(event);
+        break;
+      case "done":
+        this.finished = true;
+        message.endStreaming(event.full_response ?? null);
+        message.setStatus(event.status || "complete");
+        break;
+      case "error":
+        this.finished = true;
+        message.endStreaming();
+        if (event.code === "interrupted") {
+          message.setStatus("interrupted");
+        } else {
+          message.showError(event.message || "The agent failed to reply.", {
+            retry: this.retry,
+            retryAfter: event.retry_after ?? null,
+          });
+        }
+        break;
+      default:
+      // Newer event types are ignored.
+    }
+  }
+
+  setReconnecting(reconnecting) {
+    this.message.node.classList.toggle("reconnecting", reconnecting);
+    if (reconnecting) showNotice(RECONNECTING);
+    else if (ui.notice.textContent === RECONNECTING) showNotice("");
+  }
+}
+
+// Whether the page already shows this reply as stored, in a node other than `node`.
+function shownElsewhere(messageId, node) {
+  const shown = ui.log.querySelector(`[data-message-id="${CSS.escape(messageId)}"]`);
+  return shown !== null && shown !== node;
+}
+
 function renderStoredMessage(message) {
   const view = new MessageView(message.role);
   view.node.dataset.messageId = message.id;
@@ -260,14 +387,33 @@ function renderStoredMessage(message) {
 
 // --- the conversation list ----------------------------------------------------------
 
-async function refreshConversations() {
+let listKey = "";
+
+// Fetches the list and redraws it when it changed; `quiet` for the periodic
+// look, which says nothing when it fails.
+async function refreshConversations({ quiet = false } = {}) {
+  const changes = state.changes;
   let conversations;
   try {
     conversations = await listConversations();
   } catch (error) {
-    showNotice(`Could not load your conversations: ${error.message}`);
+    if (!quiet) showNotice(`Could not load your conversations: ${error.message}`);
     return;
   }
+  showConversations(conversations);
+  if (changes === state.changes) catchUp(conversations);
+}
+
+function showConversations(conversations) {
+  // Redrawing an unchanged list would move the focus off a button in it.
+  const key = JSON.stringify(conversations.map((c) => [c.id, c.title]));
+  if (key === listKey) return;
+  listKey = key;
+  const focused = ui.list.contains(document.activeElement) ? document.activeElement : null;
+  const refocus = focused && {
+    id: focused.closest(".conversation").dataset.conversationId,
+    button: focused.classList[0],
+  };
   const items = conversations.map((conversation) => {
     const title = conversation.title || "Untitled conversation";
     const item = element("li", "conversation");
@@ -290,6 +436,31 @@ async function refreshConversations() {
   });
   ui.list.replaceChildren(...items);
   ui.listEmpty.hidden = items.length > 0;
+  if (refocus) {
+    const item = ui.list.querySelector(`[data-conversation-id="${refocus.id}"]`);
+    item?.querySelector(`.${refocus.button}`)?.focus();
+  }
+}
+
+// The open conversation changed in another tab: a reply is being written in it,
+// or one was written since the page showed it. Show it as it is now.
+function catchUp(conversations) {
+  if (state.reply || !state.conversationId) return;
+  const current = conversations.find((c) => c.id === state.conversationId);
+  if (!current) return;
+  if (state.seen === null && !current.streaming) {
+    state.seen = current.updated_at;
+    return;
+  }
+  if (current.streaming || current.updated_at !== state.seen) {
+    openConversation(current.id, { focus: false });
+  }
+}
+
+function watchConversations() {
+  if (document.visibilityState === "visible" && navigator.onLine !== false) {
+    refreshConversations({ quiet: true });
+  }
 }
 
 function markCurrentInList() {
@@ -327,22 +498,24 @@ function setConversation(conversationId, title) {
 }
 
 function clearLog() {
-  clearTimeout(state.pollTimer);
   ui.log.replaceChildren(ui.emptyHint);
   ui.emptyHint.hidden = false;
 }
 
 function startNewConversation({ focus = true } = {}) {
   state.loadToken += 1;
+  state.changes += 1;
+  state.seen = null;
   clearLog();
   setConversation(null);
   showNotice("");
   if (focus) ui.input.focus();
 }
 
-async function openConversation(conversationId, { focus = true, attempt = 0 } = {}) {
-  if (state.reply) await stopReply();
+async function openConversation(conversationId, { focus = true } = {}) {
+  if (state.reply) await detachReply();
   const token = ++state.loadToken;
+  state.changes += 1;
   let conversation;
   try {
     conversation = await getConversation(conversationId);
@@ -356,29 +529,20 @@ async function openConversation(conversationId, { focus = true, attempt = 0 } = 
     showNotice(`Could not open the conversation: ${error.message}`);
     return;
   }
-  if (token !== state.loadToken) return;
+  if (token !== state.loadToken || state.reply) return;
   clearLog();
   setConversation(conversation.id, conversation.title);
+  state.seen = conversation.updated_at;
   showNotice("");
   for (const message of conversation.messages) renderStoredMessage(message);
-  if (conversation.streaming) {
-    // A reply is still being written (by another tab, or the one cut off by a
-    // reload): show it once the server has stored it.
-    const pending = element("p", "message-note pending", "A reply is still being written…");
-    ui.log.append(pending);
-    if (attempt < POLL_ATTEMPTS) {
-      const delay = Math.min(POLL_MS * 2 ** Math.floor(attempt / 5), POLL_MAX_MS);
-      state.pollTimer = setTimeout(() => {
-        if (token !== state.loadToken) return;
-        openConversation(conversationId, { focus: false, attempt: attempt + 1 });
-      }, delay);
-    }
-  }
+  // A reply still being written (in another tab, or by the request a reload
+  // cut off) is not stored yet: follow it from its start.
+  if (conversation.streaming) follow(conversation.id);
   scrollToBottom();
   if (focus) ui.input.focus();
 }
 
-// --- sending, streaming, stopping ---------------------------------------------------
+// --- sending, following, stopping ---------------------------------------------------
 
 function setStreaming(streaming) {
   ui.send.hidden = streaming;
@@ -394,92 +558,113 @@ function describeError(error) {
   return error.message;
 }
 
-async function send(text, { echo = true } = {}) {
+function send(text, { echo = true, key = newKey() } = {}) {
   if (state.reply) return;
   if (echo) new MessageView("user").setText(text);
   state.loadToken += 1; // a conversation still loading must not replace this
   const message = new MessageView("assistant");
-  message.startStreaming();
-  const reply = { controller: new AbortController(), message, stopping: false, ended: false };
-  state.reply = reply;
-  setStreaming(true);
-  scrollToBottom();
-  const retry = () => {
+  // After a failed reply, Retry asks for a new one. After a connection lost
+  // before the reply began, it sends the same key: the server may be writing
+  // the reply already, and then answers with it instead of starting another.
+  const resend = (again) => () => {
     message.node.remove();
-    send(text, { echo: false });
+    send(text, { echo: false, key: again });
   };
-  let finalStatus = null;
-  let newConversation = !state.conversationId;
-
-  const onEvent = (event) => {
-    switch (event.type) {
-      case "metadata":
-        if (event.conversation_id && event.conversation_id !== state.conversationId) {
-          setConversation(event.conversation_id, text.trim().slice(0, 80));
-          newConversation = true;
-        }
-        if (event.message_id) message.node.dataset.messageId = event.message_id;
-        if (event.agent) {
-          ui.agent.textContent = event.agent;
-          message.header.textContent = event.agent;
-        }
-        if (typeof event.offline === "boolean") ui.offline.hidden = !event.offline;
-        if (event.notice) message.addNote(event.notice);
-        if (newConversation) refreshConversations();
-        break;
-      case "chunk":
-        message.append(event.content);
-        break;
-      case "annotation":
-        message.citations.add(event);
-        break;
-      case "done":
-        finalStatus = event.status || "complete";
-        message.endStreaming(event.full_response ?? null);
-        message.setStatus(finalStatus);
-        break;
-      case "error":
-        finalStatus = "failed";
-        message.endStreaming();
-        message.showError(event.message || "The agent failed to reply.", {
-          retry,
-          retryAfter: event.retry_after ?? null,
-        });
-        break;
-      default:
-      // Newer event types are ignored.
+  const reply = new LiveReply(message, {
+    conversationId: state.conversationId,
+    retry: resend(undefined),
+  });
+  reply.reconnect = resend(key);
+  reply.onMetadata = (event) => {
+    const id = event.conversation_id;
+    if (id && id !== reply.conversationId) {
+      reply.conversationId = id;
+      if (id !== state.conversationId) setConversation(id, text.trim().slice(0, 80));
+      refreshConversations();
     }
   };
+  const body = { message: text, thread_id: null, conversation_id: state.conversationId };
+  showReply(reply, (signal) => streamChat(body, { signal, key, onEvent: reply.handle }));
+}
 
+// Shows the reply being written in the conversation, from its start.
+function follow(conversationId) {
+  const message = new MessageView("assistant");
+  const reply = new LiveReply(message, { conversationId });
+  showReply(reply, null);
+}
+
+// Shows `reply` to its final frame. connect(signal) is the connection that
+// started it (the POST that sent the message); without one, or once one drops
+// after the reply began, the reply is read from the conversation's stream.
+async function showReply(reply, connect) {
+  const message = reply.message;
+  state.reply = reply;
+  state.changes += 1;
+  message.startStreaming();
+  setStreaming(true);
+  scrollToBottom();
+  let resumed = !connect;
   try {
-    await streamChat(
-      { message: text, thread_id: null, conversation_id: state.conversationId },
-      { signal: reply.controller.signal, onEvent },
-    );
-    if (!finalStatus) {
+    if (connect) {
+      try {
+        await whileOnline(reply.signal, connect);
+      } catch (error) {
+        // Before the reply began (no metadata yet) there is nothing to resume.
+        if (reply.signal.aborted || !reply.messageId || error instanceof ApiError) throw error;
+      }
+    }
+    if (!reply.finished && reply.messageId === null && !resumed) {
       message.endStreaming();
-      message.showError("The reply ended before it was complete.", { retry });
+      message.showError("The reply ended before it was complete.", { retry: reply.reconnect });
+      return;
+    }
+    if (!reply.finished) {
+      resumed = true;
+      await followReply(reply.conversationId, reply, {
+        signal: reply.signal,
+        onRetry: () => reply.setReconnecting(true),
+        onOpen: () => reply.setReconnecting(false),
+      });
     }
   } catch (error) {
     message.endStreaming();
-    if (reply.stopping || error.name === "AbortError") {
-      if (!finalStatus) message.setStatus("cancelled");
-    } else if (!finalStatus) {
+    if (reply.abandoned) {
+      message.node.remove();
+    } else if (reply.signal.aborted) {
+      if (reply.stopping && !reply.finished) message.setStatus("cancelled");
+    } else if (resumed) {
+      const gone = error instanceof ApiError && error.status === 404;
+      const text = gone ? "The conversation no longer exists." : describeError(error);
+      const conversationId = reply.conversationId;
+      message.showError(text, { retry: gone ? null : () => openConversation(conversationId) });
+    } else {
       if (error instanceof ApiError && error.status === 404) setConversation(null);
       if (error instanceof ApiError && error.status === 400 && error.fields?.message) {
         message.showError(error.message); // retrying the same text cannot help
       } else {
-        message.showError(describeError(error), { retry, retryAfter: error.retryAfter ?? null });
+        message.showError(describeError(error), {
+          retry: error instanceof ApiError ? reply.retry : reply.reconnect,
+          retryAfter: error.retryAfter ?? null,
+        });
       }
     }
   } finally {
     reply.ended = true;
-    if (state.reply === reply) state.reply = null;
-    setStreaming(false);
-    if (document.activeElement === document.body || document.activeElement === ui.stop) {
-      ui.input.focus();
+    reply.setReconnecting(false);
+    if (state.reply === reply) {
+      state.reply = null;
+      state.changes += 1;
+      state.seen = null;
+      setStreaming(false);
     }
-    refreshConversations();
+    if (!reply.detached) {
+      if (document.activeElement === document.body || document.activeElement === ui.stop) {
+        ui.input.focus();
+      }
+      if (reply.abandoned === "other") openConversation(reply.conversationId, { focus: false });
+      else refreshConversations();
+    }
   }
 }
 
@@ -492,9 +677,9 @@ async function stopReply() {
   reply.stopping = true;
   ui.stop.disabled = true;
   ui.input.focus();
-  if (state.conversationId) {
+  if (reply.conversationId) {
     try {
-      await stopChat(state.conversationId);
+      await stopChat(reply.conversationId);
     } catch {
       // 409: it finished meanwhile. Anything else: the abort below still stops it.
     }
@@ -504,6 +689,20 @@ async function stopReply() {
     }
   }
   if (!reply.ended) reply.controller.abort();
+  await ended(reply);
+}
+
+// Stops showing the reply (to show another conversation); it goes on on the
+// server, and opening its conversation again follows it.
+async function detachReply() {
+  const reply = state.reply;
+  if (!reply) return;
+  reply.detached = true;
+  reply.controller.abort();
+  await ended(reply);
+}
+
+async function ended(reply) {
   while (!reply.ended) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
@@ -546,7 +745,7 @@ document.addEventListener("keydown", (event) => {
 });
 
 ui.newChat.addEventListener("click", async () => {
-  if (state.reply) await stopReply();
+  if (state.reply) await detachReply();
   closeSidebar();
   startNewConversation();
 });
@@ -556,6 +755,9 @@ window.addEventListener("hashchange", () => {
   if (id && id !== state.conversationId) openConversation(id);
   else if (!id && state.conversationId) startNewConversation();
 });
+
+document.addEventListener("visibilitychange", watchConversations);
+setInterval(watchConversations, WATCH_MS);
 
 const initial = location.hash.slice(1);
 if (initial) openConversation(initial);
