@@ -26,6 +26,7 @@ from playwright.async_api import (
 from chat.models import Message
 from emulator import EmulatorConfig, EmulatorThread
 from testing.live import LiveServer
+from testing.replies import astored_reply
 from testing.upstream import server_env
 from testing.waiting import await_until
 
@@ -78,6 +79,19 @@ class ChatPage:
     page: Page
     problems: list[str] = field(default_factory=list)
 
+    @classmethod
+    def watching(cls, page: Page) -> "ChatPage":
+        """The page, with its script errors and console errors recorded."""
+        chat_page = cls(page)
+
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type in ("error", "warning"):
+                chat_page.problems.append(f"console {message.type}: {message.text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: chat_page.problems.append(f"error: {error}"))
+        return chat_page
+
     @property
     def log(self) -> Locator:
         return self.page.locator("#messages")
@@ -118,14 +132,7 @@ async def chat(
     context = await chromium.new_context(viewport={"width": 1100, "height": 760})
     await context.add_init_script(WATCH_CSP)
     page = await context.new_page()
-    chat_page = ChatPage(page)
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type in ("error", "warning"):
-            chat_page.problems.append(f"console {message.type}: {message.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: chat_page.problems.append(f"error: {error}"))
+    chat_page = ChatPage.watching(page)
     yield chat_page
     # pytest-playwright's report hook sets rep_call once the test body ran.
     report = getattr(request.node, "rep_call", None)
@@ -151,6 +158,34 @@ def azure_server(
     uvicorn_server_factory: Callable[..., LiveServer], agent: EmulatorThread
 ) -> LiveServer:
     return uvicorn_server_factory(server_env("azure_agents", agent))
+
+
+@pytest.fixture
+def resuming_server(
+    uvicorn_server_factory: Callable[..., LiveServer], agent: EmulatorThread
+) -> LiveServer:
+    """Replies go on when their connection ends, as they do by default."""
+    env = server_env("azure_agents", agent, CHAT_ON_DISCONNECT="continue")
+    return uvicorn_server_factory(env)
+
+
+# One delta per piece: a reply held after HELD_AFTER of them shows exactly HELD.
+REPLY = [
+    "Every ",
+    "word ",
+    "arrives ",
+    "once, ",
+    "in ",
+    "order, ",
+    "whatever ",
+    "happens ",
+    "to ",
+    "the ",
+    "connection.",
+]
+HELD_AFTER = 4
+HELD = "".join(REPLY[:HELD_AFTER])
+FULL = "".join(REPLY)
 
 
 async def test_it_shows_text_while_the_agent_still_writes(
@@ -224,13 +259,16 @@ async def test_it_stops_a_reply_and_keeps_it_after_a_reload(
 async def test_it_shows_an_interrupted_reply_after_a_reload_mid_stream(
     chat: ChatPage, uvicorn_server_factory: Callable[..., LiveServer]
 ) -> None:
-    # 60-odd tokens, 200 ms apart: the reply is still being written after reload.
-    server = uvicorn_server_factory({"CHAT_LOCAL_DELAY_MS": "200"})
+    # 60-odd tokens, 200 ms apart: the reply is still being written at the reload,
+    # and this server stops a reply when the client that asked for it leaves.
+    server = uvicorn_server_factory(
+        {"CHAT_LOCAL_DELAY_MS": "200", "CHAT_ON_DISCONNECT": "cancel"}
+    )
     await chat.open(server)
     await chat.send("Keep talking")
     await expect(chat.assistant().locator(".message-body")).to_contain_text("Hello!")
     await chat.page.reload()
-    # The page shows what is stored, polling while the server still finishes it.
+    # Stored, or followed to its end: either way it says it was cut off.
     stored = chat.assistant()
     await expect(stored.locator(".message-status")).to_contain_text("Interrupted")
     await expect(stored.locator(".message-body")).to_contain_text("Hello!")
@@ -412,3 +450,166 @@ async def test_it_handles_answers_that_are_not_event_streams(
     reply = await chat.wait_for_reply()
     await expect(reply.locator("blockquote")).to_have_text("Too fast")
     await chat.assert_clean(allowed=("status of 429",))
+
+
+async def test_it_continues_a_reply_after_a_reload(
+    chat: ChatPage, agent: EmulatorThread, resuming_server: LiveServer
+) -> None:
+    agent.configure(reply=REPLY, hold_after=HELD_AFTER)
+    await chat.open(resuming_server)
+    await chat.send("Keep going")
+    await expect(chat.assistant().locator(".message-body")).to_have_text(HELD)
+    await chat.page.reload()
+
+    # The text so far, once, still being written.
+    reply = chat.assistant()
+    await expect(reply.locator(".message-body")).to_have_text(HELD)
+    await expect(reply).to_contain_class("streaming")
+    await expect(chat.page.get_by_role("button", name="Stop")).to_be_visible()
+    agent.release()
+    await chat.wait_for_reply()
+    await expect(reply.locator(".message-body")).to_have_text(FULL)
+    await expect(reply.locator(".message-status, .message-error")).to_have_count(0)
+    await expect(chat.page.locator(".message-user .message-body")).to_have_text(
+        ["Keep going"]
+    )
+    await expect(chat.page.locator(".message-assistant")).to_have_count(1)
+    stored = await astored_reply()
+    assert (stored.content, stored.status) == (FULL, Message.Status.COMPLETE)
+    await chat.assert_clean()
+
+
+async def test_it_reconnects_after_the_network_drops(
+    chat: ChatPage, agent: EmulatorThread, resuming_server: LiveServer
+) -> None:
+    agent.configure(reply=REPLY, hold_after=HELD_AFTER)
+    resumes: list[str] = []
+
+    async def fail_once(route: Route) -> None:
+        resumes.append(route.request.url)
+        if len(resumes) == 1:
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await chat.open(resuming_server)
+    await chat.send("Keep going")
+    reply = chat.assistant()
+    await expect(reply.locator(".message-body")).to_have_text(HELD)
+
+    await chat.page.context.set_offline(True)
+    notice = chat.page.locator("#notice")
+    await expect(notice).to_have_text("Reconnecting…")
+    await expect(notice).to_have_attribute("role", "status")
+    await expect(reply).to_contain_class("streaming")
+    # Back online, the first attempt fails as well; a later one gets through.
+    await chat.page.route("**/api/conversations/*/stream*", fail_once)
+    await chat.page.context.set_offline(False)
+    await expect(notice).to_be_empty()
+    assert len(resumes) >= 2
+    # Every attempt asked for what followed the last frame shown.
+    last_ids = {url.partition("last_event_id=")[2] for url in resumes}
+    assert len(last_ids) == 1
+    assert int(last_ids.pop()) >= HELD_AFTER
+    await expect(reply.locator(".message-body")).to_have_text(HELD)
+
+    agent.release()
+    await chat.wait_for_reply()
+    await expect(reply.locator(".message-body")).to_have_text(FULL)
+    await expect(reply.locator(".message-status, .message-error")).to_have_count(0)
+    stored = await astored_reply()
+    assert (stored.content, stored.status) == (FULL, Message.Status.COMPLETE)
+    await chat.assert_clean(
+        allowed=("ERR_INTERNET_DISCONNECTED", "ERR_CONNECTION_RESET")
+    )
+
+
+async def test_it_reconnects_after_the_reply_ended_meanwhile(
+    chat: ChatPage,
+    agent: EmulatorThread,
+    uvicorn_server_factory: Callable[..., LiveServer],
+) -> None:
+    # Nothing is kept for replay: the server answers from the stored reply, its
+    # text as one chunk with ids from 0, and the page shows it afresh.
+    env = server_env(
+        "azure_agents",
+        agent,
+        CHAT_ON_DISCONNECT="continue",
+        CHAT_REPLAY_TTL_SECONDS="0",
+    )
+    server = uvicorn_server_factory(env)
+    agent.configure(reply=REPLY, hold_after=HELD_AFTER)
+    await chat.open(server)
+    await chat.send("Keep going")
+    reply = chat.assistant()
+    await expect(reply.locator(".message-body")).to_have_text(HELD)
+
+    await chat.page.context.set_offline(True)
+    await expect(chat.page.locator("#notice")).to_have_text("Reconnecting…")
+    agent.release()
+    stored = await astored_reply()
+    assert (stored.content, stored.status) == (FULL, Message.Status.COMPLETE)
+    await chat.page.context.set_offline(False)
+
+    await chat.wait_for_reply()
+    await expect(reply.locator(".message-body")).to_have_text(FULL)
+    await expect(reply.locator(".message-status, .message-error")).to_have_count(0)
+    await expect(chat.page.locator(".message-assistant")).to_have_count(1)
+    await chat.assert_clean(allowed=("ERR_INTERNET_DISCONNECTED",))
+
+
+async def test_it_follows_a_reply_in_a_second_tab_and_stops_it_from_there(
+    chat: ChatPage, agent: EmulatorThread, resuming_server: LiveServer
+) -> None:
+    agent.configure(reply=REPLY, hold_after=HELD_AFTER)
+    await chat.open(resuming_server)
+    await chat.send("Keep going")
+    await expect(chat.assistant().locator(".message-body")).to_have_text(HELD)
+
+    second = ChatPage.watching(await chat.page.context.new_page())
+    await second.page.goto(chat.page.url)
+    followed = second.assistant()
+    await expect(followed.locator(".message-body")).to_have_text(HELD)
+    await expect(followed).to_contain_class("streaming")
+    await second.page.get_by_role("button", name="Stop").click()
+
+    for tab in (chat, second):
+        reply = await tab.wait_for_reply()
+        await expect(reply.locator(".message-status")).to_have_text("Stopped")
+        await expect(reply.locator(".message-body")).to_have_text(HELD)
+        await expect(tab.page.get_by_role("button", name="Send")).to_be_visible()
+    await await_until(lambda: agent.cancelled_runs)
+    assert len(agent.cancelled_runs) == 1
+    stored = await astored_reply()
+    assert (stored.content, stored.status) == (HELD, Message.Status.CANCELLED)
+    await chat.assert_clean()
+    await second.assert_clean()
+
+
+async def test_a_second_tab_picks_up_a_reply_started_in_the_first(
+    chat: ChatPage, agent: EmulatorThread, resuming_server: LiveServer
+) -> None:
+    await chat.open(resuming_server)
+    await chat.send("First question")
+    await chat.wait_for_reply()
+    second = ChatPage.watching(await chat.page.context.new_page())
+    await second.page.goto(chat.page.url)
+    await expect(second.page.locator(".message-assistant")).to_have_count(1)
+
+    agent.push(reply=REPLY, hold_after=HELD_AFTER)
+    await chat.send("Second question")
+    await expect(chat.assistant().locator(".message-body")).to_have_text(HELD)
+    # The idle tab looks at its conversation every few seconds.
+    followed = second.assistant(1)
+    await expect(followed.locator(".message-body")).to_have_text(HELD, timeout=15_000)
+    await expect(second.page.locator(".message-user .message-body")).to_have_text(
+        ["First question", "Second question"]
+    )
+
+    agent.release()
+    for tab in (chat, second):
+        reply = await tab.wait_for_reply()
+        await expect(reply.locator(".message-body")).to_have_text(FULL)
+        await expect(tab.page.locator(".message-assistant")).to_have_count(2)
+    await chat.assert_clean()
+    await second.assert_clean()
