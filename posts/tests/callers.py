@@ -3,9 +3,18 @@
 from typing import Any
 
 import orjson
+import pytest
 from django.contrib.auth.models import User
 from django.http import HttpResponse
 from django.test import AsyncClient
+
+# The callers a write refuses, and the status each gets: 401 without a valid
+# credential, 403 with one that lacks the permission. Takes the `caller` fixture.
+refused_callers = pytest.mark.parametrize(
+    ("caller", "status"),
+    [("anonymous", 401), ("reader", 403), ("reader_key", 403), ("revoked_key", 401)],
+    indirect=["caller"],
+)
 
 
 class Caller:

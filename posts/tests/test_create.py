@@ -3,7 +3,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from posts.models import Post
-from posts.tests.callers import Caller, csrf_token
+from posts.tests.callers import Caller, csrf_token, refused_callers
 
 NEW_POST = {"title": "Hello", "body": "First post"}
 
@@ -55,11 +55,7 @@ async def test_it_lets_editors_create(caller: Caller) -> None:
     assert await Post.objects.acount() == 1
 
 
-@pytest.mark.parametrize(
-    ("caller", "status"),
-    [("anonymous", 401), ("reader", 403), ("reader_key", 403), ("revoked_key", 401)],
-    indirect=["caller"],
-)
+@refused_callers
 async def test_it_refuses_callers_without_permission(
     caller: Caller, status: int
 ) -> None:

@@ -5,7 +5,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from posts.models import Post
-from posts.tests.callers import Caller, csrf_token
+from posts.tests.callers import Caller, csrf_token, refused_callers
 
 MakePost = Callable[..., Awaitable[Post]]
 
@@ -43,11 +43,7 @@ async def test_it_lets_editors_delete(caller: Caller, make_post: MakePost) -> No
     assert await Post.objects.acount() == 0
 
 
-@pytest.mark.parametrize(
-    ("caller", "status"),
-    [("anonymous", 401), ("reader", 403), ("reader_key", 403), ("revoked_key", 401)],
-    indirect=["caller"],
-)
+@refused_callers
 async def test_it_refuses_callers_without_permission(
     caller: Caller, make_post: MakePost, status: int
 ) -> None:
