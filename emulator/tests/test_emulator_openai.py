@@ -68,15 +68,27 @@ async def chat_client(emulator: AgentsEmulator) -> AsyncIterator[AsyncOpenAI]:
     await client.close()
 
 
-async def respond(
-    client: AsyncOpenAI, text: str = "hello world", **kwargs: Any
-) -> list[Any]:
-    conversation = kwargs.pop("conversation", None)
+async def open_response(
+    client: AsyncOpenAI,
+    text: str = "hello world",
+    conversation: str | None = None,
+    **kwargs: Any,
+) -> tuple[str, Any]:
+    """A streamed response to `text` in `conversation` (by default a new one): the
+    conversation's id and the stream, still to be read."""
     if conversation is None:
         conversation = (await client.conversations.create()).id
     stream = await client.responses.create(
         conversation=conversation, input=text, stream=True, extra_body=AGENT, **kwargs
     )
+    return conversation, stream
+
+
+async def respond(
+    client: AsyncOpenAI, text: str = "hello world", **kwargs: Any
+) -> list[Any]:
+    """Every event of a response to `text` (`open_response`'s keywords apply)."""
+    _conversation, stream = await open_response(client, text, **kwargs)
     async with stream:
         return [event async for event in stream]
 
@@ -288,10 +300,7 @@ async def test_a_disconnect_raises_a_connection_error_after_the_deltas(
     emulator: AgentsEmulator, project: AsyncOpenAI
 ) -> None:
     emulator.push(fault="disconnect", tokens=10)
-    conversation = (await project.conversations.create()).id
-    stream = await project.responses.create(
-        conversation=conversation, input="x", stream=True, extra_body=AGENT
-    )
+    _conversation, stream = await open_response(project, "x")
     deltas: list[str] = []
     with pytest.raises(APIConnectionError):
         async with stream:
@@ -314,10 +323,7 @@ async def test_a_response_stops_when_its_client_closes_the_stream(
     emulator: AgentsEmulator, project: AsyncOpenAI
 ) -> None:
     emulator.push(fault="hang", fault_after=1)
-    conversation = (await project.conversations.create()).id
-    stream = await project.responses.create(
-        conversation=conversation, input="wait", stream=True, extra_body=AGENT
-    )
+    conversation, stream = await open_response(project, "wait")
     async with stream:
         async for event in stream:
             if event.type == "response.output_text.delta":
@@ -343,10 +349,7 @@ async def test_hold_keeps_the_rest_of_a_response_until_released(
     emulator: AgentsEmulator, project: AsyncOpenAI
 ) -> None:
     emulator.push(hold_after=1, tokens=3)
-    conversation = (await project.conversations.create()).id
-    stream = await project.responses.create(
-        conversation=conversation, input="x", stream=True, extra_body=AGENT
-    )
+    _conversation, stream = await open_response(project, "x")
     texts: list[str] = []
     async with stream:
         async for event in stream:
