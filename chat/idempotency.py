@@ -8,7 +8,9 @@ same key with another body is refused. Keys live `CHAT_IDEMPOTENCY_SECONDS`.
 """
 
 import asyncio
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -72,6 +74,35 @@ class Claim:
 
     async def release(self) -> None:
         await cache.adelete(self.cache_key)
+
+
+class Once:
+    """What `once` found: `started`, the reply an earlier request with the same
+    key started; otherwise this request goes ahead and `record`s its reply."""
+
+    def __init__(self, claim: Claim | Started | None) -> None:
+        self.started = claim if isinstance(claim, Started) else None
+        self._claim = claim if isinstance(claim, Claim) else None
+        self.recorded = False
+
+    async def record(self, conversation_id: UUID, message_id: UUID) -> None:
+        if self._claim is not None:
+            await self._claim.record(conversation_id, message_id)
+        self.recorded = True
+
+
+@contextlib.asynccontextmanager
+async def once(headers: Any, caller: str, *body: object) -> AsyncIterator[Once]:
+    """The request's Idempotency-Key (if any) for `body` from `caller`: claimed
+    for the block, and let go again if the block fails before `record`."""
+    key = key_of(headers)
+    found = Once(None if key is None else await claim(caller, key, fingerprint(*body)))
+    try:
+        yield found
+    except BaseException:
+        if found._claim is not None and not found.recorded:
+            await found._claim.release()
+        raise
 
 
 async def claim(caller: str, key: str, body: str) -> Claim | Started:

@@ -87,5 +87,9 @@ async def take(key: str) -> bool:
 
 async def give_back(key: str) -> None:
     _held.discard(key)
-    if await cache.aget(key) == PROCESS_ID:
-        await cache.adelete(key)
+    try:
+        if await cache.aget(key) == PROCESS_ID:
+            await cache.adelete(key)
+    except Exception:
+        # The cache is unreachable: the entry expires with its lease.
+        logger.warning("giving back %s failed", key, exc_info=True)

@@ -75,40 +75,43 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
     if settings.CHAT_REQUIRE_LOGIN and not request.api_user.is_authenticated:
         raise BadRequest("log in to chat", 401, code="login_required")
     body = parse_body(request, ChatRequest, text_plain=True)
-    key = idempotency.key_of(request.headers)
     owner = await _owner(request, create=True)
     caller = limits.caller_of(request, owner)
     conversation_id, thread_id = _ids(body)
-    claim = None
-    if key is not None:
-        fingerprint = idempotency.fingerprint(body.message, conversation_id, thread_id)
-        claim = await idempotency.claim(caller.key, key, fingerprint)
-        if isinstance(claim, idempotency.Started):
-            return await _repeat(request, body, claim)
-    try:
+    ids = (body.message, conversation_id, thread_id)
+    async with idempotency.once(request.headers, caller.key, *ids) as retry:
+        if retry.started is not None:
+            return await _repeat(request, body, retry.started)
         await limits.check_message_rate(caller)
-        reply = await relay.start(
+        reply = await _start(owner, caller, body.message, ids[1:], started)
+        await retry.record(reply.conversation_id, reply.message_id)
+    if _wants_json(request, body):
+        return _json_reply(await reply.collect())
+    return _event_stream(reply.sse())
+
+
+async def _start(
+    owner: Owner,
+    caller: limits.Caller,
+    message: str,
+    ids: tuple[uuid.UUID | None, str | None],
+    started: float,
+) -> relay.Reply:
+    conversation_id, thread_id = ids
+    try:
+        return await relay.start(
             get_backend(),
             owner=owner,
             caller=caller,
-            message=body.message,
+            message=message,
             conversation_id=conversation_id,
             thread_id=thread_id,
             started=started,
         )
-    except BaseException as exc:
-        if claim is not None:
-            await claim.release()
-        if isinstance(exc, store.NotFound):
-            raise BadRequest("conversation not found", 404, code="not_found") from None
-        if isinstance(exc, store.Busy):
-            raise BadRequest(BUSY, 409, code="conversation_busy") from None
-        raise
-    if claim is not None:
-        await claim.record(reply.conversation_id, reply.message_id)
-    if _wants_json(request, body):
-        return _json_reply(await reply.collect())
-    return _event_stream(reply.sse())
+    except store.NotFound:
+        raise BadRequest("conversation not found", 404, code="not_found") from None
+    except store.Busy:
+        raise BadRequest(BUSY, 409, code="conversation_busy") from None
 
 
 async def _repeat(

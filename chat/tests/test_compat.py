@@ -2,6 +2,7 @@
 rely on: retried POSTs never run twice, either id continues a conversation, a
 stream unless only JSON is asked for, bodies sent as text/plain, per-session limits."""
 
+import uuid
 from typing import Any
 
 import orjson
@@ -245,3 +246,14 @@ async def test_anonymous_sessions_are_limited_each_and_cookieless_callers_per_ad
     azure.release()
     for stream in open_streams:
         [part async for part in stream]
+
+
+async def test_a_key_whose_request_failed_can_be_used_again() -> None:
+    client = AsyncClient()
+    key = {"Idempotency-Key": "k-failed"}
+    missing = {"message": "hi", "conversation_id": str(uuid.uuid4())}
+    assert (await post(client, missing, **key)).status_code == 404
+
+    response = await post(client, {"message": "hi"}, **key)
+    assert response.status_code == 200
+    assert data_frames(await read_stream(response))[-1]["type"] == "done"
