@@ -27,13 +27,18 @@ async def forget(request: HttpRequest) -> HttpResponse:
     return HttpResponse("forgotten")
 
 
-# A URLconf of async views that use the session, for `pytest.mark.urls(__name__)`.
+# A URLconf of async views that use the session, for `uses_session_views`.
 urlpatterns = [
     path("remember", remember),
     path("recall", recall),
     path("forget", forget),
 ]
-uses_session_views = pytest.mark.urls(__name__)
+
+
+def uses_session_views(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs `test` on this URLconf with committed rows: the async views query the
+    database on another thread's connection, which sees nothing uncommitted."""
+    return pytest.mark.urls(__name__)(pytest.mark.django_db(transaction=True)(test))
 
 
 def middleware_classes() -> list[type]:
@@ -100,7 +105,6 @@ async def test_it_sends_the_security_headers(async_client: AsyncClient) -> None:
 
 
 @uses_session_views
-@pytest.mark.django_db(transaction=True)
 async def test_it_saves_a_session_written_by_an_async_view(
     async_client: AsyncClient,
 ) -> None:
@@ -117,7 +121,6 @@ async def test_it_saves_a_session_written_by_an_async_view(
 
 
 @uses_session_views
-@pytest.mark.django_db(transaction=True)
 async def test_it_reads_the_session_back(async_client: AsyncClient) -> None:
     await async_client.get("/remember", {"colour": "green"})
 
@@ -129,7 +132,6 @@ async def test_it_reads_the_session_back(async_client: AsyncClient) -> None:
 
 
 @uses_session_views
-@pytest.mark.django_db(transaction=True)
 async def test_it_updates_a_session_in_place(async_client: AsyncClient) -> None:
     first = await async_client.get("/remember", {"colour": "green"})
     second = await async_client.get("/remember", {"colour": "red"})
@@ -140,7 +142,6 @@ async def test_it_updates_a_session_in_place(async_client: AsyncClient) -> None:
 
 
 @uses_session_views
-@pytest.mark.django_db(transaction=True)
 async def test_it_does_not_save_a_session_on_a_server_error(
     async_client: AsyncClient,
 ) -> None:
@@ -154,7 +155,6 @@ async def test_it_does_not_save_a_session_on_a_server_error(
 
 
 @uses_session_views
-@pytest.mark.django_db(transaction=True)
 async def test_it_deletes_the_cookie_of_an_emptied_session(
     async_client: AsyncClient,
 ) -> None:
