@@ -851,20 +851,24 @@ def test_every_resource_matches_the_azure_type_definitions(
     assert not problems, "\n".join(problems)
 
 
-# Each snippet has one mistake; the checker must report exactly it, at its line.
-SNIPPETS = {
-    "unknown-property": (
-        "unknown",
-        9,
-        "properties.anonymousPullEnabled is not a property of RegistryProperties",
-        """
+# A valid container registry, for the snippets to end as they need.
+REGISTRY = """
 resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
   name: 'crexample'
   location: 'westeurope'
   sku: {
     name: 'Basic'
   }
-  properties: {
+"""
+
+# Each snippet has one mistake; the checker must report exactly it, at its line.
+SNIPPETS = {
+    "unknown-property": (
+        "unknown",
+        9,
+        "properties.anonymousPullEnabled is not a property of RegistryProperties",
+        REGISTRY
+        + """  properties: {
     anonymousPullEnabled: false
   }
 }
@@ -874,14 +878,8 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
         "read-only",
         9,
         "properties.loginServer is read-only",
-        """
-resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
-  name: 'crexample'
-  location: 'westeurope'
-  sku: {
-    name: 'Basic'
-  }
-  properties: {
+        REGISTRY
+        + """  properties: {
     loginServer: 'crexample.azurecr.io'
   }
 }
@@ -891,14 +889,8 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
         "enum",
         9,
         "identity.type is 'Managed', which is not one of",
-        """
-resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
-  name: 'crexample'
-  location: 'westeurope'
-  sku: {
-    name: 'Basic'
-  }
-  identity: {
+        REGISTRY
+        + """  identity: {
     type: 'Managed'
   }
 }
@@ -908,15 +900,7 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
         "api-version",
         2,
         "Microsoft.ContainerRegistry/registries@2099-01-01 is not in the definitions",
-        """
-resource registry 'Microsoft.ContainerRegistry/registries@2099-01-01' = {
-  name: 'crexample'
-  location: 'westeurope'
-  sku: {
-    name: 'Basic'
-  }
-}
-""",
+        REGISTRY.replace("@2023-07-01", "@2099-01-01") + "}\n",
     ),
     "enum-through-a-variable-in-a-loop": (
         "enum",
