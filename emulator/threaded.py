@@ -1,4 +1,5 @@
-"""EmulatorThread: the emulator on its own loop, for sync tests and subprocess apps."""
+"""EmulatorThread: the emulator on its own loop, for sync tests and subprocess apps;
+LoopThread, what it shares with other servers run that way."""
 
 from __future__ import annotations
 
@@ -18,34 +19,30 @@ T = TypeVar("T")
 START_TIMEOUT_SECONDS = 10.0
 
 
-class EmulatorThread:
-    """Runs an AgentsEmulator in a daemon thread; same attributes, thread-safe.
+class LoopThread:
+    """Serves something from its own event loop in a daemon thread: `start` (or
+    `with`) returns once `_open` has run on that loop, `stop` runs `_close` there
+    and joins the thread."""
 
-    with EmulatorThread(config=EmulatorConfig(token_interval=0.01)) as emu:
-        settings.AZURE_AI_PROJECT_ENDPOINT = emu.endpoint
-    """
+    thread_name = "loop-thread"
 
-    def __init__(
-        self,
-        config: EmulatorConfig | None = None,
-        *,
-        agent_id: str = DEFAULT_AGENT_ID,
-        host: str = "127.0.0.1",
-        port: int = 0,
-    ) -> None:
-        self.emulator = AgentsEmulator(config, agent_id=agent_id)
-        self._host = host
-        self._port = port
+    def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> Self:
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=asyncio.run,
             args=(self._serve(started),),
-            name="agents-emulator",
+            name=self.thread_name,
             daemon=True,
         )
         self._thread.start()
@@ -56,7 +53,7 @@ class EmulatorThread:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         try:
-            await self.emulator.start(self._host, self._port)
+            await self._open()
         except BaseException as exc:
             started.set_exception(exc)
             return
@@ -64,7 +61,7 @@ class EmulatorThread:
         try:
             await self._stopping.wait()
         finally:
-            await self.emulator.stop()
+            await self._close()
 
     def stop(self) -> None:
         if self._loop is not None and self._stopping is not None:
@@ -78,6 +75,35 @@ class EmulatorThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class EmulatorThread(LoopThread):
+    """Runs an AgentsEmulator in a daemon thread; same attributes, thread-safe.
+
+    with EmulatorThread(config=EmulatorConfig(token_interval=0.01)) as emu:
+        settings.AZURE_AI_PROJECT_ENDPOINT = emu.endpoint
+    """
+
+    thread_name = "agents-emulator"
+
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        agent_id: str = DEFAULT_AGENT_ID,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        super().__init__()
+        self.emulator = AgentsEmulator(config, agent_id=agent_id)
+        self._host = host
+        self._port = port
+
+    async def _open(self) -> None:
+        await self.emulator.start(self._host, self._port)
+
+    async def _close(self) -> None:
+        await self.emulator.stop()
 
     def _call(self, function: Callable[[], T]) -> T:
         """Runs `function` on the emulator's loop and returns its result."""

@@ -13,18 +13,17 @@ can act when some bytes have reached the client (`when_forwarded`).
 """
 
 import asyncio
-import concurrent.futures
 import contextlib
 import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
 from urllib.parse import urlsplit
+
+from emulator.threaded import LoopThread
 
 MAX_WRITE = 1448
 READ_SIZE = 65536
-START_SECONDS = 10.0
 
 
 @dataclass
@@ -47,13 +46,16 @@ class _Trigger:
     fired: set[int] = field(default_factory=set)
 
 
-class SplittingProxy:
+class SplittingProxy(LoopThread):
     """Forwards 127.0.0.1:`port` to `upstream_url`, re-splitting responses.
 
     Runs on its own event loop in a daemon thread; every method is thread-safe.
     """
 
+    thread_name = "splitting-proxy"
+
     def __init__(self, upstream_url: str, *, seed: int = 0) -> None:
+        super().__init__()
         parts = urlsplit(upstream_url)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._seed = seed
@@ -61,9 +63,8 @@ class SplittingProxy:
         self._connections: list[ProxiedConnection] = []
         self._cuts: list[int] = []
         self._triggers: list[_Trigger] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @property
@@ -99,59 +100,28 @@ class SplittingProxy:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def start(self) -> Self:
-        started: concurrent.futures.Future[int] = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=asyncio.run,
-            args=(self._serve(started),),
-            name="splitting-proxy",
-            daemon=True,
-        )
-        self._thread.start()
-        self.port = started.result(timeout=START_SECONDS)
-        return self
+    async def _open(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
 
-    def stop(self) -> None:
-        if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        if self._thread is not None:
-            self._thread.join(timeout=START_SECONDS)
-            self._thread = None
+    async def _close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def _serve(self, started: concurrent.futures.Future[int]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        handlers: set[asyncio.Task[None]] = set()
-
-        async def accept(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            handlers.add(task)
-            try:
-                await self._relay(reader, writer)
-            finally:
-                handlers.discard(task)
-
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
-            server = await asyncio.start_server(accept, "127.0.0.1", 0)
-        except BaseException as exc:
-            started.set_exception(exc)
-            return
-        started.set_result(server.sockets[0].getsockname()[1])
-        async with server:
-            await self._stopping.wait()
-            server.close()
-            for task in list(handlers):
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            await self._relay(reader, writer)
+        finally:
+            self._handlers.discard(task)
 
     # -- one connection ----------------------------------------------------------
 
