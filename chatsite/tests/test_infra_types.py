@@ -851,6 +851,16 @@ def test_every_resource_matches_the_azure_type_definitions(
     assert not problems, "\n".join(problems)
 
 
+# A PostgreSQL server with its sku, for snippets to go on from.
+POSTGRES = """resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
+  name: 'psql-example'
+  location: 'westeurope'
+  sku: {
+    name: 'Standard_B1ms'
+    tier: 'Burstable'
+  }
+"""
+
 # A valid container registry, for the snippets to end as they need.
 REGISTRY = """
 resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
@@ -931,15 +941,9 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         "unknown",
         14,
         "properties.colour is not a property of",
-        """
-resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
-  name: 'psql-example'
-  location: 'westeurope'
-  sku: {
-    name: 'Standard_B1ms'
-    tier: 'Burstable'
-  }
-
+        "\n"
+        + POSTGRES
+        + """
   resource database 'databases' = {
     name: 'app'
     properties: {
@@ -985,7 +989,8 @@ resource alert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
     ),
 }
 
-CLEAN_SNIPPET = """
+CLEAN_SNIPPET = (
+    """
 @allowed([
   'User'
   'ServicePrincipal'
@@ -994,14 +999,9 @@ param principalType string = 'User'
 param principalId string
 param roleDefinitionId string
 
-resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
-  name: 'psql-example'
-  location: 'westeurope'
-  sku: {
-    name: 'Standard_B1ms'
-    tier: 'Burstable'
-  }
-  properties: {
+"""
+    + POSTGRES
+    + """  properties: {
     version: empty(principalId) ? '16' : '15'
   }
 
@@ -1020,6 +1020,7 @@ resource reader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 """
+)
 
 
 def test_the_reader_follows_bicep_operator_precedence() -> None:
