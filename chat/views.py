@@ -1,3 +1,4 @@
+import re
 import secrets
 import time
 import uuid
@@ -23,6 +24,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "
 # "application/json, text/plain, */*" and always got one).
 STREAM_TYPES = {"text/event-stream", "*/*", "text/*"}
 RETRY_FIELD = b"retry: 2000\n"
+EVENT_ID = re.compile(r"[0-9]{1,9}")
 BUSY = "a reply is already streaming in this conversation; stop it or wait"
 
 
@@ -136,10 +138,19 @@ async def _repeat(
 
 
 def _last_event_id(request: HttpRequest) -> int:
-    """The last frame the client has, from `Last-Event-ID` or `last_event_id`."""
-    value = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
-    value = (value or "").strip()
-    return int(value) if value.isdigit() and len(value) < 10 else -1
+    """The last frame the client has: the `last_event_id` parameter (an id, or
+    400), else the `Last-Event-ID` header (anything but one of our ids: none)."""
+    value = request.GET.get("last_event_id")
+    if value is not None:
+        if not EVENT_ID.fullmatch(value):
+            raise BadRequest(
+                "last_event_id must be a frame id (digits)",
+                code="invalid_request",
+                fields={"last_event_id": ["must be a frame id (digits)"]},
+            )
+        return int(value)
+    header = request.headers.get("Last-Event-ID", "").strip()
+    return int(header) if EVENT_ID.fullmatch(header) else -1
 
 
 async def _frames_body(replay: list[frames.Frame]) -> AsyncIterator[bytes]:

@@ -464,7 +464,7 @@ def openapi_document() -> dict[str, Any]:
                         "required": False,
                         "description": "Resume after this frame id (as the "
                         "Last-Event-ID header does)",
-                        "schema": {"type": "string", "maxLength": 20},
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
                     },
                 ],
                 "get": {

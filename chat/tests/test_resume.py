@@ -79,7 +79,8 @@ async def test_a_finished_reply_replays_exactly_from_any_id(
     for cut in range(-1, len(frames)):
         after = frames[cut]["id"] if cut >= 0 else -1
         query = await client.get(
-            f"/api/conversations/{conversation_id}/stream?last_event_id={after}"
+            f"/api/conversations/{conversation_id}/stream",
+            {"last_event_id": after} if after >= 0 else {},
         )
         body = b"".join([part async for part in query.streaming_content])
         resumed = [f for f in parse_sse(body) if "data" in f]
@@ -141,3 +142,22 @@ async def test_stopping_a_detached_reply_ends_it_as_cancelled(
     data = data_frames(parse_sse(await resume(client, conversation_id)))
     assert data[-1]["type"] == "done" and data[-1]["status"] == "cancelled"
     assert (await astored_reply()).status == Message.Status.CANCELLED
+
+
+@pytest.mark.parametrize("value", ["", "x", "-1", "1.5", "1" * 10])
+async def test_a_malformed_last_event_id_parameter_is_a_400(
+    azure: AgentsEmulator, value: str
+) -> None:
+    azure.push(tokens=2)
+    client = AsyncClient()
+    response = await chat(client, "hi")
+    body = b"".join([part async for part in response.streaming_content])
+    conversation_id = data_frames(parse_sse(body))[0]["conversation_id"]
+
+    refused = await client.get(
+        f"/api/conversations/{conversation_id}/stream", {"last_event_id": value}
+    )
+    assert refused.status_code == 400
+    assert refused.json()["fields"] == {
+        "last_event_id": ["must be a frame id (digits)"]
+    }
