@@ -234,11 +234,8 @@ class AzureAgentsBackend(ChatBackend):
         return problems
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.alias,
-            "agent": self.agent_name or f"{self.label} {self.agent_id}".strip(),
-            "offline": False,
-        }
+        agent = self.agent_name or f"{self.label} {self.agent_id}".strip()
+        return super().describe() | {"agent": agent}
 
     def client(self) -> AgentsClient:
         if self._client is None:
@@ -375,10 +372,5 @@ class AzureAgentsBackend(ChatBackend):
             await self.client().threads.delete(thread_id)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._credential is not None:
-            await self._credential.close()
-        if self._session is not None:
-            await self._session.close()
+        await base.close_each(self._client, self._credential, self._session)
         self._client = self._session = self._credential = None

@@ -128,3 +128,11 @@ class ChatBackend:
 
     async def aclose(self) -> None:
         """Releases connections and credentials."""
+
+
+async def close_each(*resources: Any) -> None:
+    """Closes, in order, each of a backend's clients and credentials that was
+    opened (is not None): what `aclose` does in most backends."""
+    for resource in resources:
+        if resource is not None:
+            await resource.close()

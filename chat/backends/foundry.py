@@ -122,10 +122,8 @@ class FoundryBackend(ChatBackend):
 
     def describe(self) -> dict[str, Any]:
         version = f" (version {self.agent_version})" if self.agent_version else ""
-        return {
-            "backend": self.alias,
-            "agent": f"{self.agent_name}{version}" or self.label,
-            "offline": False,
+        return super().describe() | {
+            "agent": f"{self.agent_name}{version}" or self.label
         }
 
     def client(self) -> AsyncOpenAI:
@@ -233,10 +231,5 @@ class FoundryBackend(ChatBackend):
             await self.client().conversations.delete(thread_id)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._project is not None:
-            await self._project.close()
-        if self._credential is not None:
-            await self._credential.close()
+        await base.close_each(self._client, self._project, self._credential)
         self._client = self._project = self._credential = None

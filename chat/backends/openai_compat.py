@@ -106,7 +106,7 @@ class OpenAIBackend(ChatBackend):
         return problems
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.alias, "agent": self.model, "offline": False}
+        return super().describe() | {"agent": self.model}
 
     def _api_key(self) -> ApiKey:
         if settings.OPENAI_API_KEY:
@@ -170,8 +170,5 @@ class OpenAIBackend(ChatBackend):
         yield base.Completed(usage=usage)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        if self._credential is not None:
-            await self._credential.close()
+        await base.close_each(self._client, self._credential)
         self._client = self._credential = None
