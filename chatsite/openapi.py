@@ -483,7 +483,7 @@ def openapi_document() -> dict[str, Any]:
                                 "text/event-stream": {"schema": _ref("ChatEvent")}
                             },
                         },
-                        **_errors("404"),
+                        **_errors("400", "404"),
                         "409": _error(
                             "The reply is streaming on another server that keeps "
                             "its frames"
