@@ -7,6 +7,7 @@ connections to the emulator, and its database connections (sockets to PostgreSQL
 and their state, or open files on the SQLite database).
 """
 
+import contextlib
 import json
 import signal
 import time
@@ -189,14 +190,17 @@ def probe(warm_probe: Probe, emulator: EmulatorThread) -> Iterator[Probe]:
 # --- helpers ------------------------------------------------------------------
 
 
+def open_chat(
+    server: LiveServer, message: str, **fields: Any
+) -> contextlib.AbstractContextManager[httpx.Response]:
+    """POST /api/chat, streamed: the response, to read as far as a test needs."""
+    body = {"message": message, **fields}
+    return httpx.stream("POST", f"{server.url}/api/chat", json=body, timeout=15)
+
+
 def post(server: LiveServer, message: str = "Say hello", **fields: Any) -> list[str]:
     """The reply's lines, read to the end of the stream."""
-    with httpx.stream(
-        "POST",
-        f"{server.url}/api/chat",
-        json={"message": message, **fields},
-        timeout=15,
-    ) as response:
+    with open_chat(server, message, **fields) as response:
         assert response.status_code == 200
         return list(response.iter_lines())
 
@@ -212,7 +216,25 @@ def question_of(reply: Message) -> Message:
 def azure_server(
     factory: ServerFactory, emulator: EmulatorThread, *args: str, **env: str
 ) -> LiveServer:
+    """A server of the test's own, beside the module's, on a reset emulator."""
+    emulator.reset()
     return factory(server_env("azure_agents", emulator, **SERVER_ENV, **env), *args)
+
+
+@pytest.fixture
+def one_stream_server(
+    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
+) -> LiveServer:
+    """A server of the test's own that allows each caller one stream."""
+    return azure_server(
+        uvicorn_server_factory, emulator, CHAT_MAX_CONCURRENT_STREAMS="1"
+    )
+
+
+def assert_run_cancelled(emulator: EmulatorThread, reply: Message) -> None:
+    """The upstream run of `reply`, and no other, is cancelled."""
+    wait_until(lambda: emulator.cancelled_runs)
+    assert emulator.cancelled_runs == [reply.upstream_run_id]
 
 
 # --- faults before the reply streams ------------------------------------------
@@ -287,45 +309,31 @@ def _assert_partial_failure(
 
 
 @pytest.mark.parametrize(
-    ("fault", "code"),
-    [("run_failed", "run_failed"), ("error_event", "upstream_unavailable")],
-)
-def test_it_keeps_the_partial_reply_when_the_run_fails(
-    server: LiveServer, emulator: EmulatorThread, probe: Probe, fault: str, code: str
-) -> None:
-    emulator.push(fault=fault, fault_after=2, **LONG_REPLY)
-    _assert_partial_failure(frames_of(post(server)), code)
-    # The run ended upstream: nothing to cancel.
-    assert emulator.cancelled_runs == []
-
-
-@pytest.mark.parametrize(
-    ("fault", "code"),
-    [("disconnect", "upstream_disconnected"), ("incomplete", "incomplete")],
-)
-def test_it_keeps_the_partial_reply_when_the_upstream_stream_breaks(
-    server: LiveServer, emulator: EmulatorThread, probe: Probe, fault: str, code: str
-) -> None:
-    emulator.push(fault=fault, fault_after=2, **LONG_REPLY)
-    _assert_partial_failure(frames_of(post(server)), code)
-
-
-@pytest.mark.parametrize(
-    ("fault", "code"),
+    ("fault", "code", "run_goes_on"),
     [
-        ("disconnect", "upstream_disconnected"),
-        ("incomplete", "incomplete"),
+        ("run_failed", "run_failed", False),
+        ("error_event", "upstream_unavailable", False),
+        ("disconnect", "upstream_disconnected", True),
+        ("incomplete", "incomplete", True),
     ],
 )
-def test_it_cancels_the_run_whose_stream_broke(
-    server: LiveServer, emulator: EmulatorThread, probe: Probe, fault: str, code: str
+def test_it_keeps_the_partial_reply_and_cancels_a_run_that_goes_on(
+    server: LiveServer,
+    emulator: EmulatorThread,
+    probe: Probe,
+    fault: str,
+    code: str,
+    run_goes_on: bool,
 ) -> None:
-    # The run goes on upstream after its stream is cut; until it is cancelled it
-    # costs tokens and the thread refuses the user's next message.
     emulator.push(fault=fault, fault_after=2, **LONG_REPLY)
     reply, conversation_id = _assert_partial_failure(frames_of(post(server)), code)
-    wait_until(lambda: emulator.cancelled_runs)
-    assert emulator.cancelled_runs == [reply.upstream_run_id]
+    if not run_goes_on:
+        # The run ended upstream: nothing to cancel.
+        assert emulator.cancelled_runs == []
+        return
+    # The run goes on upstream after its stream is cut; until it is cancelled it
+    # costs tokens and the thread refuses the user's next message.
+    assert_run_cancelled(emulator, reply)
     retry = frames_of(post(server, "again", conversation_id=conversation_id))
     assert retry[-1]["type"] == "done"
 
@@ -341,27 +349,22 @@ def test_it_times_out_a_silent_upstream_and_cancels_its_run(
     reply = stored_reply(frames[0]["conversation_id"])
     assert (reply.status, reply.error_code) == ("failed", "timeout")
     assert reply.content == chunks_text(frames) == "You"
-    wait_until(lambda: emulator.cancelled_runs)
-    assert emulator.cancelled_runs == [reply.upstream_run_id]
+    assert_run_cancelled(emulator, reply)
 
 
 def test_it_stores_a_timed_out_reply_and_frees_its_slot_before_the_last_frame(
-    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
+    one_stream_server: LiveServer, emulator: EmulatorThread
 ) -> None:
     # With one stream allowed per caller, a slot kept by a timed-out reply would
     # refuse every later message with 429 until the slot expires (16 minutes).
-    emulator.reset()
-    server = azure_server(
-        uvicorn_server_factory, emulator, CHAT_MAX_CONCURRENT_STREAMS="1"
-    )
     for _ in range(2):
         emulator.push(fault="hang", fault_after=1)
-        frames = frames_of(post(server))
+        frames = frames_of(post(one_stream_server))
         assert frames[-1]["code"] == "timeout"
         reply = stored_reply(frames[0]["conversation_id"])
         assert (reply.status, reply.error_code) == ("failed", "timeout")
-    assert frames_of(post(server))[-1]["type"] == "done"
-    assert "timed out" not in server.log()
+    assert frames_of(post(one_stream_server))[-1]["type"] == "done"
+    assert "timed out" not in one_stream_server.log()
 
 
 # --- the client goes away -----------------------------------------------------
@@ -373,9 +376,7 @@ def test_it_cancels_the_run_when_the_client_disconnects_mid_stream(
     # Three times: a connection kept by each would show up as growth.
     for attempt in range(3):
         emulator.push(**LONG_REPLY)
-        with httpx.stream(
-            "POST", f"{server.url}/api/chat", json={"message": "long"}, timeout=10
-        ) as response:
+        with open_chat(server, "long") as response:
             stream = iter_data(response.iter_lines())
             frames = read_until_text(stream, HELD)
         conversation_id = frames[0]["conversation_id"]
@@ -391,9 +392,7 @@ def test_it_cancels_the_run_when_the_client_leaves_before_the_first_token(
     server: LiveServer, emulator: EmulatorThread, probe: Probe
 ) -> None:
     emulator.push(hold_after=0)
-    with httpx.stream(
-        "POST", f"{server.url}/api/chat", json={"message": "slow"}, timeout=10
-    ) as response:
+    with open_chat(server, "slow") as response:
         stream = iter_data(response.iter_lines())
         metadata = next(stream)
         # Metadata leaves once the run's stream opens; its first event (the run
@@ -402,35 +401,30 @@ def test_it_cancels_the_run_when_the_client_leaves_before_the_first_token(
         wait_until(conversation.exclude(active_run_id="").exists)
     reply = stored_reply(metadata["conversation_id"])
     assert (reply.status, reply.content) == ("interrupted", "")
-    wait_until(lambda: emulator.cancelled_runs)
-    assert emulator.cancelled_runs == [reply.upstream_run_id]
+    assert_run_cancelled(emulator, reply)
 
 
 def test_it_frees_the_stream_slot_when_the_client_leaves_after_stop(
-    uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
+    one_stream_server: LiveServer, emulator: EmulatorThread
 ) -> None:
     # Stop, then close the tab: the disconnect stops the reply a second time
     # while it cancels its run and stores itself. With one stream allowed per
     # caller, a slot that is never freed refuses every later message with 429.
-    emulator.reset()
-    server = azure_server(
-        uvicorn_server_factory, emulator, CHAT_MAX_CONCURRENT_STREAMS="1"
-    )
     for attempt in range(3):
         emulator.push(**LONG_REPLY)
-        with httpx.stream(
-            "POST", f"{server.url}/api/chat", json={"message": "long"}, timeout=10
-        ) as response:
+        with open_chat(one_stream_server, "long") as response:
             assert response.status_code == 200, f"attempt {attempt}"
             stream = iter_data(response.iter_lines())
             frames = read_until_text(stream, HELD)
             conversation_id = frames[0]["conversation_id"]
-            stop = httpx.post(f"{server.url}/api/chat/{conversation_id}/stop")
+            stop = httpx.post(
+                f"{one_stream_server.url}/api/chat/{conversation_id}/stop"
+            )
             assert stop.status_code == 200
         reply = stored_reply(conversation_id)
         assert (reply.status, reply.content) == ("cancelled", HELD)
         wait_until(lambda n=attempt: len(emulator.cancelled_runs) > n)
-    assert frames_of(post(server))[-1]["type"] == "done"
+    assert frames_of(post(one_stream_server))[-1]["type"] == "done"
 
 
 # --- the server stops ---------------------------------------------------------
@@ -439,8 +433,6 @@ def test_it_frees_the_stream_slot_when_the_client_leaves_after_stop(
 def test_it_ends_open_replies_cleanly_on_sigterm(
     uvicorn_server_factory: ServerFactory, emulator: EmulatorThread
 ) -> None:
-    emulator.reset()
-    emulator.configure(**LONG_REPLY)
     server = azure_server(
         uvicorn_server_factory,
         emulator,
@@ -448,13 +440,9 @@ def test_it_ends_open_replies_cleanly_on_sigterm(
         "5",
         CHAT_DRAIN_SECONDS="0.3",
     )
+    emulator.configure(**LONG_REPLY)
     probe = Probe(server, emulator)
-    streams = [
-        httpx.stream(
-            "POST", f"{server.url}/api/chat", json={"message": f"m{n}"}, timeout=10
-        )
-        for n in range(2)
-    ]
+    streams = [open_chat(server, f"m{n}") for n in range(2)]
     replies = [iter_data(stream.__enter__().iter_lines()) for stream in streams]
     try:
         received = [read_until_text(reply, HELD) for reply in replies]
