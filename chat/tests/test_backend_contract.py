@@ -307,6 +307,9 @@ class ProjectContract(UpstreamContract):
     each conversation, and the project endpoint and credential are checked together.
     """
 
+    # The setting that names the agent.
+    agent_setting: str
+
     def upstream_threads(self, backend: AgentsEmulator) -> dict[str, Any]:
         """The emulator's store of the service's conversations, by thread id."""
         raise NotImplementedError
@@ -360,6 +363,18 @@ class ProjectContract(UpstreamContract):
             {k: v for k, v in c.items() if k != "type"} for c in citations
         ]
 
+    async def test_it_fails_the_run_when_the_agent_does_not_exist(
+        self, backend: AgentsEmulator, async_client: AsyncClient, settings: Settings
+    ) -> None:
+        setattr(settings, self.agent_setting, "nobody")
+        data = await reply_of(async_client)
+        assert data[-1]["code"] == "run_failed"
+        assert "nobody" in data[-1]["message"]
+        if self.keeps_the_thread_of_a_failed_start:
+            # The new thread is kept, so a retry does not make another.
+            conversation = await Conversation.objects.aget()
+            assert conversation.upstream_thread_id in self.upstream_threads(backend)
+
     async def test_it_deletes_the_upstream_thread_with_the_conversation(
         self, backend: AgentsEmulator, async_client: AsyncClient
     ) -> None:
@@ -386,6 +401,7 @@ class TestAzureAgentsBackend(ProjectContract):
     thread_prefix = "thread_"
     reply_operation = "runs.create"
     required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_ID")
+    agent_setting = "AZURE_AI_AGENT_ID"
     # Classic Agents runs are never cut short by a token limit or a filter.
     faults = {f: c for f, c in FAULT_CODES.items() if f not in TRUNCATIONS}
     keeps_the_thread_of_a_failed_start = False
@@ -402,6 +418,7 @@ class TestFoundryBackend(ProjectContract):
     thread_prefix = "conv_"
     reply_operation = "responses.create"
     required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_NAME")
+    agent_setting = "AZURE_AI_AGENT_NAME"
 
     def upstream_threads(self, backend: AgentsEmulator) -> dict[str, Any]:
         return backend.conversations

@@ -1,14 +1,13 @@
-"""The foundry backend: azure-ai-projects 2.x and the openai client over loopback
-HTTP against the emulator's Responses API, driven through POST /api/chat. What it
-shares with the other backends (faults, time limits, stopping, follow-ups, lost and
-deleted conversations, citations, credential checks) is in test_backend_contract.py;
-here is what the Responses API does its own way: conversations, agent references
-and their configuration."""
+"""The foundry backend: azure-ai-projects 2.x and the openai client over loopback HTTP
+against the emulator's Responses API, driven through POST /api/chat. What it shares
+with the other backends (faults, time limits, stopping, follow-ups, lost and deleted
+conversations, citations, a missing agent, credential checks) is in
+test_backend_contract.py; here is what the Responses API does its own way:
+conversations, agent references and their configuration."""
 
 import pytest
 from django.test import AsyncClient
 
-from chat.models import Conversation
 from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 from testing.replies import astored_reply
 from testing.sse import reply_of
@@ -20,20 +19,15 @@ def operations(emulator: AgentsEmulator) -> list[str | None]:
     return [r.operation for r in emulator.requests]
 
 
-async def test_it_streams_the_agents_reply(
+async def test_it_makes_a_conversation_then_a_response_naming_the_agent(
     async_client: AsyncClient, foundry: AgentsEmulator
 ) -> None:
+    # The reply itself, as every backend streams it, is the contract's.
     data = await reply_of(async_client, "Say hello")
-    assert data[0]["type"] == "metadata"
     assert data[0]["backend"] == "foundry"
     assert data[0]["agent"] == FOUNDRY_AGENT_NAME
-    assert data[0]["thread_id"].startswith("conv_")
-    assert data[-1]["type"] == "done"
-    assert data[-1]["full_response"] == "You said: Say hello"
     assert data[-1]["usage"]["total_tokens"] == data[-1]["usage"]["prompt_tokens"] + 4
-    reply = await astored_reply()
-    assert (reply.status, reply.content) == ("complete", "You said: Say hello")
-    assert reply.upstream_run_id.startswith("resp_")
+    assert (await astored_reply()).upstream_run_id.startswith("resp_")
     assert operations(foundry) == ["conversations.create", "responses.create"]
     create = foundry.requests[1]
     assert create.path == "/api/projects/emulator/openai/v1/responses"
@@ -67,15 +61,3 @@ async def test_it_cites_by_position_with_the_file_name_for_title(
     file = next(d for d in data if d.get("kind") == "file_citation")
     assert file["text"] is None
     assert file["title"] == "agents-overview.md"
-
-
-async def test_it_fails_the_run_when_the_agent_does_not_exist(
-    async_client: AsyncClient, foundry: AgentsEmulator, settings
-) -> None:
-    settings.AZURE_AI_AGENT_NAME = "nobody"
-    data = await reply_of(async_client)
-    assert data[-1]["code"] == "run_failed"
-    assert "nobody" in data[-1]["message"]
-    # The new conversation is kept, so a retry does not make another.
-    conversation = await Conversation.objects.aget()
-    assert conversation.upstream_thread_id in foundry.conversations
