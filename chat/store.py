@@ -60,14 +60,16 @@ def _reply_step[**P, R](
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """A step a reply's producer takes, which may outlive the request that
     started it (and that request's thread): it runs on one of the shared
-    threads (chatsite.threads) and gives its connection back when done."""
+    threads (chatsite.threads) and gives a pooled connection back when done."""
 
     @functools.wraps(step)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return step(*args, **kwargs)
         finally:
-            connection.close()
+            if connection.vendor == "postgresql":
+                connection.close()  # back to the pool: cheap
+            # SQLite keeps its file open; reopening costs more than it holds.
 
     async def on_a_shared_thread(*args: P.args, **kwargs: P.kwargs) -> R:
         call = sync_to_async(
@@ -90,15 +92,18 @@ def _fresh_connection_on_failure[**P, R](step: Callable[P, R]) -> Callable[P, R]
     return run
 
 
-async def retrying[R](step: Callable[[], Awaitable[R]], what: str) -> R:
-    """Runs `step` and, while its connection fails, again after each delay."""
+async def retrying[R](step: Callable[..., Awaitable[R]], what: str) -> R:
+    """Runs `step` and, while its connection fails, again after each delay, as
+    `step(again=True)`: a step that failed may have committed before it heard."""
+    again = False
     for delay in RETRY_DELAYS:
         try:
-            return await step()
+            return await step(again=again)
         except Retryable as exc:
             logger.warning("%s failed (%s); trying again in %gs", what, exc, delay)
             await asyncio.sleep(delay)
-    return await step()
+            again = True
+    return await step(again=True)
 
 
 @dataclass(slots=True)
@@ -127,6 +132,7 @@ def start_turn(
     user_message_id: UUID,
     new_conversation_id: UUID,
     reply_id: UUID,
+    again: bool = False,
 ) -> TurnStart:
     """Finds or creates the caller's conversation, takes its one-active-run lock
     and stores the user message. Raises NotFound for anything not the caller's
@@ -151,7 +157,9 @@ def start_turn(
             if conversation is None:
                 raise NotFound
         else:
-            conversation = owned.filter(pk=new_conversation_id).first()
+            conversation = (
+                owned.filter(pk=new_conversation_id).first() if again else None
+            )
             if conversation is None:
                 conversation = Conversation(
                     id=new_conversation_id,
@@ -191,16 +199,19 @@ def start_turn(
             if with_history
             else []
         )
-        user_message, _created = Message.objects.get_or_create(
-            id=user_message_id,
-            defaults={
-                "conversation": conversation,
-                "role": Message.Role.USER,
-                "content": message,
-                "created_at": now,
-                "finished_at": now,
-            },
-        )
+        fields = {
+            "conversation": conversation,
+            "role": Message.Role.USER,
+            "content": message,
+            "created_at": now,
+            "finished_at": now,
+        }
+        if again:
+            user_message, _ = Message.objects.get_or_create(
+                id=user_message_id, defaults=fields
+            )
+        else:
+            user_message = Message.objects.create(id=user_message_id, **fields)
     return TurnStart(conversation, user_message, history)
 
 
@@ -235,20 +246,22 @@ def finish_turn(
     message_id: UUID,
     thread_id: str | None,
     fields: dict[str, Any],
+    again: bool = False,
 ) -> None:
     """Stores the assistant reply (whatever arrived) and releases the lock. Storing
     the same reply again (a retry after its connection failed) changes nothing."""
     now = timezone.now()
+    reply = {
+        "conversation_id": conversation_id,
+        "role": Message.Role.ASSISTANT,
+        "finished_at": now,
+        **fields,
+    }
     with transaction.atomic():
-        Message.objects.update_or_create(
-            id=message_id,
-            defaults={
-                "conversation_id": conversation_id,
-                "role": Message.Role.ASSISTANT,
-                "finished_at": now,
-                **fields,
-            },
-        )
+        if again:
+            Message.objects.update_or_create(id=message_id, defaults=reply)
+        else:
+            Message.objects.create(id=message_id, **reply)
         update: dict[str, Any] = {**UNLOCKED, "updated_at": now}
         if thread_id:
             update["upstream_thread_id"] = thread_id
@@ -257,14 +270,16 @@ def finish_turn(
 
 @_reply_step
 @_fresh_connection_on_failure
-def release(conversation_id: UUID) -> None:
+def release(conversation_id: UUID, again: bool = False) -> None:
     """Releases the conversation's lock without storing a reply."""
     Conversation.objects.filter(pk=conversation_id).update(**UNLOCKED)
 
 
 @_reply_step
 @_fresh_connection_on_failure
-def record_run(conversation_id: UUID, run_id: str, thread_id: str) -> None:
+def record_run(
+    conversation_id: UUID, run_id: str, thread_id: str, again: bool = False
+) -> None:
     """Lets a stop request reach this run from any replica."""
     Conversation.objects.filter(pk=conversation_id).update(
         active_run_id=run_id, upstream_thread_id=thread_id
