@@ -57,6 +57,10 @@ def test_it_exports_a_span_for_each_reply(
             # Nothing may leave this machine: no statsbeat to Microsoft's endpoint.
             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            # Every span: the default samples 5 traces a second, and the start-up
+            # health checks can use that up before the reply's span starts.
+            "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage",
+            "OTEL_TRACES_SAMPLER_ARG": "1.0",
             "CHAT_LOCAL_DELAY_MS": "1",
         }
     )
