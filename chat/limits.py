@@ -57,7 +57,9 @@ async def check_message_rate(caller: Caller) -> None:
     window = int(now // 60)
     retry_after = max(1, int((window + 1) * 60 - now) + 1)
     for key, limit in _counted(
-        caller, settings.CHAT_RATE_LIMIT_PER_MINUTE, PER_IP_RATE
+        caller,
+        settings.CHAT_RATE_LIMIT_PER_MINUTE,
+        settings.CHAT_RATE_LIMIT_PER_MINUTE_PER_IP,
     ):
         counter = f"chat:rate:{key}:{window}"
         await cache.aadd(counter, 0, timeout=90)
@@ -67,17 +69,12 @@ async def check_message_rate(caller: Caller) -> None:
             )
 
 
-def _counted(caller: Caller, limit: int, ceiling_setting: str) -> list[tuple[str, int]]:
+def _counted(caller: Caller, limit: int, ceiling: int) -> list[tuple[str, int]]:
     """The counters a caller's request takes, with their limits (0 = off)."""
     counted = [(caller.key, limit)] if limit else []
-    ceiling = getattr(settings, ceiling_setting)
     if caller.ceiling and ceiling:
         counted.append((caller.ceiling, ceiling))
     return counted
-
-
-PER_IP_RATE = "CHAT_RATE_LIMIT_PER_MINUTE_PER_IP"
-PER_IP_STREAMS = "CHAT_MAX_CONCURRENT_STREAMS_PER_IP"
 
 
 @contextlib.asynccontextmanager
@@ -89,7 +86,9 @@ async def stream_slot(caller: Caller) -> AsyncIterator[None]:
     whatever ended the reply."""
     async with contextlib.AsyncExitStack() as slots:
         for key, limit in _counted(
-            caller, settings.CHAT_MAX_CONCURRENT_STREAMS, PER_IP_STREAMS
+            caller,
+            settings.CHAT_MAX_CONCURRENT_STREAMS,
+            settings.CHAT_MAX_CONCURRENT_STREAMS_PER_IP,
         ):
             await slots.enter_async_context(_slot(f"chat:streams:{key}", limit))
         yield

@@ -74,6 +74,7 @@ _ACTIVE: dict[UUID, "Reply"] = {}
 # a late reader (a retry, a reconnect) still gets their frames exactly.
 _FINISHED: dict[UUID, tuple[float, "Reply"]] = {}
 MAX_FINISHED = 1000
+INTERRUPTED_MESSAGE = "the reply stopped when its client left"
 
 UPSTREAM_CANCEL_TIMEOUT = 5.0
 CLEANUP_TIMEOUT = 10.0
@@ -219,18 +220,30 @@ def lost(conversation: Conversation, backend: ChatBackend) -> list[frames.Frame]
     """The frames of a reply whose server died while writing it."""
     message_id = str(conversation.active_message_id)
     return [
-        frames.Metadata(
-            conversation_id=str(conversation.pk),
-            thread_id=conversation.upstream_thread_id or None,
-            message_id=message_id,
-            **{**backend.describe(), "backend": conversation.backend},
-        ),
+        _stored_metadata(conversation, message_id, backend),
         frames.Error(
             code=base.PRODUCER_LOST,
             message="the server writing this reply stopped; send your message again",
             message_id=message_id,
         ),
     ]
+
+
+def _stored_metadata(
+    conversation: Conversation, message_id: str, backend: ChatBackend
+) -> frames.Metadata:
+    """Metadata for a reply read back from the database."""
+    return frames.Metadata(
+        conversation_id=str(conversation.pk),
+        thread_id=conversation.upstream_thread_id or None,
+        message_id=message_id,
+        **_described(conversation, backend),
+    )
+
+
+def _described(conversation: Conversation, backend: ChatBackend) -> dict[str, Any]:
+    # The backend that wrote the conversation, which may not be today's.
+    return {**backend.describe(), "backend": conversation.backend}
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,23 +266,19 @@ async def stored(
     if message is None:
         return None
     conversation = message.conversation
-    described = {**backend.describe(), "backend": conversation.backend}
+    finished = (message.finished_at or message.created_at).isoformat()
     replay: list[frames.Frame] = [
-        frames.Metadata(
-            conversation_id=str(conversation.pk),
-            thread_id=conversation.upstream_thread_id or None,
-            message_id=str(message.pk),
-            **described,
-        )
+        _stored_metadata(conversation, str(message.pk), backend)
     ]
     if message.content:
         replay.append(frames.Chunk(content=message.content))
     replay.extend(frames.Annotation(**data) for data in message.annotations)
+    error = None
     if message.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
         replay.append(
             frames.Done(
                 full_response=message.content,
-                timestamp=(message.finished_at or message.created_at).isoformat(),
+                timestamp=finished,
                 message_id=str(message.pk),
                 conversation_id=str(conversation.pk),
                 status=message.status,
@@ -277,27 +286,24 @@ async def stored(
             )
         )
     else:
-        replay.append(
-            frames.Error(
-                code=message.error_code or base.INTERRUPTED,
-                message=message.error_message
-                or "the reply stopped when its client left",
-                message_id=str(message.pk),
-            )
+        error = frames.Error(
+            code=message.error_code or base.INTERRUPTED,
+            message=message.error_message or INTERRUPTED_MESSAGE,
+            message_id=str(message.pk),
         )
-    error = replay[-1] if isinstance(replay[-1], frames.Error) else None
-    body = {
-        "conversation_id": str(conversation.pk),
-        "thread_id": conversation.upstream_thread_id or None,
-        "message_id": str(message.pk),
-        "status": message.status,
-        "full_response": message.content,
-        "usage": message.usage,
-        "annotations": message.annotations,
-        "timestamp": (message.finished_at or message.created_at).isoformat(),
-        "error": {"code": error.code, "message": error.message} if error else None,
-        **described,
-    }
+        replay.append(error)
+    body = _fallback_body(
+        conversation_id=conversation.pk,
+        thread_id=conversation.upstream_thread_id or None,
+        message_id=message.pk,
+        status=message.status,
+        text=message.content,
+        usage=message.usage,
+        annotations=message.annotations,
+        timestamp=finished,
+        error=error,
+        described=_described(conversation, backend),
+    )
     return StoredReply(replay, body)
 
 
@@ -610,9 +616,7 @@ class Reply:
         error = self.error
         if error is None and self.status == Message.Status.INTERRUPTED:
             # Seen only by a reader that attached after the first client left.
-            error = BackendError(
-                base.INTERRUPTED, "the reply stopped when its client left"
-            )
+            error = BackendError(base.INTERRUPTED, INTERRUPTED_MESSAGE)
         if error is not None:
             return frames.Error(
                 code=error.code,
@@ -691,20 +695,49 @@ class Reply:
         """The whole reply as one JSON object (the non-streaming fallback)."""
         async for _event in self.frames(owner=owner):
             pass
-        body: dict[str, Any] = {
-            "conversation_id": str(self.conversation_id),
-            "thread_id": self.thread_id,
-            "message_id": str(self.message_id),
-            "status": self.status,
-            "full_response": self.text,
-            "usage": self.usage,
-            "annotations": self.citations,
-            "timestamp": timezone.now().isoformat(),
-            "error": None,
-            **self.backend.describe(),
-        }
-        if self.error is not None:
-            body["error"] = {"code": self.error.code, "message": self.error.message}
-            if self.error.retry_after is not None:
-                body["error"]["retry_after"] = self.error.retry_after
-        return body
+        final = self.final_frame() if self.error is not None else None
+        return _fallback_body(
+            conversation_id=self.conversation_id,
+            thread_id=self.thread_id,
+            message_id=self.message_id,
+            status=self.status,
+            text=self.text,
+            usage=self.usage,
+            annotations=self.citations,
+            timestamp=timezone.now().isoformat(),
+            error=final if isinstance(final, frames.Error) else None,
+            described=self.backend.describe(),
+        )
+
+
+def _fallback_body(
+    *,
+    conversation_id: UUID,
+    thread_id: str | None,
+    message_id: UUID,
+    status: str,
+    text: str,
+    usage: dict[str, Any] | None,
+    annotations: list[dict[str, Any]],
+    timestamp: str,
+    error: frames.Error | None,
+    described: dict[str, Any],
+) -> dict[str, Any]:
+    """A reply as the non-streaming fallback's JSON body."""
+    failure = None
+    if error is not None:
+        failure = {"code": error.code, "message": error.message}
+        if error.retry_after is not None:
+            failure["retry_after"] = error.retry_after
+    return {
+        "conversation_id": str(conversation_id),
+        "thread_id": thread_id,
+        "message_id": str(message_id),
+        "status": status,
+        "full_response": text,
+        "usage": usage,
+        "annotations": annotations,
+        "timestamp": timestamp,
+        "error": failure,
+        **described,
+    }
