@@ -110,31 +110,25 @@ async def claim(caller: str, key: str, body: str) -> Claim | Started:
     with the same key started. Raises 409 when that request had another body or
     has not started its reply after a while."""
     cache_key = _cache_key(caller, key)
-    entry = {"body": body, "reply": _PENDING}
-    if await cache.aadd(cache_key, entry, timeout=settings.CHAT_IDEMPOTENCY_SECONDS):
-        return Claim(cache_key, body)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CLAIM_WAIT_SECONDS
+    pending = {"body": body, "reply": _PENDING}
+    deadline = asyncio.get_running_loop().time() + CLAIM_WAIT_SECONDS
     while True:
+        # Free, or let go by a first request that failed: this one takes it.
+        if await cache.aadd(
+            cache_key, pending, timeout=settings.CHAT_IDEMPOTENCY_SECONDS
+        ):
+            return Claim(cache_key, body)
         entry = await cache.aget(cache_key)
-        if entry is None:
-            # The first request failed and let the key go: this one takes it.
-            if await cache.aadd(
-                cache_key,
-                {"body": body, "reply": _PENDING},
-                timeout=settings.CHAT_IDEMPOTENCY_SECONDS,
-            ):
-                return Claim(cache_key, body)
-        elif entry["body"] != body:
+        if entry is not None and entry["body"] != body:
             raise BadRequest(
                 f"this {HEADER} was used for another message",
                 409,
                 code="idempotency_key_reused",
             )
-        elif entry["reply"] != _PENDING:
+        if entry is not None and entry["reply"] != _PENDING:
             conversation_id, message_id = entry["reply"]
             return Started(UUID(conversation_id), UUID(message_id))
-        if loop.time() >= deadline:
+        if asyncio.get_running_loop().time() >= deadline:
             raise BadRequest(
                 f"a request with this {HEADER} is still starting; retry shortly",
                 409,
