@@ -58,10 +58,9 @@ def _ids(body: ChatRequest) -> tuple[uuid.UUID | None, str | None]:
     """The conversation and upstream thread a message continues. A conversation
     id sent as `thread_id` (the earlier service took either) is a conversation."""
     conversation_id, thread_id = body.conversation_id, body.thread_id or None
-    if thread_id and conversation_id in (None, _as_uuid(thread_id)):
-        as_conversation = _as_uuid(thread_id)
-        if as_conversation is not None:
-            return as_conversation, None
+    as_conversation = _as_uuid(thread_id) if thread_id else None
+    if as_conversation is not None and conversation_id in (None, as_conversation):
+        return as_conversation, None
     return conversation_id, thread_id
 
 
