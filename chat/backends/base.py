@@ -8,6 +8,10 @@ A backend turns one user message into an async iterator of typed events:
     Citation      a file or URL citation attached to the reply
     Completed     the reply finished normally (with token usage when known)
 
+A reply whose process died can be finished by another one: `resume_reply` gives
+the events of the same upstream run after what the reply's log already holds
+(its `Resumption`), for backends whose service keeps the run (`resumable`).
+
 Anything that goes wrong is raised as `BackendError` with one of the stable codes
 below, before or during iteration; a backend never yields after raising.
 Cancellation: the relay cancels the task iterating `stream_reply` and then calls
@@ -52,11 +56,15 @@ class RunStarted:
 @dataclass(frozen=True, slots=True)
 class Delta:
     text: str
+    # The upstream's position once this piece is in (the Responses API's
+    # sequence_number): re-attaching after it gives what follows.
+    cursor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Citation:
     data: dict[str, Any]
+    cursor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +105,18 @@ class ReplyRequest:
     history: list[Turn] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """What a reply's log holds of an upstream run that lost its producer."""
+
+    thread_id: str
+    run_id: str
+    # The cursor of the last delta or citation in the log (None: none had one).
+    cursor: int | None
+    # The reply text in the log.
+    text: str
+
+
 class ChatBackend:
     alias: ClassVar[str] = ""
     # Shown to users: which agent answers.
@@ -105,6 +125,9 @@ class ChatBackend:
     # True for services that keep no conversation state: the relay then passes
     # the stored history with every request.
     needs_history: ClassVar[bool] = False
+    # True when the service keeps a run going without its stream, so that
+    # `resume_reply` can finish it from another process.
+    resumable: ClassVar[bool] = False
 
     def configuration_problems(self) -> list[str]:
         """Settings that are missing or wrong; readiness fails while any exist."""
@@ -115,6 +138,14 @@ class ChatBackend:
 
     def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
         raise NotImplementedError
+
+    def resume_reply(self, resumption: Resumption) -> AsyncIterator[Event]:
+        """The rest of a run whose stream was lost with its process: the events
+        after `resumption` (no ThreadReady), ending like `stream_reply`."""
+        raise BackendError(
+            PRODUCER_LOST,
+            "the server writing this reply stopped; send your message again",
+        )
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         """Stops an upstream run; must not raise if it already finished."""
