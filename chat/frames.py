@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    TypeAdapter,
     model_serializer,
     model_validator,
 )
@@ -133,5 +134,19 @@ def encode(event_id: int, frame: Frame) -> bytes:
     if type(frame) is Chunk:
         # The hot path: one frame per delta, so it skips the generic dump.
         return _CHUNK % (_ascii_string(frame.content).encode(), event_id)
-    data = _dumps(frame.model_dump(), ensure_ascii=True, separators=(",", ":"))
-    return _FRAME % (data.encode(), event_id)
+    return _FRAME % (dump(frame).encode(), event_id)
+
+
+def dump(frame: Frame) -> str:
+    """A frame's JSON, as its `data:` line carries it."""
+    return _dumps(frame.model_dump(), ensure_ascii=True, separators=(",", ":"))
+
+
+_ANY_FRAME: TypeAdapter[Frame] = TypeAdapter(
+    Annotated[Metadata | Chunk | Annotation | Done | Error, Field(discriminator="type")]
+)
+
+
+def load(data: str | bytes) -> Frame:
+    """The frame whose JSON `dump` gave."""
+    return _ANY_FRAME.validate_json(data)

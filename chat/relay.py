@@ -10,10 +10,16 @@ frames (`chat.frames`) to the reply's log (`chat.replylog`), enforces the
 upstream silence and total-duration limits and, whatever happens, stores the
 reply, cancels the upstream run when it did not finish and gives the stream slot
 back. Response bodies read the log: the request that started the reply, and any
-retry of it that attaches. Django cancels the body generator when the client
-disconnects; the producer's cleanup still runs, and the starting request's
-generator waits for it (bounded) so the database work stays inside that request's
-lifecycle.
+retry or reconnect that attaches. Django cancels the body generator when the
+client disconnects; by default the reply goes on without it
+(`CHAT_ON_DISCONNECT`).
+
+Across replicas (`REDIS_URL`): the log is copied to a Redis Stream as it grows,
+so `follow` can read a reply another process writes (`RemoteReply`); a stop is
+sent to the writing process (`chat.bus`); and when the writer dies (its lease
+expires), the first replica to notice takes the reply over (`take_over`): it
+rebuilds the log from Redis and finishes the upstream run where the backend can
+(`resume_reply`), or ends the reply as lost, storing it once either way.
 """
 
 import asyncio
@@ -28,16 +34,17 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import redis.asyncio as redis
 from django.conf import settings
 from django.utils import timezone
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from chat import frames, lease, limits, store
+from chat import bus, frames, lease, limits, replylog, store
 from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
-from chat.replylog import ReplyLog
+from chat.replylog import RemoteLog, ReplyLog
 from chatsite import requestlog
 
 logger = logging.getLogger(__name__)
@@ -79,6 +86,10 @@ INTERRUPTED_MESSAGE = "the reply stopped when its client left"
 UPSTREAM_CANCEL_TIMEOUT = 5.0
 CLEANUP_TIMEOUT = 10.0
 
+# What a reader of another process's reply learns of its writer.
+WRITING = "writing"
+FINISHED = "finished"
+
 # What the reply's body yields: (event id, frame), or (event id, None) for a
 # keep-alive comment.
 Event = tuple[int, frames.Frame | None]
@@ -103,6 +114,7 @@ async def start(
     conversation or thread that is not the owner's and `store.Busy` while another
     reply streams in it. From here the reply owns the slot and the lock."""
     await lease.ensure_heartbeat()
+    await bus.ensure_listening(_stop_here)
     reply_id = uuid4()
     async with contextlib.AsyncExitStack() as resources:
         await resources.enter_async_context(limits.stream_slot(caller))
@@ -145,14 +157,132 @@ async def stop(conversation: Conversation, backend: ChatBackend) -> bool:
     if reply is not None:
         reply.stop(STOPPED)
         return True
-    if conversation.active_since and conversation.active_run_id:
-        # Streaming on another replica: cancelling the upstream run ends that
-        # stream there with status "cancelled".
+    if conversation.active_since is None:
+        return False
+    holder = conversation.active_holder
+    if holder and holder != lease.PROCESS_ID:
+        # Its writer stops it (and cancels the run) when it hears.
+        if await bus.ask_to_stop(holder, conversation.pk):
+            return True
+        if not await lease.alive(holder):
+            reply = await take_over(conversation, backend)
+            if reply is not None:
+                reply.stop(STOPPED)
+                return True
+    if conversation.active_run_id:
+        # Cancelling the upstream run ends the stream where it is read, with
+        # status "cancelled".
         await backend.cancel(
             conversation.upstream_thread_id, conversation.active_run_id
         )
         return True
     return False
+
+
+def _stop_here(conversation_id: UUID) -> None:
+    """A stop another replica sent to this one."""
+    reply = _ACTIVE.get(conversation_id)
+    if reply is not None:
+        reply.stop(STOPPED)
+
+
+async def take_over(conversation: Conversation, backend: ChatBackend) -> "Reply | None":
+    """Finishes, in this process, the reply a dead process was writing: from
+    its Redis log, where the upstream run is re-attached to (foundry), polled to
+    its end (azure_agents) or, where it cannot be, ended as lost. None when
+    there is nothing to take (no log, finished, the holder lives) or another
+    process took it first."""
+    redis_client = bus.client()
+    message_id = conversation.active_message_id
+    holder = conversation.active_holder
+    if redis_client is None or message_id is None or not holder:
+        return None
+    if conversation.active_since is None or await lease.alive(holder):
+        return None
+    log = await RemoteLog(redis_client, message_id).restore()
+    if log is None or log.ended:
+        return None
+    claimed = await store.retrying(
+        functools.partial(store.claim, conversation.pk, message_id, holder),
+        f"taking over reply {message_id}",
+    )
+    if not claimed:
+        return None
+    await lease.ensure_heartbeat()
+    await bus.ensure_listening(_stop_here)
+    thread_id = conversation.upstream_thread_id or _logged_thread(log)
+    run_id = log.run_id or conversation.active_run_id
+    logger.warning(
+        "taking over reply %s from %s (run %s, %d frames logged)",
+        message_id,
+        holder,
+        run_id,
+        len(log),
+    )
+    reply = Reply(
+        backend=backend,
+        conversation=conversation,
+        request=ReplyRequest(message="", thread_id=thread_id),
+        started=time.perf_counter(),
+        message_id=message_id,
+        log=log,
+        resumption=base.Resumption(
+            thread_id=thread_id or "",
+            run_id=run_id or "",
+            cursor=log.cursor,
+            text=log.text,
+        ),
+        created_at=conversation.active_since,
+    )
+    reply.run_id = run_id
+    reply.start()
+    return reply
+
+
+def _logged_thread(log: ReplyLog) -> str | None:
+    for _event_id, frame in log.after(-1):
+        if isinstance(frame, frames.Metadata):
+            return frame.thread_id
+    return None
+
+
+async def follow(
+    conversation: Conversation, backend: ChatBackend, message_id: UUID | None = None
+) -> "Reply | RemoteReply | None":
+    """The conversation's reply (`message_id`, else its latest) wherever it is
+    written: in this process, taken over from a process that died, or read
+    from its Redis log. None when no log has it (it is stored, lost, or Redis
+    is not configured or not answering)."""
+    reply = find(conversation.pk)
+    if reply is not None and message_id in (None, reply.message_id):
+        return reply
+    redis_client = bus.client()
+    if redis_client is None:
+        return None
+    try:
+        if message_id in (None, conversation.active_message_id):
+            taken = await take_over(conversation, backend)
+            if taken is not None:
+                return taken
+        wanted = message_id or conversation.active_message_id
+        if wanted is None:
+            wanted = await (
+                Message.objects.filter(
+                    conversation_id=conversation.pk, role=Message.Role.ASSISTANT
+                )
+                .order_by("-created_at")
+                .values_list("pk", flat=True)
+                .afirst()
+            )
+        if wanted is None:
+            return None
+        remote = RemoteLog(redis_client, wanted)
+        if not await remote.exists():
+            return None
+    except redis.RedisError:
+        logger.warning("reading reply logs failed; resume is degraded", exc_info=True)
+        return None
+    return RemoteReply(conversation, backend, wanted, remote)
 
 
 async def discard(conversation: Conversation, backend: ChatBackend) -> None:
@@ -172,15 +302,6 @@ async def discard(conversation: Conversation, backend: ChatBackend) -> None:
                 "deleting upstream thread %s failed", thread_id, exc_info=True
             )
     await conversation.adelete()
-
-
-def attach(conversation_id: UUID, message_id: UUID) -> "Reply | None":
-    """The reply `message_id` while it streams in this process, or finished in
-    it less than `CHAT_REPLAY_TTL_SECONDS` ago."""
-    reply = find(conversation_id)
-    if reply is not None and reply.message_id == message_id:
-        return reply
-    return None
 
 
 def find(conversation_id: UUID) -> "Reply | None":
@@ -221,12 +342,16 @@ def lost(conversation: Conversation, backend: ChatBackend) -> list[frames.Frame]
     message_id = str(conversation.active_message_id)
     return [
         _stored_metadata(conversation, message_id, backend),
-        frames.Error(
-            code=base.PRODUCER_LOST,
-            message="the server writing this reply stopped; send your message again",
-            message_id=message_id,
-        ),
+        lost_error(message_id),
     ]
+
+
+def lost_error(message_id: object) -> frames.Error:
+    return frames.Error(
+        code=base.PRODUCER_LOST,
+        message="the server writing this reply stopped; send your message again",
+        message_id=str(message_id),
+    )
 
 
 def _stored_metadata(
@@ -333,6 +458,9 @@ class Reply:
         started: float,
         resources: contextlib.AsyncExitStack | None = None,
         message_id: UUID | None = None,
+        log: ReplyLog | None = None,
+        resumption: base.Resumption | None = None,
+        created_at: datetime | None = None,
     ) -> None:
         self.backend = backend
         self.conversation_id: UUID = conversation.pk
@@ -340,12 +468,15 @@ class Reply:
         self.started = started
         # What the reply holds until it is stored (the caller's stream slot).
         self.resources = resources or contextlib.AsyncExitStack()
-        self.created_at: datetime = timezone.now()
+        self.created_at: datetime = created_at or timezone.now()
         self.message_id = message_id or uuid4()
         self.thread_id: str | None = request.thread_id
         self.replaced_thread_id: str | None = None
         self.run_id: str | None = None
-        self.log = ReplyLog()
+        self.log = log or ReplyLog()
+        # Set when this process finishes a reply another one started.
+        self.resumption = resumption
+        self.mirror: replylog.Mirror | None = None
         self.delta_count = 0
         self.citations: list[dict[str, Any]] = []
         self.usage: dict[str, Any] | None = None
@@ -355,7 +486,7 @@ class Reply:
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._record_run: asyncio.Task[None] | None = None
-        self._sent_metadata = False
+        self._sent_metadata = len(self.log) > 0
         self._last_event = 0.0
         self._deadline = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -371,6 +502,14 @@ class Reply:
             context=contextvars.Context(),
         )
         _ACTIVE[self.conversation_id] = self
+        redis_client = bus.client()
+        if redis_client is not None:
+            self.mirror = replylog.Mirror(
+                self.log,
+                replylog.redis_key(self.message_id),
+                redis_client,
+                written=len(self.log) - 1,
+            ).start()
 
     def stop(self, reason: str) -> None:
         """Ends the reply early. The first reason wins, and the producer is
@@ -445,29 +584,33 @@ class Reply:
         completed = False
         self._watch_time()
         try:
-            async for event in self.backend.stream_reply(self.request):
+            async for event in self._events():
                 self._last_event = clock()
                 match event:
-                    case base.Delta(text=text):
+                    case base.Delta(text=text, cursor=cursor):
                         if self.first_chunk_at is None:
                             self.first_chunk_at = time.perf_counter()
                             self._send_metadata()
                         self.delta_count += 1
                         log.append_chunk(text)
+                        if cursor is not None:
+                            log.cursor = cursor
                     case base.ThreadReady():
                         self.thread_id = event.thread_id
                         self.replaced_thread_id = event.replaced_thread_id
                         self._send_metadata()
                     case base.RunStarted(run_id=run_id):
-                        self.run_id = run_id
+                        self.run_id = log.run_id = run_id
                         if not self.backend.offline and self.thread_id:
                             self._record_run = asyncio.create_task(
                                 self._record(run_id, self.thread_id)
                             )
-                    case base.Citation(data=data):
+                    case base.Citation(data=data, cursor=cursor):
                         self.citations.append(data)
                         self._send_metadata()
                         log.append(frames.Annotation(**data))
+                        if cursor is not None:
+                            log.cursor = cursor
                     case base.Completed():
                         self.usage = event.usage
                         if event.cancelled:
@@ -480,7 +623,11 @@ class Reply:
                 )
         except BackendError as exc:
             self.error = exc
-            self.status = Message.Status.FAILED
+            self.status = (
+                Message.Status.INTERRUPTED
+                if exc.code == base.PRODUCER_LOST
+                else Message.Status.FAILED
+            )
             if exc.code in RUN_MAY_CONTINUE:
                 # Upstream, the run goes on after its stream broke: it would keep
                 # billing and refuse the conversation's next message.
@@ -519,6 +666,15 @@ class Reply:
                 self._send_metadata()
                 log.append(self.final_frame(), final=True)
                 _keep_finished(self)
+
+    def _events(self) -> AsyncIterator[base.Event]:
+        resumption = self.resumption
+        if resumption is None:
+            return self.backend.stream_reply(self.request)
+        if not (resumption.thread_id and resumption.run_id):
+            # Lost before the service named its run: nothing to re-attach to.
+            return ChatBackend.resume_reply(self.backend, resumption)
+        return self.backend.resume_reply(resumption)
 
     async def _record(self, run_id: str, thread_id: str) -> None:
         """Lets a stop request reach this run from any replica."""
@@ -705,6 +861,135 @@ class Reply:
             usage=self.usage,
             annotations=self.citations,
             timestamp=timezone.now().isoformat(),
+            error=final if isinstance(final, frames.Error) else None,
+            described=self.backend.describe(),
+        )
+
+
+class RemoteReply:
+    """A reply another process writes (or wrote), read from its Redis log.
+
+    While nothing arrives, the reader checks every half lease that the writer
+    lives; when it has died, this process takes the reply over and the reader
+    goes on from the local reply, with the same event ids."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        backend: ChatBackend,
+        message_id: UUID,
+        remote: RemoteLog,
+    ) -> None:
+        self.conversation_id: UUID = conversation.pk
+        self.backend = backend
+        self.message_id = message_id
+        self.remote = remote
+        self.final: frames.Done | frames.Error | None = None
+        self.text_parts: list[str] = []
+        self.annotations: list[dict[str, Any]] = []
+        self.thread_id: str | None = None
+
+    async def frames(
+        self, last_id: int = -1, *, owner: bool = False
+    ) -> AsyncIterator[Event]:
+        remote = self.remote
+        loop = asyncio.get_running_loop()
+        keepalive = settings.CHAT_KEEPALIVE_SECONDS
+        check_every = min(keepalive, settings.CHAT_LEASE_SECONDS / 2)
+        last = await remote.last()
+        if last is not None:
+            last_event, last_frame = last
+            if last_id > last_event:
+                last_id = -1  # an id this reply never sent: from its start
+            elif last_frame.type in replylog.FINAL_TYPES and last_id >= last_event:
+                # A reader that has everything gets the final frame again.
+                last_id = last_event - 1
+        quiet_since = loop.time()
+        while not remote.ended:
+            batch = await remote.read(last_id, check_every)
+            if batch:
+                for event_id, frame in batch:
+                    last_id = event_id
+                    self._note(frame)
+                    yield event_id, frame
+                quiet_since = loop.time()
+                continue
+            if loop.time() - quiet_since >= keepalive:
+                yield last_id, None
+                quiet_since = loop.time()
+            writer = await self._writer()
+            if writer is WRITING:
+                continue
+            if isinstance(writer, Reply):
+                # Taken over here: the same frames, from this process.
+                async for event_id, frame in writer.frames(last_id, owner=False):
+                    if frame is not None:
+                        self._note(frame)
+                    yield event_id, frame
+                return
+            # Finished: its final frame is in the log, unless Redis failed at
+            # the end; the database has it either way.
+            for event_id, frame in await remote.read(last_id, 0.001):
+                last_id = event_id
+                self._note(frame)
+                yield event_id, frame
+            if not remote.ended:
+                final = await self._stored_final()
+                self._note(final)
+                yield last_id + 1, final
+            return
+
+    def _note(self, frame: "frames.Frame") -> None:
+        match frame:
+            case frames.Chunk(content=content):
+                self.text_parts.append(content)
+            case frames.Annotation():
+                self.annotations.append(frame.model_dump())
+            case frames.Metadata(thread_id=thread_id):
+                self.thread_id = thread_id
+            case frames.Done() | frames.Error():
+                self.final = frame
+
+    async def _writer(self) -> "Reply | str":
+        """WRITING while a live process writes the reply (another process may
+        have taken it over); the reply, when this process took it over now;
+        FINISHED when the reply is no longer being written."""
+        conversation = await Conversation.objects.filter(
+            pk=self.conversation_id
+        ).afirst()
+        if conversation is None or conversation.active_message_id != self.message_id:
+            return FINISHED
+        if await lease.alive(conversation.active_holder):
+            return WRITING
+        return await take_over(conversation, self.backend) or WRITING
+
+    async def _stored_final(self) -> "frames.Frame":
+        stored_reply = await stored(self.conversation_id, self.message_id, self.backend)
+        if stored_reply is not None:
+            return stored_reply.frames[-1]
+        return lost_error(self.message_id)
+
+    async def sse(
+        self, last_id: int = -1, *, owner: bool = False
+    ) -> AsyncIterator[bytes]:
+        encode, keepalive = frames.encode, frames.KEEPALIVE
+        async for event_id, frame in self.frames(last_id):
+            yield keepalive if frame is None else encode(event_id, frame)
+
+    async def collect(self, *, owner: bool = False) -> dict[str, Any]:
+        async for _event in self.frames():
+            pass
+        final = self.final
+        done = final if isinstance(final, frames.Done) else None
+        return _fallback_body(
+            conversation_id=self.conversation_id,
+            thread_id=self.thread_id,
+            message_id=self.message_id,
+            status=done.status if done else Message.Status.FAILED,
+            text="".join(self.text_parts),
+            usage=done.usage if done else None,
+            annotations=self.annotations,
+            timestamp=done.timestamp if done else timezone.now().isoformat(),
             error=final if isinstance(final, frames.Error) else None,
             described=self.backend.describe(),
         )

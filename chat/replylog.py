@@ -8,14 +8,29 @@ Chunks are most of a reply and a token is a few characters, so their text is kep
 once, compactly: consecutive parts are joined every so often, and an array of
 offsets finds any chunk's text again. Other frames (metadata, citations, the final
 frame) are kept as they are.
+
+With Redis (`REDIS_URL`) every frame also goes to a Redis Stream per reply, so
+that any replica can replay it, follow it live, and finish it if this process
+dies: `Mirror` copies the log there in the background (the producer and the
+live readers never wait on Redis), `RemoteLog` reads it from another process.
+Entry ids are `<event id>-1`; an entry holds a chunk's text (`c`) or another
+frame's JSON (`f`), and the upstream's position (`k`: the cursor of the last
+delta or citation in) and run id (`r`) when they changed.
 """
 
 import asyncio
+import logging
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
+from typing import Any
+
+import redis.asyncio as redis
+from django.conf import settings
 
 from chat import frames
+
+logger = logging.getLogger(__name__)
 
 # Joining the reply's parts every this many keeps a token from costing a string.
 _COMPACT_EVERY = 256
@@ -31,6 +46,8 @@ class ReplyLog:
         "_parts",
         "_size",
         "_waiter",
+        "cursor",
+        "run_id",
     )
 
     def __init__(self) -> None:
@@ -42,6 +59,9 @@ class ReplyLog:
         self._other_ids: list[int] = []  # ascending
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
+        # Where the upstream run is, for whoever must finish it elsewhere.
+        self.cursor: int | None = None
+        self.run_id: str | None = None
 
     def __len__(self) -> int:
         return len(self._chunk_ends) + len(self._other_ids)
@@ -111,6 +131,17 @@ class ReplyLog:
             yield run_end - 1, frames.Chunk(content=self._chunk_text(first, last))
             event_id = run_end
 
+    def each(self, first_id: int, end_id: int) -> Iterator[tuple[int, frames.Frame]]:
+        """Every frame from `first_id` up to `end_id`, chunks one by one."""
+        others = self._others
+        chunk_index = first_id - bisect_right(self._other_ids, first_id - 1)
+        for event_id in range(first_id, end_id):
+            frame = others.get(event_id)
+            if frame is None:
+                frame = frames.Chunk(content=self._chunk_text(chunk_index, chunk_index))
+                chunk_index += 1
+            yield event_id, frame
+
     def _chunk_text(self, first: int, last: int) -> str:
         ends = self._chunk_ends
         start = ends[first - 1] if first else 0
@@ -140,3 +171,205 @@ class ReplyLog:
         # asyncio.wait leaves the shared future alone when this reader gives up.
         await asyncio.wait((waiter,), timeout=timeout)
         return len(self) > last_id + 1
+
+
+# --- the Redis Stream copy ------------------------------------------------------------
+
+# Seconds between tries of a mirror whose Redis went away.
+MIRROR_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+FINAL_TYPES = frozenset({"done", "error"})
+
+
+def redis_key(message_id: object) -> str:
+    return f"chatsite:reply:{message_id}"
+
+
+def _entry_id(event_id: int) -> str:
+    return f"{event_id}-1"
+
+
+def _event_id(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
+def _fields(frame: frames.Frame) -> dict[str, str]:
+    if type(frame) is frames.Chunk:
+        return {"c": frame.content}
+    return {"f": frames.dump(frame)}
+
+
+def _frame(fields: dict[bytes, bytes]) -> frames.Frame:
+    text = fields.get(b"c")
+    if text is not None:
+        return frames.Chunk(content=text.decode())
+    return frames.load(fields[b"f"])
+
+
+class Mirror:
+    """Copies a log to its Redis Stream as it grows: one pipeline in flight at a
+    time, carrying every frame appended since the last one. When Redis fails,
+    the live stream goes on; the copy catches up once Redis answers again."""
+
+    def __init__(
+        self, log: ReplyLog, key: str, client: redis.Redis, *, written: int = -1
+    ) -> None:
+        self.log = log
+        self.key = key
+        self.client = client
+        self.written = written  # the last event id in Redis
+        self.cursor: int | None = log.cursor
+        self.run_id: str | None = log.run_id
+        self.degraded = False
+        self.task: asyncio.Task[None] | None = None
+        self.commands = 0  # sent, for the benchmark
+
+    def start(self) -> "Mirror":
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"chat-mirror-{self.key}"
+        )
+        return self
+
+    async def _run(self) -> None:
+        log = self.log
+        failures = 0
+        while True:
+            if self.written + 1 >= len(log):
+                if log.ended:
+                    return
+                await log.wait(self.written, settings.CHAT_KEEPALIVE_SECONDS)
+                continue
+            try:
+                await self._copy()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not self.degraded:
+                    logger.warning(
+                        "reply log %s: Redis failed; resume is degraded until it "
+                        "answers",
+                        self.key,
+                        exc_info=True,
+                    )
+                self.degraded = True
+                delay = MIRROR_RETRY_DELAYS[min(failures, len(MIRROR_RETRY_DELAYS) - 1)]
+                failures += 1
+                await asyncio.sleep(delay)
+                try:
+                    await self._resync()
+                except Exception:
+                    continue
+
+    async def _copy(self) -> None:
+        log = self.log
+        end, cursor, run_id, ended = len(log), log.cursor, log.run_id, log.ended
+        cap = settings.CHAT_REPLAY_MAX_FRAMES
+        pipe = self.client.pipeline(transaction=False)
+        for event_id, frame in log.each(self.written + 1, end):
+            fields = _fields(frame)
+            if event_id == end - 1:
+                # The upstream's position is that of the whole batch.
+                if cursor is not None and cursor != self.cursor:
+                    fields["k"] = str(cursor)
+                if run_id is not None and run_id != self.run_id:
+                    fields["r"] = run_id
+            pipe.xadd(
+                self.key, fields, id=_entry_id(event_id), maxlen=cap, approximate=True
+            )
+        if self.written < 0 or ended:
+            # A reply that never ends (its process died) expires anyway.
+            ttl = settings.CHAT_REPLAY_TTL_SECONDS
+            if not ended:
+                ttl += settings.CHAT_MAX_STREAM_SECONDS
+            pipe.expire(self.key, max(1, int(ttl)))
+        self.commands += len(pipe)
+        if len(pipe):
+            await pipe.execute()
+        self.written = end - 1
+        self.cursor, self.run_id = cursor, run_id
+        if self.degraded:
+            self.degraded = False
+            logger.info("reply log %s: Redis answers again", self.key)
+
+    async def _resync(self) -> None:
+        """After a failure: what reached Redis (a pipeline may have half run)."""
+        last = await self.client.xrevrange(self.key, count=1)
+        self.written = _event_id(last[0][0]) if last else -1
+
+    async def wait_copied(self) -> None:
+        """Waits until the whole log is in Redis (or the copy gave up)."""
+        if self.task is not None:
+            await asyncio.wait((self.task,))
+
+
+class RemoteLog:
+    """A reply's Redis Stream, read from any process."""
+
+    def __init__(self, client: redis.Redis, message_id: object) -> None:
+        self.client = client
+        self.key = redis_key(message_id)
+        self.ended = False
+
+    async def exists(self) -> bool:
+        return bool(await self.client.exists(self.key))
+
+    async def read(
+        self, last_id: int, timeout: float
+    ) -> list[tuple[int, frames.Frame]]:
+        """The frames after `last_id`, waiting up to `timeout` for the first;
+        runs of chunks come joined, with the id of their last part."""
+        start = _entry_id(last_id) if last_id >= 0 else "0-0"
+        answer = await self.client.xread(
+            {self.key: start}, count=1000, block=max(1, int(timeout * 1000))
+        )
+        if not answer:
+            return []
+        return self._joined(answer[0][1])
+
+    def _joined(self, entries: list[Any]) -> list[tuple[int, frames.Frame]]:
+        out: list[tuple[int, frames.Frame]] = []
+        run: list[str] = []
+        run_id = -1
+        for entry_id, fields in entries:
+            event_id = _event_id(entry_id)
+            frame = _frame(fields)
+            if type(frame) is frames.Chunk:
+                run.append(frame.content)
+                run_id = event_id
+                continue
+            if run:
+                out.append((run_id, frames.Chunk(content="".join(run))))
+                run = []
+            out.append((event_id, frame))
+            if frame.type in FINAL_TYPES:
+                self.ended = True
+        if run:
+            out.append((run_id, frames.Chunk(content="".join(run))))
+        return out
+
+    async def last(self) -> tuple[int, frames.Frame] | None:
+        found = await self.client.xrevrange(self.key, count=1)
+        if not found:
+            return None
+        entry_id, fields = found[0]
+        return _event_id(entry_id), _frame(fields)
+
+    async def restore(self) -> ReplyLog | None:
+        """The whole log, rebuilt in this process, with the upstream's cursor
+        and run id; None when it is gone or lost its start (capped)."""
+        log = ReplyLog()
+        entries = await self.client.xrange(self.key)
+        for entry_id, fields in entries:
+            if _event_id(entry_id) != len(log):
+                return None
+            frame = _frame(fields)
+            if type(frame) is frames.Chunk:
+                log.append_chunk(frame.content)
+            else:
+                log.append(frame, final=frame.type in FINAL_TYPES)
+            if b"k" in fields:
+                log.cursor = int(fields[b"k"])
+            if b"r" in fields:
+                log.run_id = fields[b"r"].decode()
+        return log if len(log) else None

@@ -284,3 +284,17 @@ def record_run(
     Conversation.objects.filter(pk=conversation_id).update(
         active_run_id=run_id, upstream_thread_id=thread_id
     )
+
+
+@_reply_step
+@_fresh_connection_on_failure
+def claim(
+    conversation_id: UUID, message_id: UUID, holder: str, again: bool = False
+) -> bool:
+    """Takes the reply `message_id` over from `holder`, a process that died;
+    whether this process now holds it. One process wins, however many try."""
+    mine = Conversation.objects.filter(pk=conversation_id, active_message_id=message_id)
+    if mine.filter(active_holder=holder).update(active_holder=lease.PROCESS_ID):
+        return True
+    # Run again after a lost answer, the update may already be ours.
+    return again and mine.filter(active_holder=lease.PROCESS_ID).exists()

@@ -120,7 +120,12 @@ async def _repeat(
 ) -> HttpResponse:
     """A retried POST: the reply its first POST started, attached to while it
     streams (after the client's Last-Event-ID), or as stored once finished."""
-    reply = relay.attach(started.conversation_id, started.message_id)
+    conversation = await Conversation.objects.filter(
+        pk=started.conversation_id
+    ).afirst()
+    if conversation is None:
+        raise BadRequest("conversation not found", 404, code="not_found")
+    reply = await relay.follow(conversation, get_backend(), started.message_id)
     if reply is not None:
         if _wants_json(request, body):
             return _json_reply(await reply.collect(owner=False))
@@ -206,7 +211,7 @@ async def get_stream(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRe
     lost its stream: the frames after its last event id, then live."""
     conversation = await _owned_conversation(request, conversation_id)
     last_id = _last_event_id(request)
-    reply = relay.find(conversation.pk)
+    reply = await relay.follow(conversation, get_backend())
     if reply is not None:
         return _event_stream(_retrying(reply.sse(last_id, owner=False)))
     holder = conversation.active_holder

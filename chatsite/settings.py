@@ -357,9 +357,12 @@ CHAT_ON_DISCONNECT = env_choice(
 )
 # How long a finished reply's frames stay in the reply log for late readers.
 CHAT_REPLAY_TTL_SECONDS = env_float("CHAT_REPLAY_TTL_SECONDS", 300.0)
+# Frames kept per reply in its Redis Stream (XADD MAXLEN ~): bounds a runaway reply.
+CHAT_REPLAY_MAX_FRAMES = env_int("CHAT_REPLAY_MAX_FRAMES", 50_000, minimum=100)
 # A process's heartbeat lease: when a process dies, its conversation locks and
-# stream slots are free again within this long.
-CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 15.0, minimum=1.0)
+# stream slots are free again within this long, and another replica may finish
+# the replies it was writing.
+CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 10.0, minimum=1.0)
 # On SIGTERM, replies still streaming after this long are ended cleanly; keep it
 # below uvicorn's --timeout-graceful-shutdown.
 CHAT_DRAIN_SECONDS = env_float("CHAT_DRAIN_SECONDS", 10.0)
