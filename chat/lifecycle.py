@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
-from chat import lease, relay
+from chat import bus, lease, relay
 from chat.backends import aclose_all
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ async def start_heartbeat() -> None:
     startup, so that it counts among the tasks that are always there."""
     try:
         await lease.ensure_heartbeat()
+        await relay.listen_for_stops()
     except Exception:
         # The shared cache is unreachable: the first reply tries again.
         logger.warning("starting the lease heartbeat failed", exc_info=True)
@@ -112,3 +113,4 @@ async def shutdown(grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
     if pending:
         logger.warning("%d replies did not finish storing at shutdown", pending)
     await aclose_all()
+    await bus.aclose()

@@ -179,6 +179,11 @@ async def stop(conversation: Conversation, backend: ChatBackend) -> bool:
     return False
 
 
+async def listen_for_stops() -> None:
+    """Lets other replicas stop the replies this process writes (with Redis)."""
+    await bus.ensure_listening(_stop_here)
+
+
 def _stop_here(conversation_id: UUID) -> None:
     """A stop another replica sent to this one."""
     reply = _ACTIVE.get(conversation_id)
