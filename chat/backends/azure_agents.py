@@ -5,6 +5,10 @@ A reply costs two upstream calls: a new conversation creates its thread with the
 user message in it, a follow-up passes the message as `additional_messages` on
 the run. Events are read raw (one JSON parse each) instead of through the SDK's
 per-event model classes.
+
+A run goes on upstream when its stream is lost, but nothing streams it again:
+`resume_reply` polls the run until it ends and then reads the rest of the reply
+from the run's message, the only text the service vouches for.
 """
 
 import asyncio
@@ -38,7 +42,13 @@ from chat.backends._azure import (
     project_endpoint_problems,
 )
 from chat.backends._errors import model_rate_limited
-from chat.backends.base import BackendError, ChatBackend, Event, ReplyRequest
+from chat.backends.base import (
+    BackendError,
+    ChatBackend,
+    Event,
+    ReplyRequest,
+    Resumption,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +182,14 @@ def _delta_events(delta: dict[str, Any]) -> list[Event]:
 
 
 ACTIVE_RUN_STATUSES = {"queued", "in_progress", "requires_action"}
+# The statuses resume_reply waits through; requires_action needs us, not time.
+POLLED_RUN_STATUSES = {"queued", "in_progress", "cancelling"}
+# resume_reply asks for the run at once, then after this long, doubling up to
+# once a second (what the SDK's create_and_process polls at): a reply picked up
+# near its end finishes quickly, a long one costs one request a second. The
+# relay's own time limits end the wait, so none is kept here.
+RESUME_FIRST_POLL_SECONDS = 0.1
+RESUME_MAX_POLL_SECONDS = 1.0
 
 RUN_ENDED = {
     "thread.run.completed",
@@ -182,13 +200,19 @@ RUN_ENDED = {
 }
 
 
-def _run_ended(name: str, run: dict[str, Any]) -> base.Completed:
-    """The final event of a run that ended, or the error it ended with."""
-    if name == "thread.run.completed":
-        return base.Completed(usage=run.get("usage"))
-    if name == "thread.run.cancelled":
-        return base.Completed(usage=run.get("usage"), cancelled=True)
+def _run_ended(status: str, run: dict[str, Any]) -> base.Completed:
+    """The final event of a run that ended with `status`, or the error it ended
+    with (failed, expired, incomplete)."""
+    if status in ("completed", "cancelled"):
+        return base.Completed(usage=run.get("usage"), cancelled=status == "cancelled")
     raise _run_failure(run)
+
+
+def _tool_call_refused() -> BackendError:
+    return BackendError(
+        base.RUN_FAILED,
+        "the agent asked for a client-side tool call, which chatsite does not run",
+    )
 
 
 def _error_event(data: Any) -> BackendError:
@@ -214,9 +238,54 @@ def _run_failure(run: dict[str, Any]) -> BackendError:
     return BackendError(base.RUN_FAILED, f"the agent's run {status}: {code}: {message}")
 
 
+def _resumed_events(
+    logged: str, messages: list[dict[str, Any]], run_id: str
+) -> list[Event]:
+    """What a reply whose log holds `logged` lacks of its run's `messages`.
+
+    The run's text is its messages' joined, as their deltas were streamed, and the
+    log holds its beginning. Should the two differ, the text is taken up again
+    where they part (with a warning): a repeated stretch can be seen and explained,
+    a gap cannot. A citation goes with the text its marker ends in: one whose
+    marker ends within the shared beginning came in that text's delta and is in
+    the log; any other, or one without a position, is given.
+    """
+    text = ""
+    annotations: list[tuple[int, dict[str, Any]]] = []
+    for message in messages:
+        for part in message.get("content") or ():
+            body = part.get("text") if part.get("type") == "text" else None
+            if not body:
+                continue
+            offset = len(text)
+            text += body.get("value") or ""
+            annotations += [(offset, a) for a in body.get("annotations") or ()]
+    kept = len(logged)
+    if not text.startswith(logged):
+        pairs = zip(logged, text, strict=False)
+        kept = next((i for i, (a, b) in enumerate(pairs) if a != b), len(text))
+    if kept < len(logged):
+        logger.warning(
+            "run %s: the logged reply and the service's differ from character %d "
+            "of %d; resuming from there",
+            run_id,
+            kept,
+            len(logged),
+        )
+    events: list[Event] = [base.Delta(text[kept:])] if text[kept:] else []
+    for offset, annotation in annotations:
+        end = annotation.get("end_index")
+        if isinstance(end, int) and offset + end <= kept:
+            continue
+        if citation := _citation(annotation):
+            events.append(base.Citation(citation))
+    return events
+
+
 class AzureAgentsBackend(ChatBackend):
     alias = "azure_agents"
     label = "Azure AI agent"
+    resumable = True
 
     def __init__(self) -> None:
         self.endpoint = project_endpoint()
@@ -318,15 +387,11 @@ class AzureAgentsBackend(ChatBackend):
                     elif name == "thread.run.created":
                         yield base.RunStarted(data["id"])
                     elif name in RUN_ENDED:
-                        yield _run_ended(name, data)
+                        yield _run_ended(name.removeprefix("thread.run."), data)
                         return
                     elif name == "thread.run.requires_action":
                         await self.cancel(thread_id, data["id"])
-                        raise BackendError(
-                            base.RUN_FAILED,
-                            "the agent asked for a client-side tool call, which "
-                            "chatsite does not run",
-                        )
+                        raise _tool_call_refused()
                     elif name == "error":
                         raise _error_event(data)
                     elif name == "done":
@@ -345,6 +410,55 @@ class AzureAgentsBackend(ChatBackend):
             ) from exc
         raise BackendError(
             base.INCOMPLETE, "the agent's reply ended before the run finished"
+        )
+
+    async def resume_reply(self, resumption: Resumption) -> AsyncIterator[Event]:
+        """Waits for the run to end, then gives the rest of its text and its
+        ending: `Completed`, or the error the stream would have ended with."""
+        thread_id, run_id = resumption.thread_id, resumption.run_id
+        try:
+            run = await self._ended_run(thread_id, run_id)
+            if run.get("status") == "requires_action":
+                await self.cancel(thread_id, run_id)
+                raise _tool_call_refused()
+            messages = self.client().messages.list(
+                thread_id, run_id=run_id, order="asc"
+            )
+            replies = [m.as_dict() async for m in messages]
+        except ResourceNotFoundError as exc:
+            raise await self._lost(thread_id, run_id) from exc
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise map_error(exc) from exc
+        replies = [m for m in replies if m.get("role") == "assistant"]
+        for event in _resumed_events(resumption.text, replies, run_id):
+            yield event
+        yield _run_ended(run["status"], run)
+
+    async def _ended_run(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        """The run once it is no longer queued, in progress or cancelling."""
+        delay = RESUME_FIRST_POLL_SECONDS
+        while True:
+            run = (await self.client().runs.get(thread_id, run_id)).as_dict()
+            if run.get("status") not in POLLED_RUN_STATUSES:
+                return run
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESUME_MAX_POLL_SECONDS)
+
+    async def _lost(self, thread_id: str, run_id: str) -> BackendError:
+        """Why the service no longer has a run: its thread went, or the run did."""
+        try:
+            await self.client().threads.get(thread_id)
+        except ResourceNotFoundError:
+            return BackendError(
+                base.THREAD_NOT_FOUND,
+                f"the agent service no longer has thread {thread_id}",
+            )
+        except AzureError:
+            pass
+        return BackendError(
+            base.RUN_FAILED, f"the agent service no longer has run {run_id}"
         )
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
