@@ -320,9 +320,11 @@ module web 'modules/web.bicep' = {
     openAiModel: openAiModel
     containerCpu: containerCpu
     containerMemory: containerMemory
-    webConcurrency: webConcurrency
-    minReplicas: minReplicas
-    maxReplicas: maxReplicas
+    // Replies are followed, stopped and taken over across processes through Redis;
+    // without it there must be one process (docs/deploy.md, "Redis").
+    webConcurrency: enableRedis ? webConcurrency : 1
+    minReplicas: min(minReplicas, enableRedis ? maxReplicas : 1)
+    maxReplicas: enableRedis ? maxReplicas : 1
     concurrentRequests: concurrentRequests
     terminationGracePeriodSeconds: terminationGracePeriodSeconds
     dbPoolMaxSize: dbPoolMaxSize
