@@ -89,6 +89,7 @@ CLEANUP_TIMEOUT = 10.0
 # What a reader of another process's reply learns of its writer.
 WRITING = "writing"
 FINISHED = "finished"
+LOST = "lost"
 
 # What the reply's body yields: (event id, frame), or (event id, None) for a
 # keep-alive comment.
@@ -282,7 +283,9 @@ async def follow(
         if wanted is None:
             return None
         remote = RemoteLog(redis_client, wanted)
-        if not await remote.exists():
+        # A reply being written may have nothing in its log yet.
+        writing = wanted == conversation.active_message_id
+        if not writing and not await remote.exists():
             return None
     except redis.RedisError:
         logger.warning("reading reply logs failed; resume is degraded", exc_info=True)
@@ -925,6 +928,9 @@ class RemoteReply:
             writer = await self._writer()
             if writer is WRITING:
                 continue
+            if writer is LOST:
+                yield last_id + 1, lost_error(self.message_id)
+                return
             if isinstance(writer, Reply):
                 # Taken over here: the same frames, from this process.
                 async for event_id, frame in writer.frames(last_id, owner=False):
@@ -966,7 +972,13 @@ class RemoteReply:
             return FINISHED
         if await lease.alive(conversation.active_holder):
             return WRITING
-        return await take_over(conversation, self.backend) or WRITING
+        taken = await take_over(conversation, self.backend)
+        if taken is not None:
+            return taken
+        if await self.remote.exists():
+            return WRITING  # another replica took it over, or is storing it
+        # Its writer died before its log had anything: there is nothing to finish.
+        return LOST
 
     async def _stored_final(self) -> "frames.Frame":
         stored_reply = await stored(self.conversation_id, self.message_id, self.backend)
