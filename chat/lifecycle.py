@@ -27,6 +27,8 @@ from chat.backends import aclose_all
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 8.0
+# For the last frames of stopped replies to reach Redis.
+MIRROR_GRACE_SECONDS = 2.0
 
 _drain: asyncio.TimerHandle | None = None
 
@@ -109,8 +111,10 @@ async def shutdown(grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
     cleanup when the loop gets control again, which is here: waiting lets each
     producer store its partial reply and cancel its upstream run.
     """
-    pending = await relay.wait_closed(stop_open_replies(), grace)
+    stopped = stop_open_replies()
+    pending = await relay.wait_closed(stopped, grace)
     if pending:
         logger.warning("%d replies did not finish storing at shutdown", pending)
+    await relay.wait_copied(stopped, MIRROR_GRACE_SECONDS)
     await aclose_all()
     await bus.aclose()

@@ -444,6 +444,18 @@ def open_replies() -> list["Reply"]:
     return list(_ACTIVE.values())
 
 
+async def wait_copied(replies: list["Reply"], timeout: float) -> None:
+    """Waits (bounded) until the replies' logs are in Redis: at shutdown, so that
+    readers on other replicas get their final frames from the log."""
+    tasks = {
+        reply.mirror.task
+        for reply in replies
+        if reply.mirror is not None and reply.mirror.task is not None
+    }
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
 async def wait_closed(replies: list["Reply"], timeout: float) -> int:
     """Waits until the replies are stored; returns how many were not in time."""
     tasks = {reply.task for reply in replies if reply.task is not None}
