@@ -1,12 +1,8 @@
 """The classic Agents REST API: assistants, threads, messages and runs.
 
-A run's stream is ``event: <name>`` / ``data: <json>`` frames in the order
-azure-ai-agents parses: thread.run.created, thread.run.queued,
-thread.run.in_progress, thread.run.step.created, thread.message.created,
-thread.message.in_progress, thread.message.delta per token,
-thread.message.completed, thread.run.step.completed, thread.run.completed, then
-``event: done`` / ``data: [DONE]``. A run that is not streamed is driven in the
-background; either way it goes on when its client leaves.
+Every run is driven in the background (see `runs`), streamed or not: the stream
+of a run created with ``"stream": true`` follows it while its client stays, and
+``GET`` on the run and on its messages shows it at any time.
 """
 
 from __future__ import annotations
@@ -30,142 +26,15 @@ from .http import (
     number,
     open_stream,
     read_json,
-    sse_frame,
 )
-from .store import Message, Run, Thread, last_user_text, list_page, new_id, now
-from .stream import SERVER_ERROR, HoldGate, PacedReply, Token, reply_tokens
+from .runs import RunStream
+from .store import Message, Run, Thread, last_user_text, list_page, now
+from .stream import HoldGate, reply_tokens
 
 if TYPE_CHECKING:
     from .server import AgentsEmulator
 
 INSTRUCTIONS = "You are a helpful assistant."
-# The OpenAI protocols' truncated replies; a classic run has no such ending.
-TRUNCATION_FAULTS = frozenset({"max_tokens", "content_filter"})
-
-
-class RunStream(PacedReply):
-    """Takes a run from queued to a terminal status, streaming once attached."""
-
-    def __init__(
-        self, *, thread: Thread, run: Run, prompt_tokens: int, **options: Any
-    ) -> None:
-        super().__init__(
-            run_id=run.id,
-            thread_id=thread.id,
-            cancel_requested=run.cancel_requested,
-            **options,
-        )
-        self.thread = thread
-        self.run = run
-        self.prompt_tokens = prompt_tokens
-        self.message = Message(
-            thread_id=thread.id,
-            role="assistant",
-            text="",
-            run_id=run.id,
-            assistant_id=run.assistant_id,
-            status="in_progress",
-            completed_at=None,
-        )
-        self.step_id = new_id("step")
-        self.step_created_at = now()
-
-    async def _start(self) -> None:
-        run = self.run
-        await self._emit("thread.run.created", run.to_dict())
-        await self._emit("thread.run.queued", run.to_dict())
-        run.status, run.started_at = "in_progress", now()
-        await self._emit("thread.run.in_progress", run.to_dict())
-        self.thread.messages.append(self.message)
-        await self._emit("thread.run.step.created", self._step("in_progress"))
-        await self._emit("thread.message.created", self.message.to_dict())
-        await self._emit("thread.message.in_progress", self.message.to_dict())
-
-    async def _delta(self, index: int, token: Token) -> None:
-        self.message.text += token.text
-        for annotation in token.annotations:
-            self.message.annotations.append(
-                {key: value for key, value in annotation.items() if key != "index"}
-            )
-        text: dict[str, Any] = {"value": token.text}
-        if token.annotations:
-            text["annotations"] = list(token.annotations)
-        delta = {"content": [{"index": 0, "type": "text", "text": text}]}
-        data = {"id": self.message.id, "object": "thread.message.delta", "delta": delta}
-        await self._emit("thread.message.delta", data, delta=(index, token.text))
-
-    async def _strike(self, fault: str) -> bool:
-        if fault in TRUNCATION_FAULTS:
-            return False
-        return await super()._strike(fault)
-
-    async def _completed(self) -> None:
-        run, message = self.run, self.message
-        message.status, message.completed_at = "completed", now()
-        await self._emit("thread.message.completed", message.to_dict())
-        completion = len(self.tokens)
-        usage = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
-        step = self._step("completed", completed_at=now(), usage=usage)
-        await self._emit("thread.run.step.completed", step)
-        run.status, run.completed_at, run.usage = "completed", now(), usage
-        await self._emit("thread.run.completed", run.to_dict())
-        await self._send(sse_frame("[DONE]", "done"))
-
-    async def _fail(self, fault: str) -> None:
-        run = self.run
-        run.status, run.failed_at, run.last_error = "failed", now(), dict(SERVER_ERROR)
-        self._stop_message("run_failed")
-        if fault == "error_event":
-            await self._emit("error", {"error": dict(SERVER_ERROR)})
-        else:
-            await self._emit("thread.run.failed", run.to_dict())
-        await self._send(sse_frame("[DONE]", "done"))
-
-    async def _cancelled(self) -> None:
-        run = self.run
-        run.status, run.cancelled_at = "cancelled", now()
-        self._stop_message("run_cancelled")
-        await self._emit("thread.run.cancelled", run.to_dict())
-        await self._send(sse_frame("[DONE]", "done"))
-
-    def _stop_message(self, reason: str) -> None:
-        """Keeps the partial reply in the thread, marked incomplete."""
-        message = self.message
-        message.status, message.incomplete_at = "incomplete", now()
-        message.incomplete_details = {"reason": reason}
-
-    def _step(self, status: str, **changes: Any) -> dict[str, Any]:
-        run = self.run
-        step = {
-            "id": self.step_id,
-            "object": "thread.run.step",
-            "created_at": self.step_created_at,
-            "run_id": run.id,
-            "assistant_id": run.assistant_id,
-            "thread_id": run.thread_id,
-            "type": "message_creation",
-            "status": status,
-            "cancelled_at": None,
-            "completed_at": None,
-            "expires_at": run.to_dict()["expires_at"],
-            "failed_at": None,
-            "last_error": None,
-            "step_details": {
-                "type": "message_creation",
-                "message_creation": {"message_id": self.message.id},
-            },
-            "usage": None,
-        }
-        return step | changes
-
-    async def _emit(
-        self, event: str, data: dict[str, Any], delta: tuple[int, str] | None = None
-    ) -> None:
-        await self._send(sse_frame(data, event), delta)
 
 
 class AgentsApi:
@@ -355,18 +224,20 @@ class AgentsApi:
         )
         if not run.stream:
             created = run.to_dict()
-            task = asyncio.create_task(stream.drive())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._play(stream)
             return web.json_response(created)
         # With an `incomplete` fault the run goes on after its body ends: the
         # client must not send its next request (a cancel, say) on this connection.
         response = await open_stream(request, close_after=config.fault == "incomplete")
         stream.attach(request, response)
-        await stream.drive()
-        if stream.sink is not None:
-            await stream.sink.end()
+        self._play(stream)
+        await stream.followed()
         return response
+
+    def _play(self, stream: RunStream) -> None:
+        task = asyncio.create_task(stream.play())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _runs_list(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(_page(self._thread(request).runs, request))
