@@ -184,9 +184,11 @@ async def test_a_run_that_expired_or_stopped_early_resumes_into_run_failed(
     run = azure.runs[lost.run_id]
     # The emulator plays neither ending: the held run is given it, then let go.
     run.status, run.incomplete_details = status, details
-    with pytest.raises(BackendError) as error:
-        await resumed(backend, lost)
-    azure.release()
+    try:
+        with pytest.raises(BackendError) as error:
+            await resumed(backend, lost)
+    finally:
+        azure.release()
     assert error.value.code == RUN_FAILED
     assert says in error.value.message
 
