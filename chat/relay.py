@@ -562,6 +562,10 @@ class Reply:
         self._watchdog = loop.call_at(self._due(), self._check_time)
 
     def _due(self) -> float:
+        if self.resumption is not None:
+            # Finishing a run another process started: a backend may wait for
+            # the run's end in silence (azure_agents polls until then).
+            return self._deadline
         return min(
             self._last_event + settings.CHAT_UPSTREAM_TIMEOUT_SECONDS, self._deadline
         )
