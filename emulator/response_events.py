@@ -1,0 +1,181 @@
+"""A response's events, as the Responses API streams them.
+
+`ResponseEvents` writes them in the order the openai client expects:
+response.created, response.in_progress, response.output_item.added,
+response.content_part.added, response.output_text.delta per token (then two
+response.output_text.annotation.added with `annotations`),
+response.output_text.done, response.content_part.done, response.output_item.done,
+response.completed. Each carries the next `sequence_number`, from 0.
+
+Where they go is the subclass's: `ResponseStream` writes them on the connection
+that created the response, which it lives on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .http import sse_frame
+from .store import Conversation, Message, Response
+from .stream import (
+    CITATION_FILE_ID,
+    CITATION_TITLE,
+    CITATION_URL,
+    SERVER_ERROR,
+    ConnectionReply,
+    PacedReply,
+    Token,
+)
+
+CITATION_FILENAME = "agents-overview.md"
+
+
+class ResponseEvents(PacedReply):
+    def __init__(
+        self,
+        *,
+        response: Response,
+        conversation: Conversation | None,
+        prompt_tokens: int,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            run_id=response.id,
+            thread_id=conversation.id if conversation else "",
+            cancel_requested=response.cancel_requested,
+            **options,
+        )
+        self.response = response
+        self.conversation = conversation
+        self.prompt_tokens = prompt_tokens
+        self.sequence = 0
+
+    @property
+    def active(self) -> bool:
+        return self.response.active
+
+    async def _start(self) -> None:
+        response = self.response
+        await self._emit("response.created", response=response.to_dict())
+        await self._emit("response.in_progress", response=response.to_dict())
+        await self._emit(
+            "response.output_item.added",
+            output_index=0,
+            item=response.item("in_progress", with_content=False),
+        )
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        await self._emit("response.content_part.added", **self._at(), part=part)
+
+    async def _delta(self, index: int, token: Token) -> None:
+        self.response.text += token.text
+        await self._emit(
+            "response.output_text.delta",
+            record=(index, token.text),
+            **self._at(),
+            delta=token.text,
+            logprobs=[],
+        )
+
+    async def _completed(self) -> None:
+        response = self.response
+        if self.config.annotations:
+            for index, annotation in enumerate(_citations(len(response.text))):
+                response.annotations.append(annotation)
+                await self._emit(
+                    "response.output_text.annotation.added",
+                    **self._at(),
+                    annotation_index=index,
+                    annotation=annotation,
+                )
+        await self._close_message("completed")
+        response.usage = self._usage()
+        self._stop("completed")
+        await self._emit("response.completed", response=response.to_dict())
+
+    async def _fail(self, fault: str) -> None:
+        response = self.response
+        match fault:
+            case "run_failed":
+                response.error = dict(SERVER_ERROR)
+                self._stop("failed")
+                await self._emit("response.failed", response=response.to_dict())
+            case "error_event":
+                response.error = dict(SERVER_ERROR)
+                self._stop("failed")
+                await self._emit("error", **SERVER_ERROR, param=None)
+            case "max_tokens" | "content_filter":
+                reason = "max_output_tokens" if fault == "max_tokens" else fault
+                await self._close_message("incomplete")
+                response.incomplete_details = {"reason": reason}
+                response.usage = self._usage()
+                self._stop("incomplete")
+                await self._emit("response.incomplete", response=response.to_dict())
+
+    def _stop(self, status: str) -> None:
+        """Ends the response with `status`, keeping its text in the conversation."""
+        response = self.response
+        response.status = status
+        if self.conversation is not None:
+            message_status = "completed" if status == "completed" else "incomplete"
+            self.conversation.messages.append(
+                Message(
+                    thread_id=self.conversation.id,
+                    role="assistant",
+                    text=response.text,
+                    status=message_status,
+                )
+            )
+
+    async def _close_message(self, status: str) -> None:
+        response = self.response
+        at = self._at()
+        await self._emit(
+            "response.output_text.done", **at, text=response.text, logprobs=[]
+        )
+        part = response.content_part()
+        await self._emit("response.content_part.done", **at, part=part)
+        await self._emit(
+            "response.output_item.done", output_index=0, item=response.item(status)
+        )
+
+    def _at(self) -> dict[str, Any]:
+        return {"item_id": self.response.item_id, "output_index": 0, "content_index": 0}
+
+    def _usage(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": self.sent,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.prompt_tokens + self.sent,
+        }
+
+    async def _emit(
+        self, event: str, record: tuple[int, str] | None = None, **fields: Any
+    ) -> None:
+        data = {"type": event, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        await self._send(sse_frame(data, event), record)
+
+
+class ResponseStream(ResponseEvents, ConnectionReply):
+    """A response outside background mode: it streams on the connection that
+    created it, and stops (cancelled) when that client goes away."""
+
+
+def _citations(offset: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "url_citation",
+            "url": CITATION_URL,
+            "title": CITATION_TITLE,
+            "start_index": offset,
+            "end_index": offset,
+        },
+        {
+            "type": "file_citation",
+            "file_id": CITATION_FILE_ID,
+            "filename": CITATION_FILENAME,
+            "index": offset,
+        },
+    ]
