@@ -1,14 +1,16 @@
 """A response's events, as the Responses API streams them.
 
 `ResponseEvents` writes them in the order the openai client expects:
-response.created, response.in_progress, response.output_item.added,
-response.content_part.added, response.output_text.delta per token (then two
+response.created, response.queued (background responses only),
+response.in_progress, response.output_item.added, response.content_part.added,
+response.output_text.delta per token (then two
 response.output_text.annotation.added with `annotations`),
 response.output_text.done, response.content_part.done, response.output_item.done,
 response.completed. Each carries the next `sequence_number`, from 0.
 
 Where they go is the subclass's: `ResponseStream` writes them on the connection
-that created the response, which it lives on.
+that created the response, which it lives on; a background response keeps them
+(see `background`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class ResponseEvents(PacedReply):
     async def _start(self) -> None:
         response = self.response
         await self._emit("response.created", response=response.to_dict())
+        if response.status == "queued":
+            await self._emit("response.queued", response=response.to_dict())
+            response.status = "in_progress"
         await self._emit("response.in_progress", response=response.to_dict())
         await self._emit(
             "response.output_item.added",

@@ -3,7 +3,8 @@
 azure-ai-projects 2.x's `get_openai_client()` points the openai client at
 ``{endpoint}/openai/v1``; served there: ``POST /conversations``, ``GET|DELETE
 /conversations/{id}``, ``POST /responses`` (``"stream": true`` answers SSE),
-``GET /responses/{id}`` and ``POST /responses/{id}/cancel``.
+``GET /responses/{id}`` (with ``?stream=true&starting_after=N``, SSE) and ``POST
+/responses/{id}/cancel``.
 
 A response names the agent in ``"agent_reference": {"name", "version"}`` (the
 emulator has one, `FOUNDRY_AGENT_NAME`, version "1") or asks for a ``model``. Its
@@ -15,20 +16,24 @@ max_tokens and content_filter a response.incomplete with that reason; disconnect
 hang and incomplete behave as for runs. An http_404 fault is an unknown
 conversation.
 
-Unlike a classic run, a response lives on its connection, as on the service
-outside background mode: when the client closes the stream the response stops,
-keeps its partial text in the conversation, turns "cancelled" and is recorded in
-`cancelled_runs`. The cancel endpoint accepts only background responses, which the
-emulator does not run, so it answers 400 as the service does for the others.
+Outside background mode a response lives on its connection, as on the service:
+when the client closes the stream the response stops, keeps its partial text in
+the conversation, turns "cancelled" and is recorded in `cancelled_runs`; the
+cancel endpoint refuses it (400). With ``"background": true`` it runs on the
+emulator whoever listens (see `background`): its stored events can be streamed
+again from any sequence number, and the cancel endpoint stops it, recording it in
+`cancelled_runs`. Holds pause both kinds alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .background import BackgroundResponse
 from .config import RESPONSE_CREATE
 from .faults import check_http_fault
 from .http import (
@@ -59,6 +64,9 @@ class ResponsesApi:
     def __init__(self, emulator: AgentsEmulator, gate: HoldGate) -> None:
         self.emulator = emulator
         self.gate = gate
+        # The background responses, by id, and the tasks that drive them.
+        self._background: dict[str, BackgroundResponse] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def routes(self, prefix: str) -> list[Route]:
         conversation = prefix + "/conversations/{conversation_id}"
@@ -104,16 +112,41 @@ class ResponsesApi:
         return deleted("conversation", conversation.id)
 
     async def _get_response(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self._response(request).to_dict())
+        response = self._response(request)
+        if request.query.get("stream", "false").lower() != "true":
+            return web.json_response(response.to_dict())
+        background = self._background.get(response.id)
+        if background is None:
+            raise bad_request(
+                "Only responses created with background=true can be streamed."
+            )
+        after = _starting_after(request.query.get("starting_after"))
+        http_response = await open_stream(request)
+        await background.log.follow(request, http_response, after)
+        return http_response
 
     async def _cancel_response(self, request: web.Request) -> web.StreamResponse:
-        self._response(request)
-        raise bad_request(
-            "Only responses created with background=true can be cancelled."
-        )
+        response = self._response(request)
+        background = self._background.get(response.id)
+        if background is None:
+            raise bad_request(
+                "Only responses created with background=true can be cancelled."
+            )
+        if response.active:
+            if not response.cancel_requested.is_set():
+                response.cancel_requested.set()
+                self.emulator.cancelled_runs.append(response.id)
+            # Answers with the response as the cancel left it.
+            await background.finished.wait()
+        elif response.status != "cancelled":
+            raise bad_request(f"Cannot cancel a {response.status} response.")
+        return web.json_response(response.to_dict())
 
     async def _create_response(self, request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
+        background = bool(body.get("background"))
+        if background and body.get("store") is False:
+            raise bad_request("Background responses must be stored (store=true).")
         conversation_id = _conversation_id(body.get("conversation"))
         messages = _input_messages(conversation_id or "", body.get("input"))
         user_text = last_user_text(messages)
@@ -127,20 +160,30 @@ class ResponsesApi:
             conversation = self._conversation(conversation_id)
             conversation.messages.extend(messages)
             messages = conversation.messages
-        response = Response(model=model, conversation_id=conversation_id, agent=agent)
+        response = Response(
+            model=model,
+            conversation_id=conversation_id,
+            agent=agent,
+            background=background,
+            status="queued" if background else "in_progress",
+        )
         self.emulator.responses[response.id] = response
-        stream = ResponseStream(
-            response=response,
-            conversation=conversation,
-            prompt_tokens=sum(len(m.text.split()) for m in messages),
-            config=config,
+        options: dict[str, Any] = {
+            "response": response,
+            "conversation": conversation,
+            "prompt_tokens": sum(len(m.text.split()) for m in messages),
+            "config": config,
             # Responses cite by position: the text carries no citation markers.
-            tokens=reply_tokens(
+            "tokens": reply_tokens(
                 dataclasses.replace(config, annotations=False), user_text
             ),
-            gate=self.gate,
-            deltas=self.emulator.deltas,
-            on_cancelled=self.emulator.cancelled_runs.append,
+            "gate": self.gate,
+            "deltas": self.emulator.deltas,
+        }
+        if background:
+            return await self._run_in_background(request, body, options)
+        stream = ResponseStream(
+            **options, on_cancelled=self.emulator.cancelled_runs.append
         )
         if not body.get("stream"):
             await stream.serve(request, None)
@@ -148,6 +191,38 @@ class ResponsesApi:
         http_response = await open_stream(request)
         await stream.serve(request, http_response)
         return http_response
+
+    async def _run_in_background(
+        self, request: web.Request, body: dict[str, Any], options: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Starts a background response; streams it when asked, else answers it
+        queued."""
+        reply = BackgroundResponse(**options)
+        responses = self.emulator.responses
+        # Forgets those the emulator no longer knows (reset).
+        self._background = {
+            response_id: kept
+            for response_id, kept in self._background.items()
+            if response_id in responses
+        }
+        self._background[reply.run_id] = reply
+        task = asyncio.create_task(reply.run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if not body.get("stream"):
+            return web.json_response(reply.response.to_dict())
+        http_response = await open_stream(request)
+        await reply.log.follow(request, http_response, -1)
+        return http_response
+
+
+def _starting_after(value: str | None) -> int:
+    """The sequence number a stream starts after (-1: before the first event)."""
+    if value is None:
+        return -1
+    if not (value.isascii() and value.isdigit()):
+        raise bad_request("Invalid 'starting_after': expected a non-negative integer.")
+    return int(value)
 
 
 def _conversation_id(value: Any) -> str | None:

@@ -184,6 +184,8 @@ class Response:
     model: str
     conversation_id: str | None
     agent: dict[str, Any] | None
+    # Runs on the emulator rather than on its connection (see `background`).
+    background: bool = False
     id: str = field(default_factory=lambda: new_id("resp"))
     item_id: str = field(default_factory=lambda: new_id("msg"))
     created_at: int = field(default_factory=now)
@@ -227,7 +229,7 @@ class Response:
             "object": "response",
             "created_at": self.created_at,
             "status": self.status,
-            "background": False,
+            "background": self.background,
             "error": self.error,
             "incomplete_details": self.incomplete_details,
             "instructions": None,
