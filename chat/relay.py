@@ -510,6 +510,7 @@ class Reply:
         self._last_event = 0.0
         self._deadline = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._producing = False
 
     # --- control -------------------------------------------------------------------
 
@@ -538,7 +539,9 @@ class Reply:
         if self.stop_reason is not None:
             return
         self.stop_reason = reason
-        if self.task is not None and not self.task.done():
+        # A task cancelled before its first step would skip its cleanup too: the
+        # producer checks the reason when it starts.
+        if self._producing and self.task is not None and not self.task.done():
             self.task.cancel()
 
     @property
@@ -607,7 +610,10 @@ class Reply:
         clock = asyncio.get_running_loop().time
         completed = False
         self._watch_time()
+        self._producing = True
         try:
+            if self.stop_reason is not None:
+                raise asyncio.CancelledError  # stopped before it began
             async for event in self._events():
                 self._last_event = clock()
                 match event:
