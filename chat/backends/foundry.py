@@ -8,11 +8,13 @@ through azure-core, whose bearer policy refuses plain http. A new chat creates a
 conversation (``conv_…``, kept where a classic thread id is); each message is one
 streamed `responses.create` naming the agent.
 
-Stop: a streamed response runs only while its stream is open, so closing it (the
-relay cancels the reply, which closes the stream) ends generation and billing.
-`cancel()` also asks ``POST /responses/{id}/cancel``, which the service honours
-only for background responses; a stop that reaches another replica therefore
-cannot end a stream there, which then finishes on its own.
+Responses run in background mode: the service generates a response whether or not
+its stream is open, and keeps its events. Each event's `sequence_number` is the
+cursor of the deltas and citations it carries, so that `resume_reply` can follow
+a response whose process died from there (``GET /responses/{id}?stream=true&
+starting_after=N``). Stop: closing a stream no longer ends its response, so
+`cancel()` asks ``POST /responses/{id}/cancel``, which works from any replica; the
+cancelled response's streams end with response.failed of status "cancelled".
 """
 
 import contextlib
@@ -22,7 +24,7 @@ from typing import Any
 
 from azure.ai.projects.aio import AIProjectClient
 from django.conf import settings
-from openai import APIError, AsyncOpenAI, NotFoundError
+from openai import APIError, AsyncOpenAI, NotFoundError, omit
 from openai.types.responses import Response
 
 from chat.backends import base
@@ -33,7 +35,13 @@ from chat.backends._azure import (
 )
 from chat.backends._errors import incomplete, model_rate_limited, stream_error
 from chat.backends._openai import api_error, http_client, stream_broke
-from chat.backends.base import BackendError, ChatBackend, Event, ReplyRequest
+from chat.backends.base import (
+    BackendError,
+    ChatBackend,
+    Event,
+    ReplyRequest,
+    Resumption,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +110,55 @@ def _ended(response: Response) -> base.Completed:
     )
 
 
+async def _reply_events(stream: Any, *, logged: int = 0) -> AsyncIterator[Event]:
+    """The events of a response's stream, each delta and citation with its
+    sequence number for cursor, ending like `stream_reply`.
+
+    `logged` characters of delta text are left out, with the citations that come
+    among them: a stream followed again from its start gives them once more.
+    """
+    try:
+        async with stream:
+            async for event in stream:
+                kind = event.type
+                if kind in TEXT_DELTAS:
+                    delta = event.delta or ""
+                    skipped = min(logged, len(delta))
+                    logged -= skipped
+                    if text := delta[skipped:]:
+                        yield base.Delta(text, cursor=event.sequence_number)
+                elif kind == "response.output_text.annotation.added":
+                    citation = _citation(event.annotation)
+                    if citation and not logged:
+                        yield base.Citation(citation, cursor=event.sequence_number)
+                elif kind == "response.created":
+                    yield base.RunStarted(event.response.id)
+                elif kind == "response.completed":
+                    yield _completed(event.response)
+                    return
+                elif kind in ("response.failed", "response.incomplete"):
+                    yield _ended(event.response)
+                    return
+                elif kind == "error":
+                    raise stream_error(
+                        event.code,
+                        event.message,
+                        service=SERVICE,
+                        default=base.UPSTREAM_UNAVAILABLE,
+                    )
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise stream_broke(exc, SERVICE) from exc
+    raise BackendError(
+        base.INCOMPLETE, "the agent's reply ended before the response finished"
+    )
+
+
 class FoundryBackend(ChatBackend):
     alias = "foundry"
     label = "Azure AI Foundry agent"
+    resumable = True
 
     def __init__(self) -> None:
         self.endpoint = project_endpoint()
@@ -151,6 +205,9 @@ class FoundryBackend(ChatBackend):
             conversation=conversation_id,
             input=message,
             stream=True,
+            # Kept by the service: a stream can be resumed and a stop reach it
+            # from any process.
+            background=True,
             extra_body={"agent_reference": self._agent_reference()},
         )
 
@@ -184,46 +241,32 @@ class FoundryBackend(ChatBackend):
                 ) from exc
             except Exception as exc:
                 raise api_error(exc, SERVICE) from exc
+        async for event in _reply_events(stream):
+            yield event
+
+    async def resume_reply(self, resumption: Resumption) -> AsyncIterator[Event]:
+        """Follows the response again after the resumption's cursor; without one,
+        from its start, leaving out the text the reply's log already holds.
+        Yields no RunStarted: the run is the resumption's."""
+        cursor = resumption.cursor
         try:
-            async with stream:
-                async for event in stream:
-                    kind = event.type
-                    if kind in TEXT_DELTAS:
-                        if event.delta:
-                            yield base.Delta(event.delta)
-                    elif kind == "response.output_text.annotation.added":
-                        citation = _citation(event.annotation)
-                        if citation:
-                            yield base.Citation(citation)
-                    elif kind == "response.created":
-                        yield base.RunStarted(event.response.id)
-                    elif kind == "response.completed":
-                        yield _completed(event.response)
-                        return
-                    elif kind in ("response.failed", "response.incomplete"):
-                        yield _ended(event.response)
-                        return
-                    elif kind == "error":
-                        raise stream_error(
-                            event.code,
-                            event.message,
-                            service=SERVICE,
-                            default=base.UPSTREAM_UNAVAILABLE,
-                        )
-        except BackendError:
-            raise
+            stream = await self.client().responses.retrieve(
+                resumption.run_id,
+                stream=True,
+                starting_after=omit if cursor is None else cursor,
+            )
         except Exception as exc:
-            raise stream_broke(exc, SERVICE) from exc
-        raise BackendError(
-            base.INCOMPLETE, "the agent's reply ended before the response finished"
-        )
+            raise api_error(exc, SERVICE) from exc
+        logged = len(resumption.text) if cursor is None else 0
+        async for event in _reply_events(stream, logged=logged):
+            if type(event) is not base.RunStarted:
+                yield event
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         try:
             await self.client().responses.cancel(run_id)
         except APIError as exc:
-            # Streamed (not background) responses cannot be cancelled this way;
-            # closing their stream already stopped them.
+            # It has already ended (or is unknown): nothing is left to stop.
             logger.info("cancel of response %s answered %s", run_id, exc.message)
 
     async def delete_thread(self, thread_id: str) -> None:
