@@ -65,15 +65,20 @@ Control API (same server)
 
 Recordings: ``emulator.requests`` (RecordedRequest), ``emulator.deltas``
 (RecordedDelta, with ``time.time()`` and ``time.monotonic()`` taken as each delta
-is written) and ``emulator.cancelled_runs`` (ids of runs cancelled, and of
-responses and chat completions whose client closed the stream, which is how
-those are stopped).
+is written) and ``emulator.cancelled_runs`` (ids of runs and background
+responses cancelled, and of streamed responses and chat completions whose client
+closed the stream, which is how those are stopped).
 
 Behaviour kept from the service: success is always 200; errors are
 ``{"error": {"code", "message", "type", "param"}}``; a thread has one active run
 (another run, or a new message, gets 400); a run continues when its stream's
-client goes away, and a cancelled or failed run leaves its partial reply in the
-thread as an incomplete message.
+client goes away (and while it stops reading), polled with ``GET
+/threads/{id}/runs/{id}`` and ``GET /threads/{id}/messages?run_id=``; a cancelled
+or failed run leaves its partial reply in the thread as an incomplete message. A
+response created with ``background: true`` runs without its stream: ``GET
+/responses/{id}?stream=true&starting_after=N`` streams its events after sequence
+number N and follows it live, and ``POST /responses/{id}/cancel`` stops it (its
+streams end with ``response.failed`` whose status is ``cancelled``).
 """
 
 from .config import FAULTS, HTTP_FAULTS, STREAM_FAULTS, EmulatorConfig
