@@ -6,6 +6,7 @@ async-safety checks. One browser serves the module; each test gets a fresh
 context (cookies, storage) and its own server.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from playwright.async_api import (
 from chat.models import Message
 from emulator import EmulatorConfig, EmulatorThread
 from testing.live import LiveServer
+from testing.readme import snippet
 from testing.replies import astored_reply
 from testing.upstream import server_env
 from testing.waiting import await_until
@@ -613,3 +615,32 @@ async def test_a_second_tab_picks_up_a_reply_started_in_the_first(
         await expect(tab.page.locator(".message-assistant")).to_have_count(2)
     await chat.assert_clean()
     await second.assert_clean()
+
+
+async def test_the_readme_eventsource_snippet_follows_a_reply_to_its_end(
+    chat: ChatPage, agent: EmulatorThread, resuming_server: LiveServer
+) -> None:
+    """README.md's resume example, run as written in the page's origin."""
+    agent.configure(reply=REPLY, hold_after=HELD_AFTER)
+    await chat.open(resuming_server)
+    await chat.send("Keep going")
+    await expect(chat.assistant().locator(".message-body")).to_have_text(HELD)
+    [conversation] = (
+        await chat.page.evaluate("fetch('/api/conversations').then(r => r.json())")
+    )["results"]
+
+    following = asyncio.ensure_future(
+        chat.page.evaluate(
+            f"""async (id) => {{
+              {snippet("js", "follow")}
+              const seen = [];
+              const text = await follow(id, (so_far) => seen.push(so_far));
+              return {{ text, seen }};
+            }}""",
+            conversation["id"],
+        )
+    )
+    agent.release()
+    followed = await following
+    assert followed["text"] == FULL
+    assert followed["seen"][0].startswith(HELD) and followed["seen"][-1] == FULL

@@ -1,8 +1,7 @@
-"""The two client snippets in README.md's chat API section, run as written
+"""The client snippets in README.md's chat API section, run as written
 against a live server (only its address changes)."""
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -13,19 +12,12 @@ import pytest
 
 from emulator import EmulatorConfig, EmulatorThread
 from testing.live import LiveServer
+from testing.readme import snippet
 from testing.upstream import server_env
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 REPLY = "Grüße 👋 from the agent\u2028 with a line separator"
-
-
-def snippet(language: str) -> str:
-    """The chat API section's code block in `language`."""
-    section = README.read_text().split("## The chat API", 1)[1].split("\n## ", 1)[0]
-    [code] = re.findall(rf"```{language}\n(.*?)```", section, re.S)
-    return code
 
 
 @pytest.fixture
@@ -37,7 +29,7 @@ def server(uvicorn_server_factory: Any) -> LiveServer:
 def test_the_python_snippet_prints_the_reply(
     server: LiveServer, tmp_path: Path
 ) -> None:
-    code = snippet("python").replace("http://127.0.0.1:8000", server.url)
+    code = snippet("python", "chat").replace("http://127.0.0.1:8000", server.url)
     script = tmp_path / "client.py"
     script.write_text(
         code
@@ -54,7 +46,7 @@ def test_the_python_snippet_prints_the_reply(
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_the_fetch_snippet_reads_the_reply(server: LiveServer, tmp_path: Path) -> None:
-    code = snippet("js").replace("http://127.0.0.1:8000", server.url)
+    code = snippet("js", "chat").replace("http://127.0.0.1:8000", server.url)
     (tmp_path / "client.mjs").write_text(code)
     (tmp_path / "main.mjs").write_text(
         'import { chat } from "./client.mjs";\n'
