@@ -5,6 +5,13 @@ GC_PROBE_APP ("module:attribute"); a `gc.callbacks` hook times every collection,
 and the totals per generation go to GC_PROBE_OUTPUT (JSON) at lifespan shutdown
 (uvicorn ends by re-raising SIGTERM, so atexit would never run). The hook runs
 only when the collector does, and requests pass through one extra await.
+
+With GC_PROBE_REDIS=1 it also counts the Redis commands the app sends and their
+bytes, as redis-py packs them (the asyncio client of the reply log and the stop
+bus, and the sync client of Django's cache), and answers
+`GET /_bench/redis` with the counts so far: the harness reads them before and
+after a scenario. On a Redis server that others use too, the server's own
+counters (INFO) include their commands; these are this process's alone.
 """
 
 import gc
@@ -12,6 +19,7 @@ import importlib
 import json
 import os
 import time
+from collections import Counter
 from typing import Any
 
 module_name, _, attribute = os.environ["GC_PROBE_APP"].partition(":")
@@ -22,6 +30,10 @@ if os.environ.get("BENCH_EXPERIMENTS"):
     experiments.apply()
 
 _pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+# Redis commands by their first argument as the app passed it, and bytes sent.
+_redis_calls: Counter[Any] = Counter()
+_redis_bytes = [0]
+REDIS_PATH = "/_bench/redis"
 _started = 0.0
 
 
@@ -50,8 +62,52 @@ def _write() -> None:
         json.dump(stats, out)
 
 
+def _count_redis() -> None:
+    from redis import connection
+    from redis.asyncio import connection as aio_connection
+
+    def counted(pack: Any) -> Any:
+        def pack_counted(self: Any, *args: Any) -> Any:
+            packed = pack(self, *args)
+            _redis_calls[args[0]] += 1  # the name is read when the counts are
+            _redis_bytes[0] += sum(map(len, packed))
+            return packed
+
+        return pack_counted
+
+    # Every command goes through one of these (pipelines too, one per command).
+    for serializer in (
+        connection.PythonRespSerializer,
+        connection.HiredisRespSerializer,
+    ):
+        serializer.pack = counted(serializer.pack)
+    aio = aio_connection.AbstractConnection
+    aio.pack_command = counted(aio.pack_command)
+
+
+async def _send_redis_counts(send: Any) -> None:
+    by_command: Counter[str] = Counter()
+    for first, count in list(_redis_calls.items()):
+        name = first.split()[0] if first else "?"
+        if isinstance(name, bytes):
+            name = name.decode()
+        by_command[name.lower()] += count
+    counts = {
+        "commands": by_command.total(),
+        "bytes": _redis_bytes[0],
+        "by_command": dict(by_command.most_common()),
+    }
+    body = json.dumps(counts).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def application(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] != "lifespan":
+        if scope["type"] == "http" and scope["path"] == REDIS_PATH:
+            await _send_redis_counts(send)
+            return
         await app(scope, receive, send)
         return
 
@@ -64,3 +120,5 @@ async def application(scope: Any, receive: Any, send: Any) -> None:
 
 
 gc.callbacks.append(_record)
+if os.environ.get("GC_PROBE_REDIS") == "1":
+    _count_redis()

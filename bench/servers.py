@@ -1,7 +1,9 @@
 """The processes a benchmark run starts, and what /proc says about them."""
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,8 @@ APP_CPU = 0  # the server under test
 LOAD_CPU = 1  # the harness (client), the emulator and py-spy
 
 BENCH_DATABASE = "bench_chatsite"
+# Ids in log messages, so that one kind of warning counts as one.
+LOGGED_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SECRET_KEY = "bench-secret-key-not-for-production-0123456789abcdefghijklmnop"
 
 
@@ -138,6 +143,26 @@ class Process:
                 self.popen.wait(5)
         return self.popen.returncode
 
+    def warnings(self) -> Counter[str]:
+        """Warnings and errors in the log so far, by logger and message: the
+        app's JSON lines, uvicorn's plain `WARNING:`/`ERROR:` lines."""
+        found: Counter[str] = Counter()
+        with contextlib.suppress(OSError), open(self.log_path) as log:
+            for line in log:
+                if line.startswith("{"):
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+                        message = f"{entry.get('logger')}: {entry.get('message')}"
+                        if entry.get("exc_info"):  # and the exception, last line
+                            message += f" ({entry['exc_info'].splitlines()[-1]})"
+                        found[LOGGED_ID.sub("<id>", message)[:240]] += 1
+                elif line.startswith(("WARNING:", "ERROR:", "CRITICAL:")):
+                    found[LOGGED_ID.sub("<id>", line.strip())[:160]] += 1
+        return found
+
     def tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text().splitlines()[-lines:])
@@ -183,8 +208,14 @@ def uvicorn_argv(app: str, port: int, *, loop: str, app_dir: Path | None) -> lis
     return argv
 
 
-def app_env(emulator_endpoint: str, database_url: str) -> dict[str, str]:
+def app_env(
+    emulator_endpoint: str, database_url: str, redis_url: str | None = None
+) -> dict[str, str]:
+    """The app's environment; `redis_url` replaces the caller's REDIS_URL ("":
+    none) unless it is None."""
     env = dict(os.environ)
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
     env.update(
         CHAT_BACKEND="azure_agents",
         AZURE_AI_PROJECT_ENDPOINT=emulator_endpoint,
