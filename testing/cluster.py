@@ -5,24 +5,28 @@ PostgreSQL database (created and migrated, dropped at the end), a Redis database
 of its own (emptied at the start and the end), N uvicorn replicas sharing both,
 and nginx in front of them, round-robin. nginx adds an `X-Upstream` header naming
 the replica that answered (`replica_of`); a test can kill a replica and bring it
-back on the same address (`kill`, `restart`).
+back on the same address (`kill`, `restart`). With `redis_gates=True` each replica
+reaches Redis through a gate of its own, which a test shuts to take Redis away
+from it, or from all of them (`shut_redis`, `open_redis`).
 
     require_cluster_services()
     with Cluster(tmp_path) as cluster:
         httpx.get(f"{cluster.url}/api/posts")
 """
 
+import asyncio
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 from unittest import mock
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,7 +37,9 @@ import redis
 from django.db import connection
 
 from emulator import EmulatorConfig, EmulatorThread
+from emulator.threaded import START_TIMEOUT_SECONDS, LoopThread
 from testing import live
+from testing.gate import Gate
 from testing.live import (
     BASE_DIR,
     LiveServer,
@@ -97,6 +103,68 @@ def nginx_binary() -> str | None:
     return next(filter(None, map(shutil.which, NGINX_PATHS)), None)
 
 
+class GateThread(LoopThread):
+    """A `Gate` on its own event loop, for tests and subprocesses that are not on
+    one: `shut()` resets every connection through it and refuses new ones until
+    `open()`, on the same port."""
+
+    thread_name = "tcp-gate"
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        super().__init__()
+        self.gate = Gate(target_port, target_host)
+        self.is_open = False
+        self._held: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        return self.gate.port
+
+    async def _open(self) -> None:
+        await self.gate.open()
+        self.is_open = True
+
+    async def _close(self) -> None:
+        await self.gate.shut()
+
+    def shut(self) -> None:
+        if self.is_open:
+            self._run(self.gate.shut())
+            self.is_open = False
+            # Bound but not listening, the port refuses connections and stays
+            # ours: a server another test starts on a free port could take it
+            # and leave the replicas' connections hanging instead.
+            self._held = socket.socket()
+            self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._held.bind(("127.0.0.1", self.port))
+
+    def open(self) -> None:
+        if not self.is_open:
+            if self._held is not None:
+                self._held.close()
+                self._held = None
+            self._run(self.gate.open())
+            self.is_open = True
+
+    def stop(self) -> None:
+        super().stop()
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def _run(self, step: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None, "the gate is not started"
+        asyncio.run_coroutine_threadsafe(step, self._loop).result(START_TIMEOUT_SECONDS)
+
+
+def backend_env(backend: str, emulator: EmulatorThread, **extra: str) -> dict[str, str]:
+    """A replica's environment for `backend`: the emulator as its upstream, or
+    none for the local agent."""
+    if backend == "local":
+        return {"CHAT_BACKEND": backend, **extra}
+    return server_env(backend, emulator, **extra)
+
+
 def postgres_url() -> str:
     """The maintenance database of the PostgreSQL server the tests use: Django's
     when it is PostgreSQL, else the one on 127.0.0.1:5432."""
@@ -138,8 +206,9 @@ def require_cluster_services() -> None:
 
 class Cluster:
     """`replicas` uvicorn processes behind nginx, with `env` added to (and
-    overriding) what each replica gets: the emulator as the `backend`'s upstream,
-    the shared DATABASE_URL and REDIS_URL, CHAT_ON_DISCONNECT=continue,
+    overriding) what each replica gets: the emulator as the `backend`'s upstream
+    (no upstream for `local`), the shared DATABASE_URL and REDIS_URL (through
+    its gate, with `redis_gates`), CHAT_ON_DISCONNECT=continue,
     CHAT_LEASE_SECONDS=2 and TRUSTED_PROXY_HOPS=1 (nginx is the one proxy)."""
 
     def __init__(
@@ -150,6 +219,7 @@ class Cluster:
         env: Mapping[str, str] | None = None,
         backend: str = "azure_agents",
         emulator_config: EmulatorConfig | None = None,
+        redis_gates: bool = False,
     ) -> None:
         self.workdir = workdir
         self.size = replicas
@@ -157,7 +227,11 @@ class Cluster:
         self.backend = backend
         self.emulator = EmulatorThread(config=emulator_config or EmulatorConfig())
         self.database_url = ""
-        self.redis_url = REDIS_URL
+        self.redis_url = REDIS_URL  # direct, for the test itself
+        redis_port = urlsplit(REDIS_URL).port or 6379
+        self.redis_gates = (
+            [GateThread(redis_port) for _ in range(replicas)] if redis_gates else []
+        )
         self.env: dict[str, str] = {}
         self.replicas: list[LiveServer] = []
         self.ports: list[int] = []
@@ -216,6 +290,24 @@ class Cluster:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stderr}")
         return done.stdout
 
+    def shut_redis(self, *indexes: int) -> None:
+        """Takes Redis away from replicas `indexes` (all by default): their
+        connections to it are reset and new ones refused. Needs `redis_gates`."""
+        for index in indexes or range(self.size):
+            self.redis_gates[index].shut()
+
+    def open_redis(self, *indexes: int) -> None:
+        """Gives Redis back to replicas `indexes` (all by default)."""
+        for index in indexes or range(self.size):
+            self.redis_gates[index].open()
+
+    def replica_logs(self) -> str:
+        """What every replica this cluster started logged, killed ones included."""
+        return "".join(
+            path.read_text(errors="replace")
+            for path in sorted(self.workdir.glob("replica-*.log"))
+        )
+
     def nginx_log(self) -> str:
         return "".join(
             (self.workdir / name).read_text(errors="replace")
@@ -230,7 +322,8 @@ class Cluster:
             self._start_emulator()
             self._start_redis()
             self._start_database()
-            self.env = server_env(
+            self._start_redis_gates()
+            self.env = backend_env(
                 self.backend,
                 self.emulator,
                 DATABASE_URL=self.database_url,
@@ -267,6 +360,18 @@ class Cluster:
         self._cleanup.callback(client.close)
         self._cleanup.callback(client.flushdb)
 
+    def _start_redis_gates(self) -> None:
+        for gate in self.redis_gates:
+            gate.start()
+            self._cleanup.callback(gate.stop)
+
+    def _replica_env(self, index: int) -> dict[str, str]:
+        if not self.redis_gates:
+            return self.env
+        netloc = f"127.0.0.1:{self.redis_gates[index].port}"
+        through = urlunsplit(urlsplit(self.redis_url)._replace(netloc=netloc))
+        return {**self.env, "REDIS_URL": through}
+
     def _start_database(self) -> None:
         admin_url = postgres_url()
         name = f"chatsite_cluster_{secrets.token_hex(4)}"
@@ -293,11 +398,12 @@ class Cluster:
     def _start_replica(self, index: int, port: int | None = None) -> LiveServer:
         self._starts += 1
         log_path = self.workdir / f"replica-{index}-{self._starts}.log"
+        env = self._replica_env(index)
         if port is None:
-            return start_server(self.env, log_path)
+            return start_server(env, log_path)
         # start_server picks a free port; a restarted replica needs its old one.
         with mock.patch.object(live, "free_port", lambda: port):
-            return start_server(self.env, log_path)
+            return start_server(env, log_path)
 
     def _stop_replicas(self) -> None:
         # Every replica is told at once, so their shutdowns overlap.
