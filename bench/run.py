@@ -1317,6 +1317,8 @@ SUMMARY_ROWS: list[tuple[tuple[str, ...], str, tuple[str, ...], str]] = [
     ),
     (("*",), "others' CPU-s on the app's core", ("other_cpu_on_app_core_s",), "{:.1f}"),
 ]
+# Counts and noise: a ratio of them says nothing.
+NO_RATIO = {"errors / server log warnings", "others' CPU-s on the app's core"}
 RESUME_SUMMARY_ROWS: list[tuple[str, tuple[str, ...], str]] = [
     (
         "reconnect → first replayed frame p50 / p99 ms",
@@ -1368,7 +1370,7 @@ def summary(report: dict[str, Any]) -> str:
             if not any(v for vs in values for v in vs):
                 continue  # nothing but zeros and blanks
             ratios = [ratio(a, b) for a, b in zip(values[1], values[2], strict=True)]
-            both = " / ".join(ratios) if any(ratios) else ""
+            both = " / ".join(ratios) if label not in NO_RATIO and any(ratios) else ""
             out.append(" | ".join([name if first else "", label, *texts, both]))
             first = False
     if "resume" in scenarios:
