@@ -44,6 +44,25 @@ async def alive(process_id: str) -> bool:
     )
 
 
+async def dead(process_id: str) -> bool:
+    """Whether `process_id` died: its lease is missing, and still missing a
+    moment later. A live process whose beats failed while the cache was
+    unreachable beats again within `_retry_delay()` of the cache coming back;
+    taking its work over in that window would make two writers of one reply."""
+    if await alive(process_id):
+        return False
+    await asyncio.sleep(_confirm_delay())
+    return not await alive(process_id)
+
+
+def _confirm_delay() -> float:
+    return max(1.0, settings.CHAT_LEASE_SECONDS / 5)
+
+
+def _retry_delay() -> float:
+    return min(0.5, settings.CHAT_LEASE_SECONDS / 6)
+
+
 async def ensure_heartbeat() -> None:
     """Starts this process's heartbeat on the running loop, once (at start-up
     under a server; at the first reply otherwise)."""
@@ -67,13 +86,18 @@ async def _beat() -> None:
 
 
 async def _beat_forever() -> None:
+    delay = settings.CHAT_LEASE_SECONDS / 3
     while True:
-        await asyncio.sleep(settings.CHAT_LEASE_SECONDS / 3)
+        await asyncio.sleep(delay)
         try:
             await _beat()
+            delay = settings.CHAT_LEASE_SECONDS / 3
         except Exception:
-            # The cache is unreachable: try again at the next beat.
-            logger.warning("lease heartbeat failed", exc_info=True)
+            # The cache is unreachable: beat again as soon as it answers, before
+            # another process counts this one as dead.
+            if delay != _retry_delay():
+                logger.warning("lease heartbeat failed", exc_info=True)
+            delay = _retry_delay()
 
 
 async def take(key: str) -> bool:

@@ -203,7 +203,7 @@ async def take_over(conversation: Conversation, backend: ChatBackend) -> "Reply 
     holder = conversation.active_holder
     if redis_client is None or message_id is None or not holder:
         return None
-    if conversation.active_since is None or await lease.alive(holder):
+    if conversation.active_since is None or not await lease.dead(holder):
         return None
     log = await RemoteLog(redis_client, message_id).restore()
     if log is None or log.ended:
@@ -238,7 +238,8 @@ async def take_over(conversation: Conversation, backend: ChatBackend) -> "Reply 
             cursor=log.cursor,
             text=log.text,
         ),
-        created_at=conversation.active_since,
+        # After its question, which has the lock's time.
+        created_at=conversation.active_since + store.AFTER_QUESTION,
     )
     reply.run_id = run_id
     reply.start()
@@ -929,11 +930,14 @@ class RemoteReply:
         last = await remote.last()
         if last is not None:
             last_event, last_frame = last
-            if last_id > last_event:
-                last_id = -1  # an id this reply never sent: from its start
-            elif last_frame.type in replylog.FINAL_TYPES and last_id >= last_event:
-                # A reader that has everything gets the final frame again.
-                last_id = last_event - 1
+            if last_frame.type in replylog.FINAL_TYPES:
+                if last_id > last_event:
+                    last_id = -1  # an id this reply never sent: from its start
+                elif last_id == last_event:
+                    # A reader that has everything gets the final frame again.
+                    last_id = last_event - 1
+            # Otherwise an id past the log's end is one the writer sent before
+            # its copy reached Redis: what follows it comes.
         quiet_since = loop.time()
         while not remote.ended:
             batch = await remote.read(last_id, check_every)

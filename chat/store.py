@@ -51,6 +51,10 @@ UNLOCKED = {
     "active_message_id": None,
 }
 
+# A reply stored by another process than the one that took the question is
+# timed this much after it (the question has the lock's time): it lists after it.
+AFTER_QUESTION = timedelta(milliseconds=1)
+
 # Seconds to wait before each further try of a step whose connection failed.
 RETRY_DELAYS = (0.1, 0.5, 2.0)
 
@@ -232,7 +236,7 @@ def _store_lost_reply(conversation: Conversation, now: datetime) -> None:
             "status": Message.Status.INTERRUPTED,
             "error_code": PRODUCER_LOST,
             "error_message": "the server writing this reply stopped",
-            "created_at": conversation.active_since,
+            "created_at": conversation.active_since + AFTER_QUESTION,
             "finished_at": now,
         },
     )

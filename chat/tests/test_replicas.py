@@ -420,12 +420,6 @@ def test_a_killed_replicas_reply_is_taken_over_once(backend_cluster: Cluster) ->
             ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="take_over stores the reply with created_at = the lock's active_since, "
-    "the user message's own timestamp: ordered by (created_at, role), the "
-    "reply comes first",
-)
 def test_a_taken_over_reply_is_listed_after_its_question(cluster: Cluster) -> None:
     with httpx.Client(timeout=30) as client:
         killed = kill_mid_reply(cluster, client, "Which comes first?")
@@ -485,12 +479,6 @@ def test_a_live_stream_goes_on_when_redis_goes_away(cluster: Cluster) -> None:
         assert replayed[-1].data["status"] == "complete"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RemoteReply takes a Last-Event-ID past the Redis log's last entry for "
-    "an id the reply never sent and replays from id 0, though the writer lives "
-    "and the log is only behind",
-)
 def test_a_resume_ahead_of_the_redis_log_waits_for_it(cluster: Cluster) -> None:
     cluster.emulator.push(tokens=TOKENS, hold_after=HELD)
     body = {"message": "Ahead of the log"}
@@ -521,12 +509,6 @@ def test_a_resume_ahead_of_the_redis_log_waits_for_it(cluster: Cluster) -> None:
     assert chunk_text([*head, ahead, *followed]) == token_text(TOKENS)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="a Redis outage longer than the lease expires every process's alive "
-    "key; until the writer's next heartbeat a reader elsewhere takes its reply "
-    "over, and two processes write it",
-)
 def test_a_reply_is_not_taken_from_a_writer_that_lived_through_a_redis_outage(
     cluster: Cluster,
 ) -> None:
