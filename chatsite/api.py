@@ -321,7 +321,8 @@ async def authenticate(request: HttpRequest) -> None:
 
     `Authorization: Bearer <key>` authenticates a script and needs no CSRF token:
     browsers never attach it on their own. A request that carries the session
-    cookie is a browser acting with ambient authority, so its writes must pass
+    cookie, or that the Container Apps ingress signed in (its cookie is just as
+    ambient), is a browser acting with ambient authority, so its writes must pass
     Django's CSRF check. A request with neither is anonymous.
     """
     header = request.headers.get("Authorization")
@@ -343,7 +344,8 @@ async def authenticate(request: HttpRequest) -> None:
         request.api_user = user
         request.auth_method = "api_key"
         return
-    if settings.SESSION_COOKIE_NAME in request.COOKIES:
+    signed_in = getattr(request, "principal", None) is not None
+    if signed_in or settings.SESSION_COOKIE_NAME in request.COOKIES:
         if request.method not in SAFE_METHODS:
             reason = csrf_failure(request)
             if reason:

@@ -28,7 +28,7 @@ from opentelemetry import metrics
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chatsite import requestlog
+from chatsite import easyauth, requestlog
 from chatsite.api import json_error
 
 
@@ -125,6 +125,24 @@ class AsyncMiddleware:
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        return await self.get_response(request)
+
+
+class EasyAuthMiddleware(AsyncMiddleware):
+    """With AUTH_EASY_AUTH, signs in the user that the Container Apps ingress
+    signed in, from its principal headers (chatsite.easyauth), and sets
+    `request.principal`. A principal that cannot be read is refused with 401, one
+    that is not let in with 403: JSON under /api/, a page elsewhere, never a 500.
+    With the setting off the headers are ignored and `request.principal` is None.
+    """
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        request.principal = None
+        if settings.AUTH_EASY_AUTH:
+            try:
+                request.principal = await easyauth.sign_in(request)
+            except easyauth.SignInRefused as refused:
+                return easyauth.refusal(request, refused)
         return await self.get_response(request)
 
 

@@ -146,6 +146,7 @@ MIDDLEWARE = [
     "chatsite.middleware.SessionMiddleware",
     "chatsite.middleware.CsrfViewMiddleware",
     "chatsite.middleware.AuthenticationMiddleware",
+    "chatsite.middleware.EasyAuthMiddleware",
     "chatsite.middleware.MessageMiddleware",
     "chatsite.middleware.XFrameOptionsMiddleware",
     "chatsite.middleware.ContentSecurityPolicyMiddleware",
@@ -180,6 +181,7 @@ TEMPLATES = [
                 "django.template.context_processors.csp",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "chatsite.easyauth.links",
             ],
         },
     },
@@ -248,6 +250,31 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "admin:login"
 LOGIN_REDIRECT_URL = "admin:index"
+
+# Sign-in through Container Apps authentication with Entra ID (chatsite/easyauth.py).
+# The principal headers are trusted only with this on, and it must be on only where
+# the Container Apps ingress is the one way in: anyone who reaches the container
+# directly can write them.
+AUTH_EASY_AUTH = env_bool("AUTH_EASY_AUTH", False)
+# Entra group object ids and app role values whose members are staff (the admin) or
+# superusers. With none set, staff flags are left to the admin.
+AUTH_EASY_AUTH_STAFF_GROUPS = env_list("AUTH_EASY_AUTH_STAFF_GROUPS")
+AUTH_EASY_AUTH_SUPERUSER_GROUPS = env_list("AUTH_EASY_AUTH_SUPERUSER_GROUPS")
+AUTH_EASY_AUTH_STAFF_ROLES = env_list("AUTH_EASY_AUTH_STAFF_ROLES")
+AUTH_EASY_AUTH_SUPERUSER_ROLES = env_list("AUTH_EASY_AUTH_SUPERUSER_ROLES")
+# Only principals of this tenant sign in (empty: whatever the ingress accepts).
+AUTH_EASY_AUTH_TENANT_ID = env_str("AUTH_EASY_AUTH_TENANT_ID")
+AUTH_EASY_AUTH_LOGIN_URL = env_str("AUTH_EASY_AUTH_LOGIN_URL", "/.auth/login/aad")
+AUTH_EASY_AUTH_LOGOUT_URL = env_str(
+    "AUTH_EASY_AUTH_LOGOUT_URL", "/.auth/logout?post_logout_redirect_uri=/"
+)
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "chatsite.easyauth.EasyAuthBackend",
+]
+# Logging out of the admin ends the ingress's sign-in too; otherwise its principal
+# would sign the user straight back in.
+LOGOUT_REDIRECT_URL = AUTH_EASY_AUTH_LOGOUT_URL if AUTH_EASY_AUTH else None
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
