@@ -12,6 +12,7 @@ from chat import frames, idempotency, lease, limits, relay, store
 from chat.backends import get_backend
 from chat.models import Conversation, Owner
 from chat.schemas import ChatRequest
+from chatsite import easyauth
 from chatsite.api import BadRequest, api_view, json_error, json_response, parse_body
 
 SESSION_OWNER_KEY = "chat_owner"
@@ -32,6 +33,8 @@ async def _owner(request: HttpRequest, *, create: bool) -> Owner:
     user = request.api_user
     if user.is_authenticated:
         return Owner(user_id=user.pk)
+    if settings.CHAT_REQUIRE_LOGIN:
+        raise BadRequest("sign in to chat", 401, code="login_required")
     if settings.SESSION_COOKIE_NAME not in request.COOKIES:
         # No cookies: the caller owns what it creates by holding the ids.
         return Owner()
@@ -73,10 +76,8 @@ def _as_uuid(value: str) -> uuid.UUID | None:
 
 async def post_chat(request: HttpRequest) -> HttpResponse:
     started = time.perf_counter()
-    if settings.CHAT_REQUIRE_LOGIN and not request.api_user.is_authenticated:
-        raise BadRequest("log in to chat", 401, code="login_required")
-    body = parse_body(request, ChatRequest, text_plain=True)
     owner = await _owner(request, create=True)
+    body = parse_body(request, ChatRequest, text_plain=True)
     caller = limits.caller_of(request, owner)
     conversation_id, thread_id = _ids(body)
     ids = (body.message, conversation_id, thread_id)
@@ -256,13 +257,17 @@ async def delete_conversation(
 
 
 async def page(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
+        return easyauth.sign_in_redirect(request)
     # The API ties anonymous conversations to this token; creating it here gives
     # the browser its session cookie before the first chat POST. Rendering
     # {{ csrf_token }} sets the CSRF cookie the page's requests send back.
     if not await request.session.aget(SESSION_OWNER_KEY):
         await request.session.aset(SESSION_OWNER_KEY, secrets.token_hex(16))
     backend = get_backend()
-    return render(request, "chat/index.html", {"backend": backend.describe()})
+    context = {"backend": backend.describe(), "user": user}
+    return render(request, "chat/index.html", context)
 
 
 chat = api_view(POST=post_chat)

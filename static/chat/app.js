@@ -554,6 +554,7 @@ function setStreaming(streaming) {
 function describeError(error) {
   if (!(error instanceof ApiError)) return "The connection to the server was lost.";
   if (error.code === "csrf") return "Your session has expired. Reload the page and try again.";
+  if (error.code === "login_required") return "You are signed out. Reload the page to sign in again.";
   if (error.status === 404) return `${error.message}. Retry starts a new conversation.`;
   return error.message;
 }
