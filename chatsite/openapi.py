@@ -37,7 +37,10 @@ def _error(description: str) -> dict[str, Any]:
 
 ERRORS = {
     "400": _error("Malformed JSON or invalid fields"),
-    "401": _error("Authentication required, or the API key is invalid or revoked"),
+    "401": _error(
+        "Authentication required (CHAT_REQUIRE_LOGIN for chat), or the API key is "
+        "invalid or revoked, or the ingress's sign-in cannot be read"
+    ),
     "403": _error("Missing permission, or CSRF check failed for a session write"),
     "404": _error("Not found"),
     "405": _error("Method not allowed (see the Allow header)"),
@@ -412,7 +415,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Stop the reply streaming in this conversation",
                     "responses": {
                         "200": _json({"type": "object"}, "Stop requested"),
-                        **_errors("403", "404"),
+                        **_errors("401", "403", "404"),
                         "409": _error("Nothing is streaming in this conversation"),
                     },
                 },
@@ -434,7 +437,8 @@ def openapi_document() -> dict[str, Any]:
                             },
                             "Conversations",
                         )
-                        | {"links": CONVERSATION_LINKS}
+                        | {"links": CONVERSATION_LINKS},
+                        **_errors("401"),
                     },
                 }
             },
@@ -444,14 +448,14 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "getConversation",
                     "responses": {
                         "200": _json(_ref("Conversation"), "With its messages"),
-                        **_errors("404"),
+                        **_errors("401", "404"),
                     },
                 },
                 "delete": {
                     "operationId": "deleteConversation",
                     "responses": {
                         "204": {"description": "Deleted"},
-                        **_errors("403", "404"),
+                        **_errors("401", "403", "404"),
                     },
                 },
             },
@@ -483,7 +487,7 @@ def openapi_document() -> dict[str, Any]:
                                 "text/event-stream": {"schema": _ref("ChatEvent")}
                             },
                         },
-                        **_errors("400", "404"),
+                        **_errors("400", "401", "404"),
                         "409": _error(
                             "The reply is streaming on another server that keeps "
                             "its frames"
