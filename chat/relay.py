@@ -448,13 +448,15 @@ def open_replies() -> list["Reply"]:
 async def wait_copied(replies: list["Reply"], timeout: float) -> None:
     """Waits (bounded) until the replies' logs are in Redis: at shutdown, so that
     readers on other replicas get their final frames from the log."""
-    tasks = {
-        reply.mirror.task
+    copies = [
+        asyncio.ensure_future(reply.mirror.wait_copied())
         for reply in replies
-        if reply.mirror is not None and reply.mirror.task is not None
-    }
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
+        if reply.mirror is not None
+    ]
+    if copies:
+        _done, pending = await asyncio.wait(copies, timeout=timeout)
+        for copy in pending:
+            copy.cancel()
 
 
 async def wait_closed(replies: list["Reply"], timeout: float) -> int:

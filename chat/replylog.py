@@ -19,11 +19,14 @@ delta or citation in) and run id (`r`) when they changed.
 """
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import redis.asyncio as redis
 from django.conf import settings
@@ -46,6 +49,7 @@ class ReplyLog:
         "_parts",
         "_size",
         "_waiter",
+        "_watcher",
         "cursor",
         "run_id",
     )
@@ -59,6 +63,8 @@ class ReplyLog:
         self._other_ids: list[int] = []  # ascending
         self._ended = False
         self._waiter: asyncio.Future[None] | None = None
+        # Called at every append: the Redis copy's mark (chat.replylog.Mirror).
+        self._watcher: Callable[[], None] | None = None
         # Where the upstream run is, for whoever must finish it elsewhere.
         self.cursor: int | None = None
         self.run_id: str | None = None
@@ -103,6 +109,9 @@ class ReplyLog:
         del self._part_starts[1:]
 
     def _wake(self) -> None:
+        watcher = self._watcher
+        if watcher is not None:
+            watcher()
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -207,65 +216,50 @@ def _frame(fields: dict[bytes, bytes]) -> frames.Frame:
 
 
 class Mirror:
-    """Copies a log to its Redis Stream as it grows: one pipeline in flight at a
-    time, carrying every frame appended since the last one. When Redis fails,
-    the live stream goes on; the copy catches up once Redis answers again."""
+    """Keeps one reply log copied to its Redis Stream, through the process's
+    `Copier`: appends mark it, and the copier sends what it lacks."""
 
     def __init__(
         self, log: ReplyLog, key: str, client: redis.Redis, *, written: int = -1
     ) -> None:
         self.log = log
         self.key = key
-        self.client = client
+        self.copier = Copier.of(client)
         self.written = written  # the last event id in Redis
         self.cursor: int | None = log.cursor
         self.run_id: str | None = log.run_id
         self.degraded = False
-        self.task: asyncio.Task[None] | None = None
-        self.commands = 0  # sent, for the benchmark
+        self.commands = 0  # sent, for the benchmark and the tests
+        self._done: asyncio.Future[None] | None = None
 
     def start(self) -> "Mirror":
-        self.task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"chat-mirror-{self.key}"
-        )
+        self._done = asyncio.get_running_loop().create_future()
+        self.log._watcher = self._appended
+        self._appended()
         return self
 
-    async def _run(self) -> None:
-        log = self.log
-        failures = 0
-        while True:
-            if self.written + 1 >= len(log):
-                if log.ended:
-                    return
-                await log.wait(self.written, settings.CHAT_KEEPALIVE_SECONDS)
-                continue
-            try:
-                await self._copy()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                if not self.degraded:
-                    logger.warning(
-                        "reply log %s: Redis failed; resume is degraded until it "
-                        "answers",
-                        self.key,
-                        exc_info=True,
-                    )
-                self.degraded = True
-                delay = MIRROR_RETRY_DELAYS[min(failures, len(MIRROR_RETRY_DELAYS) - 1)]
-                failures += 1
-                await asyncio.sleep(delay)
-                try:
-                    await self._resync()
-                except Exception:
-                    continue
+    def stop(self) -> None:
+        """Stops copying (the log is forgotten where it stands)."""
+        self.log._watcher = None
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
-    async def _copy(self) -> None:
+    async def wait_copied(self) -> None:
+        """Waits until the whole log, final frame included, is in Redis."""
+        if self._done is not None:
+            await asyncio.shield(self._done)
+
+    def _appended(self) -> None:
+        self.copier.mark(self)
+
+    def _plan(self, pipe: Any) -> tuple[int, int | None, str | None] | None:
+        """Queues the frames Redis lacks on `pipe`; what they bring it to."""
         log = self.log
-        end, cursor, run_id, ended = len(log), log.cursor, log.run_id, log.ended
-        cap = settings.CHAT_REPLAY_MAX_FRAMES
-        pipe = self.client.pipeline(transaction=False)
+        end = len(log)
+        if self.written + 1 >= end:
+            return None
+        cursor, run_id, ended = log.cursor, log.run_id, log.ended
+        queued = len(pipe)
         for event_id, frame in log.each(self.written + 1, end):
             fields = _fields(frame)
             if event_id == end - 1:
@@ -274,8 +268,14 @@ class Mirror:
                     fields["k"] = str(cursor)
                 if run_id is not None and run_id != self.run_id:
                     fields["r"] = run_id
+            # Trimming once per batch bounds the stream as well, in fewer bytes.
+            first = event_id == self.written + 1
             pipe.xadd(
-                self.key, fields, id=_entry_id(event_id), maxlen=cap, approximate=True
+                self.key,
+                fields,
+                id=_entry_id(event_id),
+                maxlen=settings.CHAT_REPLAY_MAX_FRAMES if first else None,
+                approximate=True,
             )
         if self.written < 0 or ended:
             # A reply that never ends (its process died) expires anyway.
@@ -283,24 +283,115 @@ class Mirror:
             if not ended:
                 ttl += settings.CHAT_MAX_STREAM_SECONDS
             pipe.expire(self.key, max(1, int(ttl)))
-        self.commands += len(pipe)
-        if len(pipe):
-            await pipe.execute()
+        self.commands += len(pipe) - queued
+        return end, cursor, run_id
+
+    def _copied(self, state: tuple[int, int | None, str | None]) -> None:
+        end, self.cursor, self.run_id = state
         self.written = end - 1
-        self.cursor, self.run_id = cursor, run_id
         if self.degraded:
             self.degraded = False
             logger.info("reply log %s: Redis answers again", self.key)
+        if self.log.ended and self.written + 1 >= len(self.log):
+            self.stop()
 
-    async def _resync(self) -> None:
-        """After a failure: what reached Redis (a pipeline may have half run)."""
-        last = await self.client.xrevrange(self.key, count=1)
-        self.written = _event_id(last[0][0]) if last else -1
+    def _failed(self, error: Exception) -> None:
+        if not self.degraded:
+            logger.warning(
+                "reply log %s: Redis failed (%s); resume is degraded until it answers",
+                self.key,
+                error,
+                exc_info=error,
+            )
+        self.degraded = True
 
-    async def wait_copied(self) -> None:
-        """Waits until the whole log is in Redis (or the copy gave up)."""
-        if self.task is not None:
-            await asyncio.wait((self.task,))
+
+class Copier:
+    """Copies the reply logs of this process to Redis: one pipeline in flight,
+    carrying every frame appended to any log since the previous one. However
+    many replies stream, that is one connection and at most one round trip per
+    frame; under load, far fewer. The producers and the live readers never
+    wait on it. When Redis fails, each log catches up once it answers."""
+
+    _copiers: "WeakKeyDictionary[redis.Redis, Copier]" = WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, client: redis.Redis) -> "Copier":
+        copier = cls._copiers.get(client)
+        if copier is None:
+            copier = cls._copiers[client] = cls(client)
+        return copier
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._dirty: dict[Mirror, None] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, mirror: Mirror) -> None:
+        self._dirty[mirror] = None
+        self._wake.set()
+        if self._task is None or self._task.done():
+            # A context of its own: it outlives the request that starts it.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="chat-reply-log-copier", context=contextvars.Context()
+            )
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch = list(self._dirty)
+            self._dirty.clear()
+            try:
+                retry = await self._copy(batch)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                for mirror in batch:
+                    mirror._failed(exc)
+                retry = batch
+                failures += 1
+            if retry:
+                last = len(MIRROR_RETRY_DELAYS) - 1
+                await asyncio.sleep(MIRROR_RETRY_DELAYS[min(failures, last)])
+                with contextlib.suppress(Exception):
+                    await self._resync(retry)
+                for mirror in retry:
+                    self.mark(mirror)
+
+    async def _copy(self, batch: list[Mirror]) -> list[Mirror]:
+        """Sends the batch's frames; the mirrors whose commands failed."""
+        pipe = self.client.pipeline(transaction=False)
+        planned = []
+        for mirror in batch:
+            first = len(pipe)
+            state = mirror._plan(pipe)
+            if state is not None:
+                planned.append((mirror, first, len(pipe), state))
+        if not planned:
+            return []
+        results = await pipe.execute(raise_on_error=False)
+        failed = []
+        for mirror, first, end, state in planned:
+            errors = [r for r in results[first:end] if isinstance(r, Exception)]
+            if errors:
+                mirror._failed(errors[0])
+                failed.append(mirror)
+            else:
+                mirror._copied(state)
+        return failed
+
+    async def _resync(self, mirrors: list[Mirror]) -> None:
+        """What reached Redis of each log: a batch may have half run, or another
+        process may have written the log since."""
+        pipe = self.client.pipeline(transaction=False)
+        for mirror in mirrors:
+            pipe.xrevrange(mirror.key, count=1)
+        for mirror, last in zip(mirrors, await pipe.execute(), strict=True):
+            mirror.written = _event_id(last[0][0]) if last else -1
 
 
 class RemoteLog:

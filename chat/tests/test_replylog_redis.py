@@ -103,6 +103,32 @@ async def test_another_process_reads_the_same_ids_and_bytes(db: redis.Redis) -> 
     assert mirror.commands <= len(log) + 2
 
 
+async def test_many_replies_share_one_connection_and_few_round_trips(
+    db: redis.Redis,
+) -> None:
+    """Hundreds of replies stream at once: their copies go in shared pipelines,
+    so a pool of one connection is enough and none fails."""
+    client = redis.Redis.from_url(redis_url(), max_connections=1)
+    try:
+        logs = [ReplyLog() for _ in range(300)]
+        mirrors = [
+            Mirror(log, redis_key(f"many-{n}"), client).start()
+            for n, log in enumerate(logs)
+        ]
+        for index in range(20):
+            for log in logs:
+                log.append_chunk(f"t{index} ")
+            await asyncio.sleep(0)
+        for log in logs:
+            log.append(DONE, final=True)
+        await asyncio.gather(*(mirror.wait_copied() for mirror in mirrors))
+        assert not any(mirror.degraded for mirror in mirrors)
+        remote = RemoteLog(client, "many-299")
+        assert sse(await read_all(remote, -1)) == sse(list(logs[-1].after(-1)))
+    finally:
+        await client.aclose()
+
+
 async def test_the_log_expires_after_the_final_frame(db: redis.Redis, settings) -> None:
     settings.CHAT_REPLAY_TTL_SECONDS = 30
     settings.CHAT_MAX_STREAM_SECONDS = 900

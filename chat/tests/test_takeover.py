@@ -92,7 +92,7 @@ async def died_writing(deltas: int) -> tuple[Conversation, uuid.UUID, ReplyLog]:
     await events.aclose()  # the process is gone; upstream, the run is not
     mirror = Mirror(log, redis_key(message_id), bus.client()).start()
     await await_until(lambda: mirror.written == len(log) - 1)
-    mirror.task.cancel()
+    mirror.stop()
     await Conversation.objects.filter(pk=conversation.pk).aupdate(
         upstream_thread_id=thread_id or "",
         active_since=timezone.now(),
