@@ -104,6 +104,30 @@ param hstsSeconds int = 86400
 ])
 param logLevel string = 'INFO'
 
+// --- Sign-in ---------------------------------------------------------------------
+
+@description('Sign users in with Microsoft Entra ID at the ingress (Container Apps authentication); the app makes them Django users (AUTH_EASY_AUTH). Needs entraClientId and entraClientSecret: docs/deploy.md, "Sign-in with Entra ID".')
+param enableEntraAuth bool = false
+
+@description('Application (client) id of the Entra app registration.')
+param entraClientId string = ''
+
+@secure()
+@description('A client secret of that app registration, stored as a Container Apps secret.')
+param entraClientSecret string = ''
+
+@description('Tenant whose accounts sign in. Empty: the tenant deployed to.')
+param entraTenantId string = ''
+
+@description('Entra group object ids (comma list) whose members are staff in the admin.')
+param entraStaffGroups string = ''
+
+@description('Entra group object ids (comma list) whose members are superusers.')
+param entraSuperuserGroups string = ''
+
+@description('Chat only for signed-in users (CHAT_REQUIRE_LOGIN): the page sends others to sign in, the API answers 401. Default: on with Entra sign-in.')
+param requireSignIn bool = enableEntraAuth
+
 // --- Capacity --------------------------------------------------------------------
 
 @description('vCPU per replica; must pair with containerMemory as Container Apps allows (0.5/1Gi, 1/2Gi, ...).')
@@ -312,6 +336,13 @@ module web 'modules/web.bicep' = {
     additionalAllowedHosts: additionalAllowedHosts
     hstsSeconds: hstsSeconds
     logLevel: logLevel
+    entraAuth: enableEntraAuth
+    entraClientId: entraClientId
+    entraClientSecret: entraClientSecret
+    entraTenantId: empty(entraTenantId) ? tenant().tenantId : entraTenantId
+    entraStaffGroups: entraStaffGroups
+    entraSuperuserGroups: entraSuperuserGroups
+    requireSignIn: requireSignIn
     chatBackend: chatBackend
     aiProjectEndpoint: !empty(aiProjectEndpoint) ? aiProjectEndpoint : (createAiServices ? aiServices.outputs.projectEndpoint : '')
     aiAgentId: aiAgentId

@@ -32,6 +32,19 @@ param djangoSecretKey string
 param additionalAllowedHosts string
 param hstsSeconds int
 param logLevel string
+
+@description('Sign-in with Entra ID at the ingress; the app trusts its principal headers (AUTH_EASY_AUTH).')
+param entraAuth bool
+param entraClientId string
+
+@secure()
+param entraClientSecret string
+
+param entraTenantId string
+param entraStaffGroups string
+param entraSuperuserGroups string
+param requireSignIn bool
+
 param chatBackend string
 param aiProjectEndpoint string
 param aiAgentId string
@@ -137,6 +150,15 @@ var redisSecrets = empty(redisName) ? [] : [
   }
 ]
 var secrets = concat(baseSecrets, databaseSecrets, redisSecrets)
+// The app's alone (the migrate job never signs anyone in), under the name that
+// `az containerapp auth microsoft update` gives it.
+var entraSecretName = 'microsoft-provider-authentication-secret'
+var entraSecrets = entraAuth ? [
+  {
+    name: entraSecretName
+    value: entraClientSecret
+  }
+] : []
 
 var baseEnv = [
   {
@@ -178,6 +200,10 @@ var baseEnv = [
   {
     name: 'CHAT_DRAIN_SECONDS'
     value: string(chatDrainSeconds)
+  }
+  {
+    name: 'CHAT_REQUIRE_LOGIN'
+    value: requireSignIn ? '1' : '0'
   }
   {
     name: 'AZURE_AI_CREDENTIAL'
@@ -225,13 +251,32 @@ var redisEnv = empty(redisName) ? [] : [
     secretRef: 'redis-url'
   }
 ]
+// The principal headers are trusted only with Container Apps authentication in front.
+var entraEnv = entraAuth ? [
+  {
+    name: 'AUTH_EASY_AUTH'
+    value: '1'
+  }
+  {
+    name: 'AUTH_EASY_AUTH_TENANT_ID'
+    value: entraTenantId
+  }
+  {
+    name: 'AUTH_EASY_AUTH_STAFF_GROUPS'
+    value: entraStaffGroups
+  }
+  {
+    name: 'AUTH_EASY_AUTH_SUPERUSER_GROUPS'
+    value: entraSuperuserGroups
+  }
+] : []
 var placeholderEnv = exists ? [] : [
   {
     name: 'PORT'
     value: string(port)
   }
 ]
-var env = concat(baseEnv, databaseEnv, redisEnv, placeholderEnv)
+var env = concat(baseEnv, databaseEnv, redisEnv, entraEnv, placeholderEnv)
 
 var registries = [
   {
@@ -279,7 +324,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         }
       }
       registries: registries
-      secrets: secrets
+      secrets: concat(secrets, entraSecrets)
     }
     template: {
       terminationGracePeriodSeconds: terminationGracePeriodSeconds
@@ -346,6 +391,51 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           }
         ]
       }
+    }
+  }
+}
+
+// Container Apps authentication: the ingress signs users in with Entra ID and passes
+// each request's principal to the app in X-MS-CLIENT-PRINCIPAL headers, replacing any
+// a client sent. Anonymous requests go through as well and the app decides: with
+// CHAT_REQUIRE_LOGIN it sends the page to sign in and answers the API with 401 JSON,
+// where the ingress could only redirect, or refuse, both alike.
+var entraSignIn = {
+  platform: {
+    enabled: true
+  }
+  globalValidation: {
+    unauthenticatedClientAction: 'AllowAnonymous'
+    // Probes and uptime checks never sign in, should the action above change.
+    excludedPaths: [
+      '/api/health'
+      '/api/health/ready'
+    ]
+  }
+  identityProviders: {
+    azureActiveDirectory: {
+      enabled: true
+      registration: {
+        // One tenant's issuer: accounts of any other tenant cannot sign in.
+        openIdIssuer: '${az.environment().authentication.loginEndpoint}${entraTenantId}/v2.0'
+        clientId: entraClientId
+        clientSecretSettingName: entraSecretName
+      }
+    }
+  }
+  httpSettings: {
+    requireHttps: true
+  }
+}
+
+// Deployed either way: a resource left out of a template stays as it was, so
+// turning sign-in off would leave the ingress signing users in.
+resource authConfig 'Microsoft.App/containerApps/authConfigs@2024-03-01' = {
+  parent: app
+  name: 'current'
+  properties: entraAuth ? entraSignIn : {
+    platform: {
+      enabled: false
     }
   }
 }
