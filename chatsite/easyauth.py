@@ -23,6 +23,7 @@ is the only way to reach the container. With the setting off they are ignored.
 import base64
 import binascii
 import hashlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,8 @@ from django.shortcuts import render
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chatsite.api import json_error
+
+logger = logging.getLogger(__name__)
 
 PRINCIPAL_HEADER = "X-MS-CLIENT-PRINCIPAL"
 IDENTITY_PROVIDER = "aad"
@@ -274,6 +277,8 @@ def _fingerprint(principal: Principal) -> str:
 def refusal(request: HttpRequest, refused: SignInRefused) -> HttpResponse:
     """JSON under /api/; elsewhere a page that offers to sign out (sending the
     browser back to sign in could loop on the same principal)."""
+    # The reason only: the header holds the user's claims.
+    logger.warning("sign-in refused (%s): %s", refused.code, refused.message)
     if request.path.startswith("/api/"):
         return json_error(refused.message, refused.status, code=refused.code)
     context = {"message": refused.message, "sign_out_url": sign_out_url()}

@@ -239,7 +239,9 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("value", MALFORMED.values(), ids=MALFORMED.keys())
-async def test_an_unreadable_principal_is_refused_with_401(value: str) -> None:
+async def test_an_unreadable_principal_is_refused_with_401(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
     client = browser({"X-MS-CLIENT-PRINCIPAL": value, **IDP})
     api = await client.get("/api/conversations")
     assert api.status_code == 401
@@ -250,6 +252,10 @@ async def test_an_unreadable_principal_is_refused_with_401(value: str) -> None:
     assert page["Content-Type"] == "text/html; charset=utf-8"
     assert b'href="/.auth/logout?post_logout_redirect_uri=/"' in page.content
     assert await User.objects.acount() == 0
+    refusals = [r for r in caplog.records if r.name == "chatsite.easyauth"]
+    assert [r.levelname for r in refusals] == ["WARNING", "WARNING"]
+    assert "invalid_principal" in refusals[0].getMessage()
+    assert not value or value not in caplog.text
 
 
 async def test_another_identity_provider_is_refused_with_403() -> None:
