@@ -13,9 +13,12 @@ With Redis (`REDIS_URL`) every frame also goes to a Redis Stream per reply, so
 that any replica can replay it, follow it live, and finish it if this process
 dies: `Mirror` copies the log there in the background (the producer and the
 live readers never wait on Redis), `RemoteLog` reads it from another process.
-Entry ids are `<event id>-1`; an entry holds a chunk's text (`c`) or another
-frame's JSON (`f`), and the upstream's position (`k`: the cursor of the last
-delta or citation in) and run id (`r`) when they changed.
+Each copy round adds one entry per reply: the frames appended since the last
+round, as the exact bytes a client receives (`s`: `data: …\nid: N\n\n` each), with
+the entry id `<id of its last frame>-1`, and the upstream's position (`k`: the
+cursor of the last delta or citation in) and run id (`r`) when they changed.
+Reading after an event id is XREAD after `<that id>-1`, less the frames of the
+first entry up to it.
 """
 
 import asyncio
@@ -186,6 +189,10 @@ class ReplyLog:
 
 # Seconds between tries of a mirror whose Redis went away.
 MIRROR_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
+# How long the copier gathers frames before a round: one round trip and one
+# entry per reply carry everything appended meanwhile. A reader on another
+# replica sees a frame this much later; the writer's own readers, at once.
+COPY_INTERVAL = 0.01
 FINAL_TYPES = frozenset({"done", "error"})
 
 
@@ -202,17 +209,13 @@ def _event_id(entry_id: bytes | str) -> int:
     return int(text.split("-", 1)[0])
 
 
-def _fields(frame: frames.Frame) -> dict[str, str]:
-    if type(frame) is frames.Chunk:
-        return {"c": frame.content}
-    return {"f": frames.dump(frame)}
-
-
-def _frame(fields: dict[bytes, bytes]) -> frames.Frame:
-    text = fields.get(b"c")
-    if text is not None:
-        return frames.Chunk(content=text.decode())
-    return frames.load(fields[b"f"])
+def _frames(fields: dict[bytes, bytes]) -> Iterator[tuple[int, frames.Frame]]:
+    """The frames of an entry: its `data:`/`id:` pairs, as `frames.encode`
+    wrote them."""
+    for event in fields[b"s"].split(b"\n\n"):
+        if event:
+            data, event_id = event.split(b"\nid: ")
+            yield int(event_id), frames.load(data.removeprefix(b"data: "))
 
 
 class Mirror:
@@ -260,23 +263,24 @@ class Mirror:
             return None
         cursor, run_id, ended = log.cursor, log.run_id, log.ended
         queued = len(pipe)
-        for event_id, frame in log.each(self.written + 1, end):
-            fields = _fields(frame)
-            if event_id == end - 1:
-                # The upstream's position is that of the whole batch.
-                if cursor is not None and cursor != self.cursor:
-                    fields["k"] = str(cursor)
-                if run_id is not None and run_id != self.run_id:
-                    fields["r"] = run_id
-            # Trimming once per batch bounds the stream as well, in fewer bytes.
-            first = event_id == self.written + 1
-            pipe.xadd(
-                self.key,
-                fields,
-                id=_entry_id(event_id),
-                maxlen=settings.CHAT_REPLAY_MAX_FRAMES if first else None,
-                approximate=True,
+        encode = frames.encode
+        fields: dict[str, bytes | str] = {
+            "s": b"".join(
+                encode(event_id, frame)
+                for event_id, frame in log.each(self.written + 1, end)
             )
+        }
+        if cursor is not None and cursor != self.cursor:
+            fields["k"] = str(cursor)
+        if run_id is not None and run_id != self.run_id:
+            fields["r"] = run_id
+        pipe.xadd(
+            self.key,
+            fields,
+            id=_entry_id(end - 1),
+            maxlen=settings.CHAT_REPLAY_MAX_ENTRIES,
+            approximate=True,
+        )
         if self.written < 0 or ended:
             # A reply that never ends (its process died) expires anyway.
             ttl = settings.CHAT_REPLAY_TTL_SECONDS
@@ -341,6 +345,7 @@ class Copier:
         failures = 0
         while True:
             await self._wake.wait()
+            await asyncio.sleep(COPY_INTERVAL)
             self._wake.clear()
             batch = list(self._dirty)
             self._dirty.clear()
@@ -416,25 +421,28 @@ class RemoteLog:
         )
         if not answer:
             return []
-        return self._joined(answer[0][1])
+        return self._joined(answer[0][1], last_id)
 
-    def _joined(self, entries: list[Any]) -> list[tuple[int, frames.Frame]]:
+    def _joined(
+        self, entries: list[Any], last_id: int
+    ) -> list[tuple[int, frames.Frame]]:
         out: list[tuple[int, frames.Frame]] = []
         run: list[str] = []
         run_id = -1
-        for entry_id, fields in entries:
-            event_id = _event_id(entry_id)
-            frame = _frame(fields)
-            if type(frame) is frames.Chunk:
-                run.append(frame.content)
-                run_id = event_id
-                continue
-            if run:
-                out.append((run_id, frames.Chunk(content="".join(run))))
-                run = []
-            out.append((event_id, frame))
-            if frame.type in FINAL_TYPES:
-                self.ended = True
+        for _entry_id, fields in entries:
+            for event_id, frame in _frames(fields):
+                if event_id <= last_id:
+                    continue
+                if type(frame) is frames.Chunk:
+                    run.append(frame.content)
+                    run_id = event_id
+                    continue
+                if run:
+                    out.append((run_id, frames.Chunk(content="".join(run))))
+                    run = []
+                out.append((event_id, frame))
+                if frame.type in FINAL_TYPES:
+                    self.ended = True
         if run:
             out.append((run_id, frames.Chunk(content="".join(run))))
         return out
@@ -443,22 +451,22 @@ class RemoteLog:
         found = await self.client.xrevrange(self.key, count=1)
         if not found:
             return None
-        entry_id, fields = found[0]
-        return _event_id(entry_id), _frame(fields)
+        *_before, last = _frames(found[0][1])
+        return last
 
     async def restore(self) -> ReplyLog | None:
         """The whole log, rebuilt in this process, with the upstream's cursor
         and run id; None when it is gone or lost its start (capped)."""
         log = ReplyLog()
         entries = await self.client.xrange(self.key)
-        for entry_id, fields in entries:
-            if _event_id(entry_id) != len(log):
-                return None
-            frame = _frame(fields)
-            if type(frame) is frames.Chunk:
-                log.append_chunk(frame.content)
-            else:
-                log.append(frame, final=frame.type in FINAL_TYPES)
+        for _entry_id, fields in entries:
+            for event_id, frame in _frames(fields):
+                if event_id != len(log):
+                    return None
+                if type(frame) is frames.Chunk:
+                    log.append_chunk(frame.content)
+                else:
+                    log.append(frame, final=frame.type in FINAL_TYPES)
             if b"k" in fields:
                 log.cursor = int(fields[b"k"])
             if b"r" in fields:

@@ -384,8 +384,9 @@ CHAT_ON_DISCONNECT = env_choice(
 )
 # How long a finished reply's frames stay in the reply log for late readers.
 CHAT_REPLAY_TTL_SECONDS = env_float("CHAT_REPLAY_TTL_SECONDS", 300.0)
-# Frames kept per reply in its Redis Stream (XADD MAXLEN ~): bounds a runaway reply.
-CHAT_REPLAY_MAX_FRAMES = env_int("CHAT_REPLAY_MAX_FRAMES", 50_000, minimum=100)
+# Entries kept per reply in its Redis Stream (XADD MAXLEN ~; an entry holds the
+# frames of one copy round, every 10 ms): bounds a runaway reply.
+CHAT_REPLAY_MAX_ENTRIES = env_int("CHAT_REPLAY_MAX_ENTRIES", 100_000, minimum=100)
 # A process's heartbeat lease: when a process dies, its conversation locks and
 # stream slots are free again within this long, and another replica may finish
 # the replies it was writing.
