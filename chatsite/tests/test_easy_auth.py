@@ -4,7 +4,9 @@ are never a 500, and the headers ignored while AUTH_EASY_AUTH is off."""
 
 import base64
 import json
+import threading
 import uuid
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -67,6 +69,19 @@ async def test_it_creates_the_user_at_the_first_sign_in() -> None:
     assert not user.is_staff and not user.is_superuser
     session = await client.asession()
     assert await session.aget("_auth_user_backend") == easyauth.BACKEND
+
+
+async def test_it_signs_in_on_the_event_loop(monkeypatch) -> None:
+    threads = []
+    sign_in = easyauth.sign_in
+
+    async def recording(request: Any) -> easyauth.Principal | None:
+        threads.append(threading.get_ident())
+        return await sign_in(request)
+
+    monkeypatch.setattr(easyauth, "sign_in", recording)
+    await whoami(browser(principal_headers()))
+    assert threads == [threading.get_ident()]
 
 
 async def test_it_finds_the_same_user_by_object_id_after_a_rename() -> None:
