@@ -12,7 +12,7 @@ from testing.cluster import Cluster, require_cluster_services
 from testing.sse import chunks_text, iter_data, read_until_text
 from testing.upstream import token_text
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from testing.cluster import Cluster, require_cluster_services
 from testing.upstream import token_text
 from testing.waiting import wait_until
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.cluster]
 
 REPLICAS = 3
 SEED = 14
