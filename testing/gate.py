@@ -8,7 +8,6 @@
 """
 
 import asyncio
-import contextlib
 
 
 class Gate:
@@ -51,19 +50,15 @@ class Gate:
         task = asyncio.current_task()
         assert task is not None
         self._pipes.add(task)
+        up_writer = None
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            self._pipes.discard(task)
-            return
-        try:
             await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        except asyncio.CancelledError:
-            pass
+        except (asyncio.CancelledError, OSError):
+            pass  # shut, or one side reset: both ends are dropped
         finally:
             for end in (writer, up_writer):
-                with contextlib.suppress(Exception):
+                if end is not None:
                     end.transport.abort()
             self._pipes.discard(task)
 
