@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -139,11 +140,13 @@ def read_principal(headers: Any) -> Principal | None:
             403,
             "identity_provider_refused",
         )
-    object_id = principal.first(OBJECT_ID).lower()
-    if not object_id:
+    try:
+        # Entra object ids are GUIDs; the username column takes nothing longer.
+        object_id = str(uuid.UUID(principal.first(OBJECT_ID)))
+    except ValueError:
         raise SignInRefused(
             "the sign-in carries no object id claim", 401, "invalid_principal"
-        )
+        ) from None
     given, surname = principal.first(GIVEN_NAME), principal.first(SURNAME)
     username = principal.first(USERNAME)
     return Principal(

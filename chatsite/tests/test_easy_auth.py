@@ -15,6 +15,7 @@ from django.test import AsyncClient
 
 from chatsite import easyauth
 from testing.easyauth import (
+    OBJECT_ID,
     ROLE_TYPE,
     TENANT_ID,
     claims,
@@ -247,6 +248,12 @@ MALFORMED = {
         {
             "auth_typ": "aad",
             "claims": [c for c in GOOD_CLAIMS if "objectidentifier" not in c["typ"]],
+        }
+    ),
+    "an object id that is not a GUID": encode(
+        {
+            "auth_typ": "aad",
+            "claims": [{"typ": OBJECT_ID, "val": "x" * 200}],
         }
     ),
     "empty": "",
