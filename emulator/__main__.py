@@ -31,6 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--annotations", action="store_true", help="end replies with citations"
     )
+    parser.add_argument(
+        "--tools",
+        default="",
+        metavar="T+T",
+        help="server-side tools each reply calls first, joined with '+' "
+        "(file_search, code_interpreter, web_search)",
+    )
     parser.add_argument("--agent-id", default=DEFAULT_AGENT_ID)
     parser.add_argument(
         "--allow-remote",
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             reply=args.reply,
             tokens=args.tokens,
             annotations=args.annotations,
+            tools=[tool for tool in args.tools.split("+") if tool],
         )
     except ValueError as exc:
         sys.exit(f"error: {exc}")

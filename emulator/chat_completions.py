@@ -165,7 +165,8 @@ class ChatCompletionsApi:
             completion=completion,
             prompt_tokens=sum(len(m.text.split()) for m in messages),
             include_usage=bool(stream_options.get("include_usage")),
-            config=config,
+            # Chat completions call no server-side tools.
+            config=dataclasses.replace(config, tools=[], hold_tool=False),
             # Chat completions have no citations.
             tokens=reply_tokens(
                 dataclasses.replace(config, annotations=False), last_user_text(messages)

@@ -37,6 +37,9 @@ STREAM_FAULTS = frozenset(
     }
 )
 FAULTS = HTTP_FAULTS | STREAM_FAULTS
+# Server-side tools a reply can use before its text, as each protocol shapes them
+# (web_search is a bing_grounding call in a classic run).
+TOOLS = ("file_search", "code_interpreter", "web_search")
 
 # "runs.create" covers both POST /threads/{id}/runs and POST /threads/runs.
 RUN_CREATE = "runs.create"
@@ -90,6 +93,8 @@ class EmulatorConfig:
     `hold_start` holds a reply before its first event (a classic run before
     `thread.run.created`), once its response headers are out.
     `fault_operation` None aims the fault at the next reply, whatever its API.
+    `tools` are called, in order, before the reply's text; with `hold_tool` each
+    waits for `release()` while in progress. Chat completions ignore both.
     """
 
     first_token_delay: float = 0.0
@@ -105,6 +110,8 @@ class EmulatorConfig:
     retry_after: int = 1
     hold_after: int | None = None
     hold_start: bool = False
+    tools: list[str] = dataclasses.field(default_factory=list)
+    hold_tool: bool = False
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -124,6 +131,12 @@ class EmulatorConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"Emulator option {name} must be >= 0.")
+        for tool in self.tools:
+            if tool not in TOOLS:
+                raise ValueError(
+                    f"Unknown emulator tool {tool!r}; "
+                    f"expected any of {', '.join(TOOLS)}."
+                )
         if not isinstance(self.reply, str) and not (
             isinstance(self.reply, list) and all(isinstance(t, str) for t in self.reply)
         ):
@@ -191,6 +204,15 @@ def _to_reply(value: Any) -> str | list[str]:
     raise ValueError(f"expected a string or a list of strings, got {value!r}")
 
 
+def _to_tools(value: Any) -> list[str]:
+    # In a directive, several tools are joined with "+": tools=file_search+web_search.
+    if isinstance(value, str):
+        return [tool for tool in re.split(r"[+\s]+", value.strip()) if tool]
+    if isinstance(value, list | tuple):
+        return [str(tool) for tool in value]
+    raise ValueError(f"expected tool names, got {value!r}")
+
+
 def _to_str(value: Any) -> str:
     return str(value).strip()
 
@@ -209,6 +231,8 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "retry_after": _to_int,
     "hold_after": _optional(_to_int),
     "hold_start": _to_bool,
+    "tools": _to_tools,
+    "hold_tool": _to_bool,
 }
 
 

@@ -2,7 +2,10 @@
 
 `ResponseEvents` writes them in the order the openai client expects:
 response.created, response.queued (background responses only),
-response.in_progress, response.output_item.added, response.content_part.added,
+response.in_progress, for each tool (`tools`) its output item (added, the
+tool's own in_progress / searching / code / interpreting events, completed, done,
+each item at its own output_index), then the message's response.output_item.added,
+response.content_part.added,
 response.output_text.delta per token (then two
 response.output_text.annotation.added with `annotations`),
 response.output_text.done, response.content_part.done, response.output_item.done,
@@ -23,6 +26,9 @@ from .stream import (
     CITATION_FILE_ID,
     CITATION_TITLE,
     CITATION_URL,
+    INTERPRETER_CODE,
+    INTERPRETER_LOGS,
+    SEARCH_QUERY,
     SERVER_ERROR,
     ConnectionReply,
     PacedReply,
@@ -63,10 +69,44 @@ class ResponseEvents(PacedReply):
             await self._emit("response.queued", response=response.to_dict())
             response.status = "in_progress"
         await self._emit("response.in_progress", response=response.to_dict())
+
+    async def _tool_started(self, index: int, tool: str) -> None:
+        kind = f"{tool}_call"
+        item = _tool_item(tool, self.response.id, index)
+        self.response.tool_items.append(item)
+        at = {"output_index": index, "item_id": item["id"]}
+        await self._emit("response.output_item.added", output_index=index, item=item)
+        await self._emit(f"response.{kind}.in_progress", **at)
+        if tool == "code_interpreter":
+            await self._emit(
+                "response.code_interpreter_call_code.delta",
+                **at,
+                delta=INTERPRETER_CODE,
+            )
+            await self._emit(
+                "response.code_interpreter_call_code.done", **at, code=INTERPRETER_CODE
+            )
+            await self._emit("response.code_interpreter_call.interpreting", **at)
+        else:
+            await self._emit(f"response.{kind}.searching", **at)
+
+    async def _tool_done(self, index: int, tool: str) -> None:
+        item = self.response.tool_items[index]
+        item["status"] = "completed"
+        if tool == "code_interpreter":
+            item["code"] = INTERPRETER_CODE
+            item["outputs"] = [{"type": "logs", "logs": INTERPRETER_LOGS}]
+        elif tool == "file_search":
+            item["queries"] = [SEARCH_QUERY]
+        at = {"output_index": index, "item_id": item["id"]}
+        await self._emit(f"response.{tool}_call.completed", **at)
+        await self._emit("response.output_item.done", output_index=index, item=item)
+
+    async def _open_message(self) -> None:
         await self._emit(
             "response.output_item.added",
-            output_index=0,
-            item=response.item("in_progress", with_content=False),
+            output_index=self._message_index(),
+            item=self.response.item("in_progress", with_content=False),
         )
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         await self._emit("response.content_part.added", **self._at(), part=part)
@@ -140,11 +180,20 @@ class ResponseEvents(PacedReply):
         part = response.content_part()
         await self._emit("response.content_part.done", **at, part=part)
         await self._emit(
-            "response.output_item.done", output_index=0, item=response.item(status)
+            "response.output_item.done",
+            output_index=self._message_index(),
+            item=response.item(status),
         )
 
+    def _message_index(self) -> int:
+        return len(self.response.tool_items)
+
     def _at(self) -> dict[str, Any]:
-        return {"item_id": self.response.item_id, "output_index": 0, "content_index": 0}
+        return {
+            "item_id": self.response.item_id,
+            "output_index": self._message_index(),
+            "content_index": 0,
+        }
 
     def _usage(self) -> dict[str, Any]:
         return {
@@ -166,6 +215,27 @@ class ResponseEvents(PacedReply):
 class ResponseStream(ResponseEvents, ConnectionReply):
     """A response outside background mode: it streams on the connection that
     created it, and stops (cancelled) when that client goes away."""
+
+
+# Output item id prefixes, as the service's.
+ITEM_PREFIXES = {"file_search": "fs", "code_interpreter": "ci", "web_search": "ws"}
+
+
+def _tool_item(tool: str, response_id: str, index: int) -> dict[str, Any]:
+    """A tool call's output item as it is added (in progress)."""
+    item: dict[str, Any] = {
+        "id": f"{ITEM_PREFIXES[tool]}_{response_id.removeprefix('resp_')}{index}",
+        "type": f"{tool}_call",
+        "status": "in_progress",
+    }
+    match tool:
+        case "code_interpreter":
+            container = f"cntr_{response_id.removeprefix('resp_')}"
+            return item | {"code": "", "container_id": container, "outputs": None}
+        case "web_search":
+            return item | {"action": {"type": "search", "query": SEARCH_QUERY}}
+        case _:
+            return item | {"queries": [], "results": None}
 
 
 def _citations(offset: int) -> list[dict[str, Any]]:

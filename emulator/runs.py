@@ -2,7 +2,10 @@
 
 The stream is ``event: <name>`` / ``data: <json>`` frames in the order
 azure-ai-agents parses: thread.run.created, thread.run.queued,
-thread.run.in_progress, thread.run.step.created, thread.message.created,
+thread.run.in_progress, for each tool (`tools`) a tool_calls step
+(thread.run.step.created, thread.run.step.in_progress, thread.run.step.delta
+naming the call, thread.run.step.completed), thread.run.step.created,
+thread.message.created,
 thread.message.in_progress, thread.message.delta per token,
 thread.message.completed, thread.run.step.completed, thread.run.completed, then
 ``event: done`` / ``data: [DONE]``.
@@ -25,12 +28,60 @@ from aiohttp import web
 
 from .http import sse_frame
 from .store import Message, Run, Thread, new_id, now
-from .stream import SERVER_ERROR, FrameSink, PacedReply, Token
+from .stream import (
+    INTERPRETER_CODE,
+    INTERPRETER_LOGS,
+    SEARCH_QUERY,
+    SERVER_ERROR,
+    FrameSink,
+    PacedReply,
+    Token,
+)
 
 logger = logging.getLogger("emulator")
 
 # The OpenAI protocols' truncated replies; a classic run has no such ending.
 TRUNCATION_FAULTS = frozenset({"max_tokens", "content_filter"})
+
+
+# The emulator's tools as classic tool calls' types.
+CLASSIC_TOOLS = {
+    "file_search": "file_search",
+    "code_interpreter": "code_interpreter",
+    "web_search": "bing_grounding",
+}
+
+
+def _started_call(tool: str) -> dict[str, Any]:
+    """A tool call's details in its first delta."""
+    if tool == "code_interpreter":
+        return {"input": "", "outputs": []}
+    return {}
+
+
+def _finished_call(tool: str) -> dict[str, Any]:
+    """A tool call's details once its step completed."""
+    match tool:
+        case "code_interpreter":
+            logs = {"type": "logs", "logs": INTERPRETER_LOGS}
+            return {"input": INTERPRETER_CODE, "outputs": [logs]}
+        case "web_search":
+            query = SEARCH_QUERY.replace(" ", "+")
+            return {
+                "requesturl": f"https://api.bing.microsoft.com/v7.0/search?q={query}"
+            }
+        case _:
+            ranking = {"ranker": "default_2024_08_21", "score_threshold": 0.0}
+            return {"ranking_options": ranking, "results": []}
+
+
+def _step_delta(step_id: str, call: dict[str, Any]) -> dict[str, Any]:
+    details = {"type": "tool_calls", "tool_calls": [call]}
+    return {
+        "id": step_id,
+        "object": "thread.run.step.delta",
+        "delta": {"step_details": details},
+    }
 
 
 class QueuedSink(FrameSink):
@@ -93,6 +144,8 @@ class RunStream(PacedReply):
         )
         self.step_id = new_id("step")
         self.step_created_at = now()
+        # (step id, call id, created_at) of each tool call, in order.
+        self.tool_steps: list[tuple[str, str, int]] = []
 
     def attach(self, request: web.Request, response: web.StreamResponse) -> None:
         self.sink = QueuedSink(request, response, self)
@@ -119,6 +172,30 @@ class RunStream(PacedReply):
         await self._emit("thread.run.queued", run.to_dict())
         run.status, run.started_at = "in_progress", now()
         await self._emit("thread.run.in_progress", run.to_dict())
+
+    async def _tool_started(self, index: int, tool: str) -> None:
+        """A tool_calls step, created empty, its call named by its first delta
+        (and the code streamed by a second), as the service streams them."""
+        step_id, call_id = new_id("step"), new_id("call")
+        self.tool_steps.append((step_id, call_id, now()))
+        await self._emit(
+            "thread.run.step.created", self._tool_step(index, "in_progress")
+        )
+        await self._emit(
+            "thread.run.step.in_progress", self._tool_step(index, "in_progress")
+        )
+        kind = CLASSIC_TOOLS[tool]
+        first = {"index": 0, "id": call_id, "type": kind, kind: _started_call(tool)}
+        await self._emit("thread.run.step.delta", _step_delta(step_id, first))
+        if tool == "code_interpreter":
+            code = {"index": 0, "type": kind, kind: {"input": INTERPRETER_CODE}}
+            await self._emit("thread.run.step.delta", _step_delta(step_id, code))
+
+    async def _tool_done(self, index: int, tool: str) -> None:
+        step = self._tool_step(index, "completed", tool=tool, completed_at=now())
+        await self._emit("thread.run.step.completed", step)
+
+    async def _open_message(self) -> None:
         self.thread.messages.append(self.message)
         await self._emit("thread.run.step.created", self._step("in_progress"))
         await self._emit("thread.message.created", self.message.to_dict())
@@ -204,6 +281,23 @@ class RunStream(PacedReply):
             "usage": None,
         }
         return step | changes
+
+    def _tool_step(
+        self, index: int, status: str, *, tool: str | None = None, **changes: Any
+    ) -> dict[str, Any]:
+        step_id, call_id, created_at = self.tool_steps[index]
+        calls = []
+        if tool is not None:
+            kind = CLASSIC_TOOLS[tool]
+            calls = [{"id": call_id, "type": kind, kind: _finished_call(tool)}]
+        details = {"type": "tool_calls", "tool_calls": calls}
+        step = self._step(status, **changes)
+        return step | {
+            "id": step_id,
+            "created_at": created_at,
+            "type": "tool_calls",
+            "step_details": details,
+        }
 
     async def _emit(
         self, event: str, data: dict[str, Any], delta: tuple[int, str] | None = None

@@ -195,6 +195,8 @@ class Response:
     error: dict[str, str] | None = None
     incomplete_details: dict[str, str] | None = None
     usage: dict[str, Any] | None = None
+    # The output items of its tool calls, before its message.
+    tool_items: list[dict[str, Any]] = field(default_factory=list)
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -224,6 +226,7 @@ class Response:
         else:
             status = "completed" if self.status == "completed" else "incomplete"
             output = [self.item(status)]
+        output = [*self.tool_items, *output]
         return {
             "id": self.id,
             "object": "response",

@@ -30,6 +30,11 @@ CITATION_TITLE = "What is Azure AI Foundry Agent Service?"
 CITATION_FILE_ID = "assistant-emulatorfile0001"
 CITATION_QUOTE = "Agents combine a model, instructions and tools."
 
+# What the emulated code interpreter runs and prints.
+INTERPRETER_CODE = "print(sum(range(10)))"
+INTERPRETER_LOGS = "45\n"
+SEARCH_QUERY = "Azure AI Foundry agents"
+
 SERVER_ERROR = {"code": "server_error", "message": "Sorry, something went wrong."}
 
 # How often a reply that is sending nothing checks that its client is still there.
@@ -221,6 +226,12 @@ class PacedReply:
         if config.hold_start and await self.gate.wait(self.cancel_requested):
             return await self._cancelled()
         await self._start()
+        for index, tool in enumerate(config.tools):
+            await self._tool_started(index, tool)
+            if config.hold_tool and await self.gate.wait(self.cancel_requested):
+                return await self._cancelled()
+            await self._tool_done(index, tool)
+        await self._open_message()
         fault = config.fault if config.fault in STREAM_FAULTS else None
         for index in range(len(tokens) + 1):
             if fault and index == min(config.fault_after, len(tokens)):
@@ -282,6 +293,15 @@ class PacedReply:
 
     async def _start(self) -> None:
         raise NotImplementedError
+
+    async def _tool_started(self, index: int, tool: str) -> None:
+        """A server-side tool call begins (protocols without tools skip it)."""
+
+    async def _tool_done(self, index: int, tool: str) -> None:
+        """The tool call started by `_tool_started` ends."""
+
+    async def _open_message(self) -> None:
+        """The reply's text begins, after its tool calls."""
 
     async def _delta(self, index: int, token: Token) -> None:
         raise NotImplementedError

@@ -23,6 +23,14 @@ from azure.ai.agents.models import (
     MessageDeltaTextUrlCitationAnnotation,
     MessageTextFileCitationAnnotation,
     MessageTextUrlCitationAnnotation,
+    RunStep,
+    RunStepBingGroundingToolCall,
+    RunStepCodeInterpreterLogOutput,
+    RunStepCodeInterpreterToolCall,
+    RunStepDeltaChunk,
+    RunStepDeltaCodeInterpreterToolCall,
+    RunStepDeltaFileSearchToolCall,
+    RunStepFileSearchToolCall,
     ThreadRun,
 )
 from azure.core.credentials import AccessToken
@@ -264,6 +272,46 @@ async def test_it_appends_additional_messages_before_the_run(
         ("user", "second"),
         ("assistant", "You said: second"),
     ]
+
+
+async def test_it_streams_tool_call_steps_the_sdk_parses(
+    emulator: AgentsEmulator, client: AgentsClient
+) -> None:
+    emulator.configure(tools=["file_search", "code_interpreter", "web_search"])
+    thread_id = await new_thread(client)
+    events = await stream_events(client, thread_id, emulator.agent_id)
+    steps = [
+        (name, data) for name, data in events if name.startswith("thread.run.step")
+    ]
+    assert [name.removeprefix("thread.run.step.") for name, _ in steps] == [
+        *["created", "in_progress", "delta", "completed"],
+        *["created", "in_progress", "delta", "delta", "completed"],
+        *["created", "in_progress", "delta", "completed"],
+        "created",
+        "completed",
+    ]
+    assert all(isinstance(d, RunStep | RunStepDeltaChunk) for _, d in steps)
+    deltas = [d for name, d in steps if name == "thread.run.step.delta"]
+    first_calls = [d.delta.step_details.tool_calls[0] for d in deltas]
+    assert isinstance(first_calls[0], RunStepDeltaFileSearchToolCall)
+    assert isinstance(first_calls[1], RunStepDeltaCodeInterpreterToolCall)
+    assert first_calls[2].code_interpreter.input == "print(sum(range(10)))"
+    completed = [d for name, d in steps if name == "thread.run.step.completed"]
+    assert [step.type for step in completed] == ["tool_calls"] * 3 + [
+        "message_creation"
+    ]
+    calls = [step.step_details.tool_calls[0] for step in completed[:3]]
+    search, code, web = calls
+    assert isinstance(search, RunStepFileSearchToolCall)
+    assert search.id == first_calls[0].id and search.id.startswith("call_")
+    assert isinstance(code, RunStepCodeInterpreterToolCall)
+    assert code.code_interpreter.input == "print(sum(range(10)))"
+    (logs,) = code.code_interpreter.outputs
+    assert isinstance(logs, RunStepCodeInterpreterLogOutput) and logs.logs == "45\n"
+    assert isinstance(web, RunStepBingGroundingToolCall)
+    assert web.bing_grounding["requesturl"].startswith("https://")
+    assert reply_text(events) == "You said: hello world"
+    assert events[-2][1].status == "completed"
 
 
 async def test_it_streams_annotations_the_sdk_parses(

@@ -23,9 +23,13 @@ from openai import (
     RateLimitError,
 )
 from openai.types.responses import (
+    ResponseCodeInterpreterCallCodeDeltaEvent,
+    ResponseCodeInterpreterToolCall,
     ResponseCompletedEvent,
     ResponseErrorEvent,
     ResponseFailedEvent,
+    ResponseFileSearchToolCall,
+    ResponseFunctionWebSearch,
     ResponseIncompleteEvent,
 )
 
@@ -216,6 +220,42 @@ async def test_it_streams_annotations_the_client_parses(
     assert response_text(events) == "You said: hello world"
     final = events[-1].response.output[0].content[0]
     assert len(final.annotations) == 2
+
+
+async def test_it_streams_tool_call_items_the_client_parses(
+    emulator: AgentsEmulator, project: AsyncOpenAI
+) -> None:
+    emulator.configure(tools=["file_search", "code_interpreter", "web_search"])
+    events = await respond(project)
+    items = [e for e in events if e.type.startswith("response.output_item.")]
+    assert [(e.type[21:], e.output_index, e.item.type) for e in items] == [
+        ("added", 0, "file_search_call"),
+        ("done", 0, "file_search_call"),
+        ("added", 1, "code_interpreter_call"),
+        ("done", 1, "code_interpreter_call"),
+        ("added", 2, "web_search_call"),
+        ("done", 2, "web_search_call"),
+        ("added", 3, "message"),
+        ("done", 3, "message"),
+    ]
+    assert [e.item.status for e in items[:6]] == ["in_progress", "completed"] * 3
+    code = [e for e in events if e.type == "response.code_interpreter_call_code.delta"]
+    assert isinstance(code[0], ResponseCodeInterpreterCallCodeDeltaEvent)
+    assert code[0].delta == "print(sum(range(10)))"
+    assert [e.type for e in events if e.type.startswith("response.file_search")] == [
+        "response.file_search_call.in_progress",
+        "response.file_search_call.searching",
+        "response.file_search_call.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert response_text(events) == "You said: hello world"
+    output = events[-1].response.output
+    search, ran, web, _message = output
+    assert isinstance(search, ResponseFileSearchToolCall) and search.queries
+    assert isinstance(ran, ResponseCodeInterpreterToolCall)
+    assert ran.outputs[0].logs == "45\n" and ran.container_id.startswith("cntr_")
+    assert isinstance(web, ResponseFunctionWebSearch) and web.action.query
+    assert events[-1].response.output_text == "You said: hello world"
 
 
 async def test_it_knows_one_agent_and_its_version(project: AsyncOpenAI) -> None:
