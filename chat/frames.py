@@ -96,6 +96,23 @@ class Annotation(Frame):
 _ALWAYS = frozenset({"type", "kind", "text"})
 
 
+class Tool(Frame):
+    """A tool the agent uses, when it starts (`in_progress`) and when it ends
+    (`completed` or `failed`): `kind` is the tool's type (`file_search`,
+    `code_interpreter`, `web_search`, `bing_grounding`, `azure_ai_search`, `mcp`,
+    `openapi`, `function`), `name` the function or MCP tool it called, else the
+    kind; a code interpreter's `input` (the code) and `output` (its logs) come
+    when it ends. Clients that do not know the type ignore it."""
+
+    type: Literal["tool"] = "tool"
+    id: str
+    kind: str
+    name: str
+    status: Literal["in_progress", "completed", "failed"]
+    input: _unless_none(str)
+    output: _unless_none(str)
+
+
 class Done(Frame):
     """The last frame of a reply that finished or was stopped."""
 
@@ -127,7 +144,14 @@ class Error(Frame):
         return data
 
 
-FRAME_MODELS: tuple[type[Frame], ...] = (Metadata, Chunk, Annotation, Done, Error)
+FRAME_MODELS: tuple[type[Frame], ...] = (
+    Metadata,
+    Chunk,
+    Annotation,
+    Tool,
+    Done,
+    Error,
+)
 
 
 def encode(event_id: int, frame: Frame) -> bytes:
@@ -143,7 +167,10 @@ def dump(frame: Frame) -> str:
 
 
 _ANY_FRAME: TypeAdapter[Frame] = TypeAdapter(
-    Annotated[Metadata | Chunk | Annotation | Done | Error, Field(discriminator="type")]
+    Annotated[
+        Metadata | Chunk | Annotation | Tool | Done | Error,
+        Field(discriminator="type"),
+    ]
 )
 
 

@@ -644,6 +644,20 @@ class Reply:
                         log.append(frames.Annotation(**data))
                         if cursor is not None:
                             log.cursor = cursor
+                    case base.ToolProgress(cursor=cursor):
+                        self._send_metadata()
+                        log.append(
+                            frames.Tool(
+                                id=event.id,
+                                kind=event.kind,
+                                name=event.name,
+                                status=event.status,
+                                input=event.input,
+                                output=event.output,
+                            )
+                        )
+                        if cursor is not None:
+                            log.cursor = cursor
                     case base.Completed():
                         self.usage = event.usage
                         if event.cancelled:

@@ -181,6 +181,67 @@ def _delta_events(delta: dict[str, Any]) -> list[Event]:
     return events
 
 
+# A run step's ending status, as a tool frame's.
+STEP_ENDINGS = {
+    "thread.run.step.completed": "completed",
+    "thread.run.step.failed": "failed",
+    "thread.run.step.cancelled": "failed",
+    "thread.run.step.expired": "failed",
+}
+
+
+def _tool_progress(call: dict[str, Any], status: str) -> base.ToolProgress:
+    """A server-side tool call of a run step (or a step delta's first piece of
+    it) as a ToolProgress; a code interpreter's code and logs once it ended."""
+    kind = call.get("type") or "tool"
+    details = call.get(kind) if isinstance(call.get(kind), dict) else {}
+    name = (details.get("name") or call.get("name")) if kind in NAMED_TOOLS else None
+    code = logs = None
+    if kind == "code_interpreter" and status != "in_progress":
+        code = details.get("input")
+        outputs = details.get("outputs") or ()
+        logs = "".join(o.get("logs") or "" for o in outputs if o.get("type") == "logs")
+    return base.ToolProgress(
+        id=call.get("id") or "",
+        kind=kind,
+        name=name or kind,
+        status=status,
+        input=code,
+        output=logs or None,
+    )
+
+
+# Tools whose calls name what they called.
+NAMED_TOOLS = frozenset({"function", "openapi", "mcp"})
+
+
+def _step_tools(
+    name: str, step: dict[str, Any], started: set[str]
+) -> list[base.ToolProgress]:
+    """The tool frames a `thread.run.step.*` event gives: each server-side call
+    once when it first shows (with an id) and once when its step ends. Function
+    calls are the site's to run: they come with requires_action."""
+    if name == "thread.run.step.delta":
+        details = (step.get("delta") or {}).get("step_details") or {}
+    else:
+        details = step.get("step_details") or {}
+    if details.get("type") != "tool_calls":
+        return []
+    ending = STEP_ENDINGS.get(name)
+    events = []
+    for call in details.get("tool_calls") or ():
+        call_id = call.get("id")
+        if not call_id or call.get("type") == "function":
+            continue
+        if ending is not None:
+            started.discard(call_id)
+            events.append(_tool_progress(call, ending))
+        elif call_id not in started:
+            started.add(call_id)
+            events.append(_tool_progress(call, "in_progress"))
+    return events
+
+
 ACTIVE_RUN_STATUSES = {"queued", "in_progress", "requires_action"}
 # The statuses resume_reply waits through; requires_action needs us, not time.
 POLLED_RUN_STATUSES = {"queued", "in_progress", "cancelling"}
@@ -378,11 +439,15 @@ class AzureAgentsBackend(ChatBackend):
         except Exception as exc:
             raise map_error(exc) from exc
         yield base.ThreadReady(thread_id, replaced)
+        tools: set[str] = set()
         try:
             async with stream as events:
                 async for name, data in events:
                     if name == "thread.message.delta":
                         for event in _delta_events(data):
+                            yield event
+                    elif name.startswith("thread.run.step."):
+                        for event in _step_tools(name, data, tools):
                             yield event
                     elif name == "thread.run.created":
                         yield base.RunStarted(data["id"])

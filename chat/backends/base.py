@@ -6,6 +6,8 @@ A backend turns one user message into an async iterator of typed events:
     RunStarted    the upstream run/response id, once known (lets stop cancel it)
     Delta         a piece of reply text, in order
     Citation      a file or URL citation attached to the reply
+    ToolProgress  a tool the agent uses (file search, code interpreter, …) started
+                  or ended; any number, between the others
     Completed     the reply finished normally (with token usage when known)
 
 A reply whose process died can be finished by another one: `resume_reply` gives
@@ -68,6 +70,24 @@ class Citation:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolProgress:
+    """A tool call of the agent's, once when it starts and once when it ends.
+
+    `kind` is the tool's type (`file_search`, `code_interpreter`, `web_search`,
+    `bing_grounding`, `azure_ai_search`, `mcp`, `openapi`, `function`); `name` the
+    function or MCP tool called, else the kind. `input` and `output` are what a
+    code interpreter ran and printed, when it ended."""
+
+    id: str
+    kind: str
+    name: str
+    status: str  # in_progress, completed or failed
+    input: str | None = None
+    output: str | None = None
+    cursor: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     usage: dict[str, Any] | None = None
     # True when the upstream itself reports the run cancelled (a stop that reached
@@ -75,7 +95,7 @@ class Completed:
     cancelled: bool = False
 
 
-Event = ThreadReady | RunStarted | Delta | Citation | Completed
+Event = ThreadReady | RunStarted | Delta | Citation | ToolProgress | Completed
 
 
 class BackendError(Exception):

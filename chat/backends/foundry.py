@@ -73,6 +73,38 @@ def _citation(annotation: Any) -> dict[str, Any] | None:
     return None
 
 
+# Output items of tools the service runs, by type: the tool frame's kind.
+SERVER_TOOLS = {
+    "file_search_call": "file_search",
+    "code_interpreter_call": "code_interpreter",
+    "web_search_call": "web_search",
+    "mcp_call": "mcp",
+    "image_generation_call": "image_generation",
+    "computer_call": "computer",
+}
+TOOL_ENDINGS = {"completed": "completed", "failed": "failed", "incomplete": "failed"}
+
+
+def _tool_progress(item: Any, sequence_number: int, *, done: bool) -> base.ToolProgress:
+    """A server-side tool's output item, when added or done, as a ToolProgress."""
+    kind = SERVER_TOOLS[item.type]
+    status = TOOL_ENDINGS.get(item.status, "failed") if done else "in_progress"
+    code = logs = None
+    if kind == "code_interpreter" and done:
+        code = getattr(item, "code", None)
+        outputs = getattr(item, "outputs", None) or ()
+        logs = "".join(getattr(o, "logs", "") for o in outputs if o.type == "logs")
+    return base.ToolProgress(
+        id=item.id,
+        kind=kind,
+        name=getattr(item, "name", None) or kind,
+        status=status,
+        input=code,
+        output=logs or None,
+        cursor=sequence_number,
+    )
+
+
 def _usage(response: Response) -> dict[str, Any] | None:
     usage = response.usage
     if usage is None:
@@ -131,6 +163,16 @@ async def _reply_events(stream: Any, *, logged: int = 0) -> AsyncIterator[Event]
                     citation = _citation(event.annotation)
                     if citation and not logged:
                         yield base.Citation(citation, cursor=event.sequence_number)
+                elif kind in (
+                    "response.output_item.added",
+                    "response.output_item.done",
+                ):
+                    if event.item.type in SERVER_TOOLS and not logged:
+                        yield _tool_progress(
+                            event.item,
+                            event.sequence_number,
+                            done=kind == "response.output_item.done",
+                        )
                 elif kind == "response.created":
                     yield base.RunStarted(event.response.id)
                 elif kind == "response.completed":

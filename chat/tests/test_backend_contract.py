@@ -18,6 +18,7 @@ from chat.backends.base import Completed, Delta, ReplyRequest, RunStarted, Threa
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
 from emulator import AgentsEmulator
+from emulator.stream import INTERPRETER_CODE, INTERPRETER_LOGS
 from testing.replies import astored_reply
 from testing.sse import (
     chat,
@@ -309,6 +310,8 @@ class ProjectContract(UpstreamContract):
 
     # The setting that names the agent.
     agent_setting: str
+    # The tool kind of the emulator's web search, as the service names it.
+    web_search_kind: str
 
     def upstream_threads(self, backend: AgentsEmulator) -> dict[str, Any]:
         """The emulator's store of the service's conversations, by thread id."""
@@ -363,6 +366,64 @@ class ProjectContract(UpstreamContract):
             {k: v for k, v in c.items() if k != "type"} for c in citations
         ]
 
+    async def test_it_shows_the_tools_the_agent_uses_before_its_text(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        backend.configure(tools=["file_search", "code_interpreter", "web_search"])
+        data = await reply_of(async_client)
+        tools = [d for d in data if d["type"] == "tool"]
+        kinds = ["file_search", "code_interpreter", self.web_search_kind]
+        assert [(t["kind"], t["status"]) for t in tools] == [
+            (kind, status) for kind in kinds for status in ("in_progress", "completed")
+        ]
+        assert [t["name"] for t in tools] == [t["kind"] for t in tools]
+        ids = [t["id"] for t in tools]
+        assert ids[0::2] == ids[1::2] and len(set(ids)) == 3 and all(ids)
+        ran = tools[3]
+        assert (ran["input"], ran["output"]) == (INTERPRETER_CODE, INTERPRETER_LOGS)
+        assert all("input" not in t for t in tools if t is not ran)
+        types = [d["type"] for d in data]
+        assert types.index("chunk") > types.index("tool") > types.index("metadata")
+        # What a client that reads only chunks sees is unchanged.
+        assert chunks_text(data) == data[-1]["full_response"] == "You said: Say hello"
+        assert (await astored_reply()).content == "You said: Say hello"
+
+    async def test_it_replays_tool_frames_on_resume(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        backend.configure(tools=["file_search"])
+        data = await reply_of(async_client)
+        conversation_id = data[0]["conversation_id"]
+        response = await async_client.get(
+            f"/api/conversations/{conversation_id}/stream", {"last_event_id": 0}
+        )
+        body = b"".join([part async for part in response.streaming_content])
+        replayed = data_frames(parse_sse(body))
+        # The same frames; chunks that follow one another come as one.
+        assert [d for d in replayed if d["type"] != "chunk"] == [
+            d for d in data[1:] if d["type"] != "chunk"
+        ]
+        assert [d["type"] for d in replayed[:2]] == ["tool", "tool"]
+        assert chunks_text(replayed) == chunks_text(data)
+
+    async def test_it_stops_while_a_tool_runs(
+        self, backend: AgentsEmulator, async_client: AsyncClient
+    ) -> None:
+        backend.configure(tools=["code_interpreter"], hold_tool=True)
+        response = await chat(async_client, "stop me")
+        stream = aiter(response.streaming_content)
+        raw = b""
+        while b'"tool"' not in raw:
+            raw += await anext(stream)
+        conversation_id = parse_sse(raw)[0]["data"]["conversation_id"]
+        stopped = await async_client.post(f"/api/chat/{conversation_id}/stop")
+        assert stopped.status_code == 200
+        raw += b"".join([part async for part in stream])
+        data = data_frames(parse_sse(raw))
+        assert [d["status"] for d in data if d["type"] == "tool"] == ["in_progress"]
+        assert (data[-1]["type"], data[-1]["status"]) == ("done", "cancelled")
+        await self.assert_run_cancelled(backend, await astored_reply())
+
     async def test_it_fails_the_run_when_the_agent_does_not_exist(
         self, backend: AgentsEmulator, async_client: AsyncClient, settings: Settings
     ) -> None:
@@ -402,6 +463,7 @@ class TestAzureAgentsBackend(ProjectContract):
     reply_operation = "runs.create"
     required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_ID")
     agent_setting = "AZURE_AI_AGENT_ID"
+    web_search_kind = "bing_grounding"
     # Classic Agents runs are never cut short by a token limit or a filter.
     faults = {f: c for f, c in FAULT_CODES.items() if f not in TRUNCATIONS}
     keeps_the_thread_of_a_failed_start = False
@@ -419,6 +481,7 @@ class TestFoundryBackend(ProjectContract):
     reply_operation = "responses.create"
     required_settings = ("AZURE_AI_PROJECT_ENDPOINT", "AZURE_AI_AGENT_NAME")
     agent_setting = "AZURE_AI_AGENT_NAME"
+    web_search_kind = "web_search"
 
     def upstream_threads(self, backend: AgentsEmulator) -> dict[str, Any]:
         return backend.conversations

@@ -228,6 +228,35 @@ async def test_it_shows_text_while_the_agent_still_writes(
     await expect(chat.page.locator("#backend-offline")).to_be_hidden()
 
 
+async def test_it_shows_the_tools_the_agent_uses_then_folds_them_into_the_reply(
+    chat: ChatPage, agent: EmulatorThread, azure_server: LiveServer
+) -> None:
+    agent.configure(tools=["file_search", "code_interpreter"], hold_tool=True)
+    await chat.open(azure_server)
+    await chat.send("What is in my files?")
+    reply = chat.assistant()
+    status = reply.get_by_role("status")
+    await expect(status).to_have_text("Searching files…")
+    agent.release()
+    await expect(status).to_have_text("Running code…")
+    await expect(reply.locator(".tools-summary")).to_have_text("Searched files")
+    agent.release()
+    await chat.wait_for_reply()
+    await expect(reply.locator(".message-body")).to_have_text(
+        "You said: What is in my files?"
+    )
+    await expect(status).to_be_hidden()
+    summary = reply.locator(".tools-summary")
+    await expect(summary).to_have_text("Searched files · Ran code")
+    code = reply.locator(".tool-code")
+    await expect(code.first).to_be_hidden()
+    await summary.click()
+    await expect(code).to_have_text(
+        ["Codeprint(sum(range(10)))", "Output45"], use_inner_text=False
+    )
+    await chat.assert_clean()
+
+
 async def test_it_stops_a_reply_and_keeps_it_after_a_reload(
     chat: ChatPage, agent: EmulatorThread, azure_server: LiveServer
 ) -> None:

@@ -141,6 +141,89 @@ class Citations {
   }
 }
 
+// --- tools ----------------------------------------------------------------------------
+
+// What the status line says while a tool runs, and the summary once it is done.
+const TOOL_LABELS = {
+  file_search: ["Searching files…", "Searched files"],
+  code_interpreter: ["Running code…", "Ran code"],
+  web_search: ["Searching the web…", "Searched the web"],
+  bing_grounding: ["Searching the web…", "Searched the web"],
+  bing_custom_search: ["Searching the web…", "Searched the web"],
+  azure_ai_search: ["Searching the index…", "Searched the index"],
+  sharepoint_grounding: ["Searching SharePoint…", "Searched SharePoint"],
+};
+
+function toolLabels(tool) {
+  const labels = TOOL_LABELS[tool.kind];
+  if (labels) return labels;
+  const name = tool.name || tool.kind || "a tool";
+  return [`Calling ${name}…`, `Called ${name}`];
+}
+
+// The tools the agent used for a reply: a quiet status line while one runs
+// (announced politely), folded into a "details" once none does, with what a code
+// interpreter ran and printed.
+class ToolActivity {
+  constructor() {
+    this.node = element("div", "tools");
+    this.status = element("p", "tools-status");
+    this.status.setAttribute("role", "status");
+    this.details = element("details", "tools-details");
+    this.summary = element("summary", "tools-summary");
+    this.list = element("ul", "tools-list");
+    this.details.append(this.summary, this.list);
+    this.details.hidden = true;
+    this.node.append(this.status, this.details);
+    this.node.hidden = true;
+    this.calls = new Map();
+  }
+
+  update(tool) {
+    let call = this.calls.get(tool.id);
+    if (!call) {
+      call = { tool, item: element("li", "tool") };
+      this.calls.set(tool.id, call);
+      this.list.append(call.item);
+    }
+    call.tool = tool;
+    const [running, done] = toolLabels(tool);
+    const label = tool.status === "failed" ? `${done} (failed)` : done;
+    const text = tool.status === "in_progress" ? running : label;
+    call.item.replaceChildren(element("span", "tool-label", text));
+    call.item.dataset.status = tool.status;
+    if (tool.input) call.item.append(codeBlock("Code", tool.input));
+    if (tool.output) call.item.append(codeBlock("Output", tool.output));
+    this.node.hidden = false;
+    this.show();
+  }
+
+  show() {
+    const running = [...this.calls.values()].filter((call) => call.tool.status === "in_progress");
+    this.status.textContent = running.length ? toolLabels(running[running.length - 1].tool)[0] : "";
+    this.node.classList.toggle("running", running.length > 0);
+    const done = [...this.calls.values()].filter((call) => call.tool.status !== "in_progress");
+    this.details.hidden = done.length === 0;
+    const labels = [...new Set(done.map((call) => toolLabels(call.tool)[1]))];
+    this.summary.textContent = labels.join(" · ");
+  }
+
+  // The reply ended: nothing runs any more, whatever the last frames said.
+  settle() {
+    this.status.textContent = "";
+    this.node.classList.remove("running");
+  }
+}
+
+function codeBlock(label, text) {
+  const figure = element("figure", "tool-code");
+  figure.append(element("figcaption", "", label));
+  const pre = element("pre");
+  pre.append(element("code", "", text));
+  figure.append(pre);
+  return figure;
+}
+
 // --- messages -----------------------------------------------------------------------
 
 let anchorCounter = 0;
@@ -156,9 +239,18 @@ class MessageView {
     this.citations = new Citations(`cite-${Date.now().toString(36)}-${++anchorCounter}`);
     this.statusNode = null;
     this.errorNode = null;
+    this.tools = null;
     if (role === "assistant") this.node.append(this.citations.section);
     ui.emptyHint.hidden = true;
     ui.log.append(this.node);
+  }
+
+  showTool(tool) {
+    if (!this.tools) {
+      this.tools = new ToolActivity();
+      this.node.insertBefore(this.tools.node, this.body);
+    }
+    this.tools.update(tool);
   }
 
   setText(text) {
@@ -194,11 +286,14 @@ class MessageView {
     const citations = new Citations(this.citations.anchorPrefix);
     this.citations.section.replaceWith(citations.section);
     this.citations = citations;
+    this.tools?.node.remove();
+    this.tools = null;
     this.startStreaming();
   }
 
   endStreaming(fullText = null) {
     if (this.renderer && !this.renderer.finished) this.renderer.finish(fullText);
+    this.tools?.settle();
     ui.log.removeAttribute("aria-busy");
     this.node.removeAttribute("aria-busy");
     this.node.classList.remove("streaming");
@@ -332,6 +427,9 @@ class LiveReply {
         break;
       case "annotation":
         message.citations.add(event);
+        break;
+      case "tool":
+        message.showTool(event);
         break;
       case "done":
         this.finished = true;
