@@ -45,6 +45,8 @@ class AgentsApi:
         self.gate = gate
         self.created_at = now()
         self._tasks: set[asyncio.Task[None]] = set()
+        # The runs being driven, by id: submit_tool_outputs streams them on.
+        self._streams: dict[str, RunStream] = {}
 
     def routes(self, prefix: str) -> list[Route]:
         thread = prefix + "/threads/{thread_id}"
@@ -64,6 +66,12 @@ class AgentsApi:
             ("GET", thread + "/runs", self._runs_list, "runs.list"),
             ("GET", run, self._runs_get, "runs.get"),
             ("POST", run + "/cancel", self._runs_cancel, "runs.cancel"),
+            (
+                "POST",
+                run + "/submit_tool_outputs",
+                self._runs_submit_tool_outputs,
+                "runs.submit_tool_outputs",
+            ),
         ]
 
     async def wait_for_runs(self) -> None:
@@ -222,6 +230,7 @@ class AgentsApi:
             gate=self.gate,
             deltas=emulator.deltas,
         )
+        self._streams[run.id] = stream
         if not run.stream:
             created = run.to_dict()
             self._play(stream)
@@ -238,6 +247,34 @@ class AgentsApi:
         task = asyncio.create_task(stream.play())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._streams.pop(stream.run_id, None))
+
+    async def _runs_submit_tool_outputs(
+        self, request: web.Request
+    ) -> web.StreamResponse:
+        run = self._run(request)
+        body = await read_json(request)
+        stream = self._streams.get(run.id)
+        if run.status != "requires_action" or run.required_action is None or not stream:
+            raise bad_request(
+                f"Runs in status '{run.status}' do not accept tool outputs."
+            )
+        given = _tool_outputs(body.get("tool_outputs"))
+        calls = run.required_action["submit_tool_outputs"]["tool_calls"]
+        wanted = {call["id"] for call in calls}
+        if set(given) != wanted:
+            raise bad_request(
+                f"Expected tool outputs for {sorted(wanted)}, got {sorted(given)}."
+            )
+        run.tool_outputs = given
+        if not body.get("stream"):
+            run.outputs_given.set()
+            return web.json_response(run.to_dict())
+        response = await open_stream(request)
+        stream.attach(request, response)
+        run.outputs_given.set()
+        await stream.followed()
+        return response
 
     async def _runs_list(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(_page(self._thread(request).runs, request))
@@ -260,6 +297,20 @@ def _page(items: list[Any], request: web.Request) -> dict[str, Any]:
         return list_page(items, request.query)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
+
+
+def _tool_outputs(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("Invalid 'tool_outputs': expected a non-empty array.")
+    outputs = {}
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("tool_call_id"), str):
+            raise bad_request("Each tool output needs a 'tool_call_id'.")
+        output = item.get("output", "")
+        if not isinstance(output, str):
+            raise bad_request("Invalid 'output': expected a string.")
+        outputs[item["tool_call_id"]] = output
+    return outputs
 
 
 def _messages(thread_id: str, raw: Any) -> list[Message]:

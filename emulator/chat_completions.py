@@ -166,7 +166,9 @@ class ChatCompletionsApi:
             prompt_tokens=sum(len(m.text.split()) for m in messages),
             include_usage=bool(stream_options.get("include_usage")),
             # Chat completions call no server-side tools.
-            config=dataclasses.replace(config, tools=[], hold_tool=False),
+            config=dataclasses.replace(
+                config, tools=[], hold_tool=False, function_calls=[]
+            ),
             # Chat completions have no citations.
             tokens=reply_tokens(
                 dataclasses.replace(config, annotations=False), last_user_text(messages)

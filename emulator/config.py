@@ -60,6 +60,7 @@ OPERATIONS = REPLY_OPERATIONS | frozenset(
         "runs.list",
         "runs.get",
         "runs.cancel",
+        "runs.submit_tool_outputs",
         "conversations.create",
         "conversations.get",
         "conversations.delete",
@@ -94,7 +95,10 @@ class EmulatorConfig:
     `thread.run.created`), once its response headers are out.
     `fault_operation` None aims the fault at the next reply, whatever its API.
     `tools` are called, in order, before the reply's text; with `hold_tool` each
-    waits for `release()` while in progress. Chat completions ignore both.
+    waits for `release()` while in progress. `function_calls` (each `name` or
+    `name {json arguments}`) are asked of the client at once, after the tools:
+    a classic run waits in requires_action for their outputs. Chat completions
+    ignore all three.
     """
 
     first_token_delay: float = 0.0
@@ -112,6 +116,7 @@ class EmulatorConfig:
     hold_start: bool = False
     tools: list[str] = dataclasses.field(default_factory=list)
     hold_tool: bool = False
+    function_calls: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -213,6 +218,15 @@ def _to_tools(value: Any) -> list[str]:
     raise ValueError(f"expected tool names, got {value!r}")
 
 
+def _to_calls(value: Any) -> list[str]:
+    # In a directive, several calls are joined with "+": function_calls=a+b.
+    if isinstance(value, str):
+        return [call.strip() for call in value.split("+") if call.strip()]
+    if isinstance(value, list | tuple):
+        return [str(call) for call in value]
+    raise ValueError(f"expected function calls, got {value!r}")
+
+
 def _to_str(value: Any) -> str:
     return str(value).strip()
 
@@ -233,6 +247,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "hold_start": _to_bool,
     "tools": _to_tools,
     "hold_tool": _to_bool,
+    "function_calls": _to_calls,
 }
 
 

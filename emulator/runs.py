@@ -75,8 +75,18 @@ def _finished_call(tool: str) -> dict[str, Any]:
             return {"ranking_options": ranking, "results": []}
 
 
-def _step_delta(step_id: str, call: dict[str, Any]) -> dict[str, Any]:
-    details = {"type": "tool_calls", "tool_calls": [call]}
+def _function_call(spec: str) -> dict[str, Any]:
+    """A function call as a run asks for it, from `name` or `name {json}`."""
+    name, _, arguments = spec.strip().partition(" ")
+    function = {"name": name, "arguments": arguments.strip() or "{}"}
+    return {"id": new_id("call"), "type": "function", "function": function}
+
+
+def _step_delta(
+    step_id: str, call: dict[str, Any] | list[dict[str, Any]]
+) -> dict[str, Any]:
+    calls = call if isinstance(call, list) else [call]
+    details = {"type": "tool_calls", "tool_calls": calls}
     return {
         "id": step_id,
         "object": "thread.run.step.delta",
@@ -195,6 +205,54 @@ class RunStream(PacedReply):
         step = self._tool_step(index, "completed", tool=tool, completed_at=now())
         await self._emit("thread.run.step.completed", step)
 
+    async def _call_functions(self) -> bool:
+        """A tool_calls step naming the calls, thread.run.requires_action and the
+        end of this stream; the run then waits for submit_tool_outputs, whose
+        stream goes on with the step's completion and the reply."""
+        run = self.run
+        calls = [_function_call(spec) for spec in self.config.function_calls]
+        self.tool_steps.append((new_id("step"), "", now()))
+        index = len(self.tool_steps) - 1
+        step = self._tool_step(index, "in_progress")
+        await self._emit("thread.run.step.created", step)
+        listed = [
+            {"index": i, **call, "function": {**call["function"], "output": None}}
+            for i, call in enumerate(calls)
+        ]
+        await self._emit("thread.run.step.delta", _step_delta(step["id"], listed))
+        run.status = "requires_action"
+        run.required_action = {
+            "type": "submit_tool_outputs",
+            "submit_tool_outputs": {"tool_calls": calls},
+        }
+        await self._emit("thread.run.requires_action", run.to_dict())
+        await self._send(sse_frame("[DONE]", "done"))
+        if self.sink is not None:
+            await self.sink.end()
+        if await self._wait_for_outputs():
+            return True
+        outputs = run.tool_outputs or {}
+        run.status, run.required_action = "in_progress", None
+        done = [
+            {**call, "function": {**call["function"], "output": outputs[call["id"]]}}
+            for call in calls
+        ]
+        step |= {"status": "completed", "completed_at": now()}
+        step["step_details"] = {"type": "tool_calls", "tool_calls": done}
+        await self._emit("thread.run.step.completed", step)
+        return False
+
+    async def _wait_for_outputs(self) -> bool:
+        """True if the run was cancelled before its outputs came."""
+        given = asyncio.ensure_future(self.run.outputs_given.wait())
+        cancelled = asyncio.ensure_future(self.cancel_requested.wait())
+        try:
+            await asyncio.wait({given, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            given.cancel()
+            cancelled.cancel()
+        return self.cancel_requested.is_set()
+
     async def _open_message(self) -> None:
         self.thread.messages.append(self.message)
         await self._emit("thread.run.step.created", self._step("in_progress"))
@@ -248,6 +306,7 @@ class RunStream(PacedReply):
     async def _cancelled(self) -> None:
         run = self.run
         run.status, run.cancelled_at = "cancelled", now()
+        run.required_action = None
         self._stop_message("run_cancelled")
         await self._emit("thread.run.cancelled", run.to_dict())
         await self._send(sse_frame("[DONE]", "done"))

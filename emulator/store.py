@@ -97,6 +97,11 @@ class Run:
     last_error: dict[str, str] | None = None
     incomplete_details: dict[str, Any] | None = None
     usage: dict[str, int] | None = None
+    # The function calls a run in requires_action waits for, and what the client
+    # submitted for them, by call id (`tool_outputs`, once given).
+    required_action: dict[str, Any] | None = None
+    tool_outputs: dict[str, str] | None = None
+    outputs_given: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     # Set by the cancel endpoint; whoever drives the run finishes it promptly.
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -117,7 +122,7 @@ class Run:
             "cancelled_at": self.cancelled_at,
             "failed_at": self.failed_at,
             "completed_at": self.completed_at,
-            "required_action": None,
+            "required_action": self.required_action,
             "last_error": self.last_error,
             "model": self.model,
             "instructions": self.instructions,

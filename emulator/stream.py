@@ -231,6 +231,8 @@ class PacedReply:
             if config.hold_tool and await self.gate.wait(self.cancel_requested):
                 return await self._cancelled()
             await self._tool_done(index, tool)
+        if config.function_calls and await self._call_functions():
+            return await self._cancelled()
         await self._open_message()
         fault = config.fault if config.fault in STREAM_FAULTS else None
         for index in range(len(tokens) + 1):
@@ -299,6 +301,11 @@ class PacedReply:
 
     async def _tool_done(self, index: int, tool: str) -> None:
         """The tool call started by `_tool_started` ends."""
+
+    async def _call_functions(self) -> bool:
+        """Asks the client for `function_calls` and waits for their outputs;
+        True if the reply was cancelled meanwhile."""
+        return False
 
     async def _open_message(self) -> None:
         """The reply's text begins, after its tool calls."""
