@@ -40,7 +40,7 @@ from django.utils import timezone
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from chat import bus, frames, lease, limits, replylog, store
+from chat import bus, frames, lease, limits, replylog, store, tools
 from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
@@ -142,6 +142,7 @@ async def start(
                 message=message,
                 thread_id=turn.conversation.upstream_thread_id or None,
                 history=turn.history,
+                tools=tools.ToolBox(tools.registry(), owner),
             ),
             started=started,
             resources=resources.pop_all(),

@@ -395,6 +395,10 @@ CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 10.0, minimum=1.0)
 # below uvicorn's --timeout-graceful-shutdown.
 CHAT_DRAIN_SECONDS = env_float("CHAT_DRAIN_SECONDS", 10.0)
 CHAT_LOCAL_DELAY_MS = env_int("CHAT_LOCAL_DELAY_MS", 30)
+# Function tools the agent may call, run by this site (chat/tools.py): dotted
+# paths of functions, and how long one call may take.
+CHAT_TOOLS = env_list("CHAT_TOOLS")
+CHAT_TOOL_TIMEOUT_SECONDS = env_float("CHAT_TOOL_TIMEOUT_SECONDS", 30.0, minimum=0.001)
 # Per user, per browser session for anonymous visitors, per IP address for
 # cookie-less callers; 0 turns a limit off. All sessions from one address share a
 # looser ceiling (by default 10 times the limit) against cookie rotation.

@@ -49,6 +49,7 @@ from chat.backends.base import (
     ReplyRequest,
     Resumption,
 )
+from chat.tools import ToolCall, progress, refused
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +441,8 @@ class AzureAgentsBackend(ChatBackend):
             raise map_error(exc) from exc
         yield base.ThreadReady(thread_id, replaced)
         tools: set[str] = set()
+        # `done` events of streams that a submission of tool outputs continued.
+        continued = 0
         try:
             async with stream as events:
                 async for name, data in events:
@@ -455,12 +458,17 @@ class AzureAgentsBackend(ChatBackend):
                         yield _run_ended(name.removeprefix("thread.run."), data)
                         return
                     elif name == "thread.run.requires_action":
-                        await self.cancel(thread_id, data["id"])
-                        raise _tool_call_refused()
+                        async for event in self._call_functions(
+                            request, thread_id, data, events
+                        ):
+                            yield event
+                        continued += 1
                     elif name == "error":
                         raise _error_event(data)
                     elif name == "done":
-                        break
+                        if not continued:
+                            break
+                        continued -= 1
         except BackendError:
             raise
         except (IncompleteReadError, ServiceResponseError, aiohttp.ClientError) as exc:
@@ -476,6 +484,45 @@ class AzureAgentsBackend(ChatBackend):
         raise BackendError(
             base.INCOMPLETE, "the agent's reply ended before the run finished"
         )
+
+    async def _call_functions(
+        self,
+        request: ReplyRequest,
+        thread_id: str,
+        run: dict[str, Any],
+        events: RawEvents,
+    ) -> AsyncIterator[Event]:
+        """Runs the function calls a run waits for and submits their outputs,
+        whose stream `events` then goes on with."""
+        action = (run.get("required_action") or {}).get("submit_tool_outputs") or {}
+        calls = [
+            ToolCall(
+                id=call["id"],
+                name=(call.get("function") or {}).get("name", ""),
+                arguments=(call.get("function") or {}).get("arguments") or "{}",
+            )
+            for call in action.get("tool_calls") or ()
+        ]
+        box = request.tools
+        missing = box.unknown(calls) if box else [call.name for call in calls]
+        if missing or box is None:
+            await self.cancel(thread_id, run["id"])
+            raise refused(missing or ["a function"])
+        for call in calls:
+            yield progress(call)
+        results = await box.run(calls)
+        for result in results:
+            yield progress(result.call, result)
+        outputs = [{"tool_call_id": r.call.id, "output": r.output} for r in results]
+        try:
+            await self.client().runs.submit_tool_outputs_stream(
+                thread_id=thread_id,
+                run_id=run["id"],
+                tool_outputs=outputs,
+                event_handler=events,
+            )
+        except Exception as exc:
+            raise map_error(exc) from exc
 
     async def resume_reply(self, resumption: Resumption) -> AsyncIterator[Event]:
         """Waits for the run to end, then gives the rest of its text and its

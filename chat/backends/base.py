@@ -14,6 +14,11 @@ A reply whose process died can be finished by another one: `resume_reply` gives
 the events of the same upstream run after what the reply's log already holds
 (its `Resumption`), for backends whose service keeps the run (`resumable`).
 
+Function tools: when the run asks for calls of the site's functions, the backend
+runs them with `request.tools` (a ToolProgress before and after), gives the
+outputs back to the service and goes on streaming the same reply; a call of a
+function the site lacks is `UNKNOWN_TOOL`, and the run is cancelled.
+
 Anything that goes wrong is raised as `BackendError` with one of the stable codes
 below, before or during iteration; a backend never yields after raising.
 Cancellation: the relay cancels the task iterating `stream_reply` and then calls
@@ -24,7 +29,10 @@ concurrent streams, and closed with `aclose()`.
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from chat.tools import ToolBox
 
 # Stable error codes (also documented in the README and the OpenAPI description).
 UPSTREAM_AUTH = "upstream_auth"
@@ -36,6 +44,7 @@ UPSTREAM_DISCONNECTED = "upstream_disconnected"
 INCOMPLETE = "incomplete"
 TIMEOUT = "timeout"
 INVALID_REQUEST = "invalid_request"
+UNKNOWN_TOOL = "unknown_tool"
 # Not from a backend: the relay's own reasons for ending a reply early.
 SERVER_SHUTDOWN = "server_shutdown"
 INTERRUPTED = "interrupted"
@@ -123,6 +132,8 @@ class ReplyRequest:
     message: str
     thread_id: str | None = None
     history: list[Turn] = field(default_factory=list)
+    # The site's function tools, for the caller; None: the reply may call none.
+    tools: "ToolBox | None" = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,210 @@
+"""Function tools run by the site (chat/tools.py): the agent asks, the producer
+runs them and the same reply goes on, through the real SDK against the emulator."""
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from django.test import AsyncClient
+from pytest_django.fixtures import Settings
+
+from chat.models import Owner
+from chat.tools import Tool, ToolError
+from emulator import AgentsEmulator
+from testing.replies import astored_reply
+from testing.sse import chat, chunks_text, data_frames, parse_sse, reply_of
+from testing.upstream import answer_through
+from testing.waiting import await_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HERE = "chat.tests.test_tools"
+callers: list[Owner] = []
+meeting: dict[str, asyncio.Barrier] = {}
+
+
+async def add(a: int, b: int, caller: Owner) -> dict[str, int]:
+    """Adds two numbers."""
+    callers.append(caller)
+    return {"sum": a + b}
+
+
+def shout(text: str, times: int = 1) -> str:
+    """Says it louder (a sync tool)."""
+    return " ".join([text.upper()] * times)
+
+
+async def meet(name: str) -> dict[str, str]:
+    """Returns once the other call to it has started too."""
+    await meeting["barrier"].wait()
+    return {"met": name}
+
+
+async def forever() -> None:
+    """Never answers."""
+    await asyncio.Event().wait()
+
+
+def broken() -> None:
+    """Fails with something the agent must not see."""
+    raise RuntimeError("the database password is hunter2")
+
+
+def refusing() -> None:
+    """Fails with a message meant for the agent."""
+    raise ToolError("only signed-in users may ask this")
+
+
+@pytest.fixture
+def azure(settings: Settings, emulator: AgentsEmulator) -> AgentsEmulator:
+    answer_through(settings, "azure_agents", emulator)
+    names = ("add", "shout", "meet", "forever", "broken", "refusing")
+    settings.CHAT_TOOLS = [f"{HERE}.{name}" for name in names]
+    callers.clear()
+    return emulator
+
+
+def tool_frames(data: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(d["name"], d["status"]) for d in data if d["type"] == "tool"]
+
+
+def outputs(emulator: AgentsEmulator) -> list[Any]:
+    """The outputs the agent got, in the order it asked for the calls."""
+    (run,) = emulator.runs.values()
+    calls = run.to_dict()["required_action"] or {}
+    assert not calls, "the run no longer waits"
+    return [_parsed(output) for output in (run.tool_outputs or {}).values()]
+
+
+def _parsed(output: str) -> Any:
+    # A tool's string is given as it is; anything else as JSON.
+    try:
+        return json.loads(output)
+    except json.JSONDecodeError:
+        return output
+
+
+async def test_it_runs_a_function_and_goes_on_with_the_reply(
+    azure: AgentsEmulator, async_client: AsyncClient
+) -> None:
+    azure.configure(function_calls=['add {"a": 2, "b": 3}'])
+    data = await reply_of(async_client)
+    assert tool_frames(data) == [("add", "in_progress"), ("add", "completed")]
+    assert {d["kind"] for d in data if d["type"] == "tool"} == {"function"}
+    assert data[-1]["type"] == "done"
+    assert chunks_text(data) == data[-1]["full_response"] == "You said: Say hello"
+    assert outputs(azure) == [{"sum": 5}]
+    (caller,) = callers
+    assert isinstance(caller, Owner) and caller.user_id is None
+    assert (await astored_reply()).status == "complete"
+
+
+async def test_it_runs_the_calls_of_one_turn_at_once(
+    azure: AgentsEmulator, async_client: AsyncClient
+) -> None:
+    # Each call returns only once the other has started: one after the other,
+    # the first would wait for ever (and time out).
+    meeting["barrier"] = asyncio.Barrier(2)
+    azure.configure(
+        function_calls=['meet {"name": "a"}', 'meet {"name": "b"}', "shout"]
+    )
+    data = await reply_of(async_client)
+    assert outputs(azure) == [
+        {"met": "a"},
+        {"met": "b"},
+        {"error": "bad arguments for shout: text: Field required"},
+    ]
+    assert tool_frames(data) == [
+        ("meet", "in_progress"),
+        ("meet", "in_progress"),
+        ("shout", "in_progress"),
+        ("meet", "completed"),
+        ("meet", "completed"),
+        ("shout", "failed"),
+    ]
+    assert data[-1]["type"] == "done"
+
+
+async def test_it_gives_the_agent_an_error_for_a_call_that_takes_too_long(
+    azure: AgentsEmulator, async_client: AsyncClient, settings: Settings
+) -> None:
+    settings.CHAT_TOOL_TIMEOUT_SECONDS = 0.05
+    azure.configure(function_calls=["forever", 'shout {"text": "hi", "times": 2}'])
+    data = await reply_of(async_client)
+    assert outputs(azure) == [
+        {"error": "forever took longer than 0.05 seconds"},
+        "HI HI",
+    ]
+    assert tool_frames(data)[-2:] == [("forever", "failed"), ("shout", "completed")]
+    assert data[-1]["type"] == "done"
+
+
+async def test_it_gives_the_agent_an_error_for_a_call_that_raises(
+    azure: AgentsEmulator, async_client: AsyncClient
+) -> None:
+    azure.configure(function_calls=["broken", "refusing"])
+    data = await reply_of(async_client)
+    assert outputs(azure) == [
+        {"error": "broken failed unexpectedly"},
+        {"error": "only signed-in users may ask this"},
+    ]
+    assert "hunter2" not in json.dumps(data)
+    assert data[-1]["type"] == "done"
+
+
+async def test_it_ends_with_an_error_when_the_agent_wants_a_tool_the_site_lacks(
+    azure: AgentsEmulator, async_client: AsyncClient
+) -> None:
+    azure.configure(function_calls=["add", "delete_everything"])
+    data = await reply_of(async_client)
+    assert (data[-1]["type"], data[-1]["code"]) == ("error", "unknown_tool")
+    assert "delete_everything" in data[-1]["message"]
+    assert tool_frames(data) == []
+    reply = await astored_reply()
+    assert (reply.status, reply.error_code) == ("failed", "unknown_tool")
+    assert azure.cancelled_runs == [reply.upstream_run_id]
+
+
+async def test_a_stop_during_a_call_cancels_the_run(
+    azure: AgentsEmulator, async_client: AsyncClient
+) -> None:
+    azure.configure(function_calls=["forever"])
+    response = await chat(async_client, "stop me")
+    stream = aiter(response.streaming_content)
+    raw = b""
+    while b'"tool"' not in raw:
+        raw += await anext(stream)
+    conversation_id = parse_sse(raw)[0]["data"]["conversation_id"]
+    stopped = await async_client.post(f"/api/chat/{conversation_id}/stop")
+    assert stopped.status_code == 200
+    raw += b"".join([part async for part in stream])
+    data = data_frames(parse_sse(raw))
+    assert (data[-1]["type"], data[-1]["status"]) == ("done", "cancelled")
+    reply = await astored_reply()
+    await await_until(lambda: azure.cancelled_runs)
+    assert azure.cancelled_runs == [reply.upstream_run_id]
+    (run,) = azure.runs.values()
+    await await_until(lambda: run.status == "cancelled")
+
+
+def test_its_schema_comes_from_the_signature() -> None:
+    definition = Tool(shout).definition()
+    assert definition == {
+        "type": "function",
+        "function": {
+            "name": "shout",
+            "description": "Says it louder (a sync tool).",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "text": {"title": "Text", "type": "string"},
+                    "times": {"default": 1, "title": "Times", "type": "integer"},
+                },
+                "required": ["text"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    # Who asks is not the agent's to say.
+    assert "caller" not in Tool(add).parameters()["properties"]
