@@ -2,16 +2,20 @@
 runs them and the same reply goes on, through the real SDK against the emulator."""
 
 import asyncio
+import io
 import json
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.test import AsyncClient
 from pytest_django.fixtures import Settings
 
 from chat.models import Owner
 from chat.tools import Tool, ToolError
 from emulator import AgentsEmulator
+from posts.models import Post
 from testing.replies import astored_reply
 from testing.sse import chat, chunks_text, data_frames, parse_sse, reply_of
 from testing.upstream import answer_through
@@ -208,3 +212,43 @@ def test_its_schema_comes_from_the_signature() -> None:
     }
     # Who asks is not the agent's to say.
     assert "caller" not in Tool(add).parameters()["properties"]
+
+
+async def test_the_example_tool_finds_published_posts_for_the_agent(
+    azure: AgentsEmulator, async_client: AsyncClient, settings: Settings
+) -> None:
+    settings.CHAT_TOOLS = ["posts.tools.search_posts"]
+    author = await User.objects.acreate(username="writer")
+    shown = await Post.objects.acreate(
+        title="Streaming replies", body="SSE all the way", author=author, published=True
+    )
+    await Post.objects.acreate(title="Streaming draft", body="-", author=author)
+    azure.configure(function_calls=['search_posts {"query": "streaming"}'])
+    data = await reply_of(async_client)
+    assert tool_frames(data)[-1] == ("search_posts", "completed")
+    (found,) = outputs(azure)
+    assert found == {
+        "posts": [
+            {
+                "id": shown.id,
+                "title": "Streaming replies",
+                "path": f"/api/posts/{shown.id}",
+                "excerpt": "SSE all the way",
+            }
+        ]
+    }
+
+
+def test_the_command_prints_the_definitions_to_give_the_agent(
+    settings: Settings,
+) -> None:
+    settings.CHAT_TOOLS = ["posts.tools.search_posts", f"{HERE}.shout"]
+    out = io.StringIO()
+    call_command("chat_tools", stdout=out)
+    search, shouting = json.loads(out.getvalue())
+    assert search["function"]["name"] == "search_posts"
+    assert search["function"]["parameters"]["properties"]["limit"]["maximum"] == 10
+    assert shouting == Tool(shout).definition()
+    out = io.StringIO()
+    call_command("chat_tools", "--responses", stdout=out)
+    assert json.loads(out.getvalue())[1] == Tool(shout).response_definition()
