@@ -25,7 +25,7 @@ import logging
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 from asgiref.sync import sync_to_async
@@ -33,7 +33,10 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from chat.backends.base import UNKNOWN_TOOL, BackendError, ToolProgress
-from chat.models import Owner
+
+if TYPE_CHECKING:
+    # Only a type: backends import this module without Django's apps loaded.
+    from chat.models import Owner
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class Tool:
             "strict": False,
         }
 
-    async def __call__(self, arguments: str, caller: Owner) -> Any:
+    async def __call__(self, arguments: str, caller: "Owner") -> Any:
         values = self.arguments.model_validate_json(arguments or "{}")
         kwargs = {name: getattr(values, name) for name in type(values).model_fields}
         if self.wants_caller:
@@ -150,7 +153,7 @@ class ToolBox:
     """The tools one reply may call, and who it is for."""
 
     tools: dict[str, Tool]
-    caller: Owner
+    caller: "Owner"
 
     def unknown(self, calls: Sequence[ToolCall]) -> list[str]:
         """The names called that the registry lacks."""
