@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from chat import bus, frames, lease
 from chat.replylog import Mirror, RemoteLog, ReplyLog, redis_key
+from testing import redisdb
 from testing.gate import Gate
+from testing.redisdb import scratch_redis
 from testing.waiting import await_until
 
 REDIS_PORT = 6379
@@ -41,25 +43,13 @@ DONE = frames.Done(
 
 
 def redis_url(port: int = REDIS_PORT) -> str:
-    return f"redis://127.0.0.1:{port}/{REDIS_DB}"
+    return redisdb.url(REDIS_DB, f"127.0.0.1:{port}")
 
 
 @pytest.fixture
 async def db(settings: Any) -> AsyncIterator[redis.Redis]:
-    admin = redis.Redis.from_url(redis_url())
-    try:
-        await admin.ping()
-    except (redis.ConnectionError, OSError):
-        await admin.aclose()
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("needs Redis on 127.0.0.1:6379")
-    await admin.flushdb()
-    settings.REDIS_URL = redis_url()
-    yield admin
-    await bus.aclose()
-    await admin.flushdb()
-    await admin.aclose()
+    async with scratch_redis(settings, REDIS_DB) as admin:
+        yield admin
 
 
 async def mirrored(log: ReplyLog, message_id: str) -> Mirror:

@@ -4,7 +4,6 @@ and the reply is stored once. The dead writer is real state: an upstream run
 started and left by the real SDK, its frames in a real Redis Stream, and a
 conversation locked by a process whose lease does not exist."""
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,13 +19,14 @@ from chat.backends.base import Delta, ReplyRequest, RunStarted, ThreadReady
 from chat.models import Conversation, Message
 from chat.replylog import Mirror, ReplyLog, redis_key
 from emulator import AgentsEmulator
+from testing.redisdb import scratch_redis
 from testing.sse import chunks_text, data_frames, parse_sse
 from testing.upstream import answer_through, token_text
 from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_DB = 11
 DEAD = "a-host:1:dead"  # a process id with no lease: it died
 TOKENS = 8
 BEFORE = 3  # deltas the dead writer logged
@@ -34,23 +34,11 @@ BEFORE = 3  # deltas the dead writer logged
 
 @pytest.fixture
 async def db(settings: Any) -> AsyncIterator[redis.Redis]:
-    admin = redis.Redis.from_url(REDIS_URL)
-    try:
-        await admin.ping()
-    except (redis.ConnectionError, OSError):
-        await admin.aclose()
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("needs Redis on 127.0.0.1:6379")
-    await admin.flushdb()
-    settings.REDIS_URL = REDIS_URL
     settings.CHAT_ON_DISCONNECT = "continue"
     # A dead writer is confirmed after a second look, a fifth of a lease later.
     settings.CHAT_LEASE_SECONDS = 3
-    yield admin
-    await bus.aclose()
-    await admin.flushdb()
-    await admin.aclose()
+    async with scratch_redis(settings, REDIS_DB) as admin:
+        yield admin
 
 
 async def died_writing(deltas: int) -> tuple[Conversation, uuid.UUID, ReplyLog]:
