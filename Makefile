@@ -37,7 +37,7 @@ help:
 	@echo "make format - apply ruff formatting and safe fixes"
 	@echo "make emulator - the Azure Agents emulator on 127.0.0.1:8765"
 	@echo "make fuzz   - schemathesis, 2,000+ cases; make soak - 500 streams for 60 s"
-	@echo "make bench  - relay benchmark vs the old FastAPI relay (~10 min); make bench-quick < 1 min"
+	@echo "make bench  - relay benchmark vs the old FastAPI relay (~15 min); make bench-quick ~1.5 min"
 
 $(PY):
 	@py=$$($(FIND_PYTHON)) || exit 1; \
