@@ -297,6 +297,12 @@ class FoundryBackend(ChatBackend):
                 stream=True,
                 starting_after=omit if cursor is None else cursor,
             )
+        except NotFoundError as exc:
+            # The service keeps a background response about ten minutes.
+            raise BackendError(
+                base.PRODUCER_LOST,
+                "the agent service no longer has this reply; send your message again",
+            ) from exc
         except Exception as exc:
             raise api_error(exc, SERVICE) from exc
         logged = len(resumption.text) if cursor is None else 0

@@ -203,9 +203,10 @@ async def test_resume_raises_what_the_service_answers(foundry: AgentsEmulator) -
     with pytest.raises(BackendError) as error:
         await collect(backend.resume_reply(lost))
     assert error.value.code == "rate_limited"
+    # A response the service no longer has: the reply cannot be finished.
     with pytest.raises(BackendError) as error:
         await collect(backend.resume_reply(lost))
-    assert error.value.code == "run_failed"
+    assert error.value.code == "producer_lost"
 
 
 async def test_cancel_stops_a_running_response_and_ends_its_stream(
