@@ -86,6 +86,10 @@ INTERRUPTED_MESSAGE = "the reply stopped when its client left"
 UPSTREAM_CANCEL_TIMEOUT = 5.0
 CLEANUP_TIMEOUT = 10.0
 
+# Seconds between tries of a reader of another process's reply whose Redis
+# failed, before it ends its response (the client then resumes).
+READ_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
+
 # What a reader of another process's reply learns of its writer.
 WRITING = "writing"
 FINISHED = "finished"
@@ -956,8 +960,26 @@ class RemoteReply:
             # Otherwise an id past the log's end is one the writer sent before
             # its copy reached Redis: what follows it comes.
         quiet_since = loop.time()
+        failures = 0
         while not remote.ended:
-            batch = await remote.read(last_id, check_every)
+            try:
+                batch = await remote.read(last_id, check_every)
+                writer = None if batch else await self._writer()
+                failures = 0
+            except (redis.RedisError, OSError):
+                # Redis went away (or its connections did, with a restart): try
+                # again, then end the body cleanly, and the client resumes from
+                # its last id as any reconnecting client does.
+                if failures == len(READ_RETRY_DELAYS):
+                    logger.warning(
+                        "reading reply %s from Redis failed; ending this stream",
+                        self.message_id,
+                        exc_info=True,
+                    )
+                    return
+                await asyncio.sleep(READ_RETRY_DELAYS[failures])
+                failures += 1
+                continue
             if batch:
                 for event_id, frame in batch:
                     last_id = event_id
@@ -968,7 +990,6 @@ class RemoteReply:
             if loop.time() - quiet_since >= keepalive:
                 yield last_id, None
                 quiet_since = loop.time()
-            writer = await self._writer()
             if writer is WRITING:
                 continue
             if writer is LOST:
