@@ -19,6 +19,8 @@ from weakref import WeakKeyDictionary
 
 import redis.asyncio as redis
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from chat import lease
 
@@ -42,7 +44,9 @@ def client() -> redis.Redis | None:
     if found is None:
         found = _clients[loop] = redis.Redis.from_url(
             settings.REDIS_URL,
-            # Never wait on an unreachable Redis for long: callers degrade.
+            # Never wait on an unreachable Redis for long: callers degrade, and
+            # retry in their own loops (redis-py's default tries 10 times).
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
             socket_connect_timeout=2,
             socket_timeout=settings.CHAT_KEEPALIVE_SECONDS + 5,
             health_check_interval=30,

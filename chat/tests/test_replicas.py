@@ -461,7 +461,9 @@ def test_a_live_stream_goes_on_when_redis_goes_away(cluster: Cluster) -> None:
     assert chunk_text(head + rest) == token_text(TOKENS)
     final = rest[-1]
     assert (final.type, final.data["status"]) == ("done", "complete")
-    wait_until(lambda: "resume is degraded" in cluster.replicas[producer].log())
+    wait_until(
+        lambda: "resume is degraded" in cluster.replicas[producer].log(), timeout=60
+    )
     reply = conversation(cluster, conversation_id)["messages"][-1]
     assert (reply["status"], reply["content"]) == ("complete", token_text(TOKENS))
 
