@@ -891,13 +891,9 @@ class Reply:
                     ttfc_ms=self.ttfc_ms(),
                 )
 
-    async def sse(
-        self, last_id: int = -1, *, owner: bool = True
-    ) -> AsyncIterator[bytes]:
+    def sse(self, last_id: int = -1, *, owner: bool = True) -> AsyncIterator[bytes]:
         """The reply as the bytes of a `text/event-stream` body."""
-        encode, keepalive = frames.encode, frames.KEEPALIVE
-        async for event_id, frame in self.frames(last_id, owner=owner):
-            yield keepalive if frame is None else encode(event_id, frame)
+        return _encoded(self.frames(last_id, owner=owner))
 
     async def collect(self, *, owner: bool = True) -> dict[str, Any]:
         """The whole reply as one JSON object (the non-streaming fallback)."""
@@ -1050,12 +1046,8 @@ class RemoteReply:
             return stored_reply.frames[-1]
         return lost_error(self.message_id)
 
-    async def sse(
-        self, last_id: int = -1, *, owner: bool = False
-    ) -> AsyncIterator[bytes]:
-        encode, keepalive = frames.encode, frames.KEEPALIVE
-        async for event_id, frame in self.frames(last_id):
-            yield keepalive if frame is None else encode(event_id, frame)
+    def sse(self, last_id: int = -1, *, owner: bool = False) -> AsyncIterator[bytes]:
+        return _encoded(self.frames(last_id))
 
     async def collect(self, *, owner: bool = False) -> dict[str, Any]:
         async for _event in self.frames():
@@ -1074,6 +1066,13 @@ class RemoteReply:
             error=final if isinstance(final, frames.Error) else None,
             described=self.backend.describe(),
         )
+
+
+async def _encoded(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    """A reply's events as the bytes of a `text/event-stream` body."""
+    encode, keepalive = frames.encode, frames.KEEPALIVE
+    async for event_id, frame in events:
+        yield keepalive if frame is None else encode(event_id, frame)
 
 
 def _fallback_body(
