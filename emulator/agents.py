@@ -177,7 +177,9 @@ class AgentsApi:
         thread = Thread(metadata=metadata(spec))
         messages = _messages(thread.id, spec.get("messages"))
         config = self._run_config(last_user_text(messages), thread.id)
-        return await self._start_run(request, thread, body, config, messages)
+        return await self._start_run(
+            request, thread, body, config, messages, new_thread=True
+        )
 
     def _run_config(self, user_text: str, thread_id: str) -> EmulatorConfig:
         config = self.emulator.reply_config(RUN_CREATE, user_text)
@@ -191,6 +193,8 @@ class AgentsApi:
         body: dict[str, Any],
         config: EmulatorConfig,
         new_messages: list[Message],
+        *,
+        new_thread: bool = False,
     ) -> web.StreamResponse:
         emulator = self.emulator
         assistant_id = body.get("assistant_id")
@@ -229,6 +233,7 @@ class AgentsApi:
             tokens=reply_tokens(config, thread.last_user_text),
             gate=self.gate,
             deltas=emulator.deltas,
+            new_thread=new_thread,
         )
         self._streams[run.id] = stream
         if not run.stream:

@@ -132,7 +132,13 @@ class RunStream(PacedReply):
     """Takes a run from queued to a terminal status, streaming once attached."""
 
     def __init__(
-        self, *, thread: Thread, run: Run, prompt_tokens: int, **options: Any
+        self,
+        *,
+        thread: Thread,
+        run: Run,
+        prompt_tokens: int,
+        new_thread: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__(
             run_id=run.id,
@@ -143,6 +149,8 @@ class RunStream(PacedReply):
         self.thread = thread
         self.run = run
         self.prompt_tokens = prompt_tokens
+        # A run of POST /threads/runs streams its thread's creation first.
+        self.new_thread = new_thread
         self.message = Message(
             thread_id=thread.id,
             role="assistant",
@@ -175,6 +183,10 @@ class RunStream(PacedReply):
         """Returns once the run's stream is over for its client."""
         if isinstance(self.sink, QueuedSink):
             await self.sink.detached()
+
+    async def _opened(self) -> None:
+        if self.new_thread:
+            await self._emit("thread.created", self.thread.to_dict())
 
     async def _start(self) -> None:
         run = self.run

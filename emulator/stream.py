@@ -221,8 +221,12 @@ class PacedReply:
     def client_left(self) -> None:
         """A write found the client gone; a run goes on without it."""
 
+    async def _opened(self) -> None:
+        """What the stream sends at once, before a `hold_start`."""
+
     async def drive(self) -> None:
         config, tokens = self.config, self.tokens
+        await self._opened()
         if config.hold_start and await self.gate.wait(self.cancel_requested):
             return await self._cancelled()
         await self._start()

@@ -1,10 +1,11 @@
 """Classic Azure AI Foundry agents (`asst_…`, threads and runs) through
 azure-ai-agents' async client.
 
-A reply costs two upstream calls: a new conversation creates its thread with the
-user message in it, a follow-up passes the message as `additional_messages` on
-the run. Events are read raw (one JSON parse each) instead of through the SDK's
-per-event model classes.
+A reply costs one upstream call: a new conversation creates its thread with the
+user message and streams the run in one request (`POST /threads/runs`), a
+follow-up passes the message as `additional_messages` on the run. Events are split
+and parsed here (one JSON parse each) instead of through the SDK's per-event model
+classes.
 
 A run goes on upstream when its stream is lost, but nothing streams it again:
 `resume_reply` polls the run until it ends and then reads the rest of the reply
@@ -14,13 +15,14 @@ from the run's message, the only text the service vouches for.
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 from azure.ai.agents.aio import AgentsClient
-from azure.ai.agents.models import BaseAsyncAgentEventHandler
+from azure.ai.agents.models import AsyncAgentRunStream, BaseAsyncAgentEventHandler
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -65,19 +67,52 @@ class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):
 
 
 class RawEvents(BaseAsyncAgentEventHandler[tuple[str, Any]]):
-    """Yields (event name, parsed JSON) pairs, skipping the SDK's model objects."""
+    """Yields (event name, parsed JSON) pairs, skipping the SDK's model objects.
 
-    async def _process_event(self, event_data_str: str) -> tuple[str, Any]:
-        name = data = ""
-        for line in event_data_str.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-        try:
-            return name, orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return name, data
+    It splits the byte stream itself: the SDK's reader appends every read to one
+    buffer and, per event, searches it from the start and copies what follows,
+    then decodes the event and splits it again as text. Here each read is split
+    once and each `data:` line goes to orjson as bytes. Events end at a blank
+    line, as the SDK reads them; a tail without one is the last event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._events: deque[bytes] = deque()
+        self._tail = b""
+
+    async def __anext__(self) -> tuple[str, Any]:
+        events = self._events
+        while not events:
+            if self.response_iterator is None:
+                raise ValueError("The response handler was not initialized.")
+            chunk = await anext(self.response_iterator, None)
+            if chunk is None:
+                tail, self._tail = self._tail.strip(), b""
+                if tail:
+                    return _parse_event(tail)
+                raise StopAsyncIteration
+            pieces = (self._tail + chunk).split(b"\n\n")
+            self._tail = pieces.pop()
+            events.extend(piece for piece in pieces if piece.strip())
+        return _parse_event(events.popleft())
+
+
+def _parse_event(event: bytes) -> tuple[str, Any]:
+    name = data = b""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+        elif line.startswith(b"event:"):
+            name = line[6:].strip()
+    try:
+        return name.decode(), orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return name.decode(), data.decode(errors="replace")
+
+
+async def _no_tool_outputs(*_: Any) -> None:
+    """The SDK's submit callback, which RawEvents never calls: function calls
+    are submitted by `_call_functions`."""
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
@@ -425,12 +460,7 @@ class AzureAgentsBackend(ChatBackend):
                     # and say so in the metadata.
                     replaced, thread_id = thread_id, None
             if thread_id is None:
-                thread_id = (await client.threads.create(messages=[message])).id
-                stream = await client.runs.stream(
-                    thread_id=thread_id,
-                    agent_id=self.agent_id,
-                    event_handler=RawEvents(),
-                )
+                stream = await self._thread_and_run(client, message)
         except ResourceNotFoundError as exc:
             # On a thread that exists (new, or just replaced): the agent is missing.
             raise BackendError(
@@ -439,7 +469,8 @@ class AzureAgentsBackend(ChatBackend):
             ) from exc
         except Exception as exc:
             raise map_error(exc) from exc
-        yield base.ThreadReady(thread_id, replaced)
+        if thread_id is not None:
+            yield base.ThreadReady(thread_id)
         tools: set[str] = set()
         # `done` events of streams that a submission of tool outputs continued.
         continued = 0
@@ -453,13 +484,19 @@ class AzureAgentsBackend(ChatBackend):
                         for event in _step_tools(name, data, tools):
                             yield event
                     elif name == "thread.run.created":
+                        if thread_id is None:
+                            thread_id = data["thread_id"]
+                            yield base.ThreadReady(thread_id, replaced)
                         yield base.RunStarted(data["id"])
+                    elif name == "thread.created" and thread_id is None:
+                        thread_id = data["id"]
+                        yield base.ThreadReady(thread_id, replaced)
                     elif name in RUN_ENDED:
                         yield _run_ended(name.removeprefix("thread.run."), data)
                         return
                     elif name == "thread.run.requires_action":
                         async for event in self._call_functions(
-                            request, thread_id, data, events
+                            request, data["thread_id"], data, events
                         ):
                             yield event
                         continued += 1
@@ -484,6 +521,25 @@ class AzureAgentsBackend(ChatBackend):
         raise BackendError(
             base.INCOMPLETE, "the agent's reply ended before the run finished"
         )
+
+    async def _thread_and_run(
+        self, client: AgentsClient, message: dict[str, str]
+    ) -> AsyncAgentRunStream[RawEvents]:
+        """Creates a thread holding `message` and streams its run, in one request.
+
+        azure-ai-agents has no streaming form of `create_thread_and_run` (its
+        keyword form turns `stream` off), but its JSON-body form sends the body as
+        given through the client's pipeline (auth, retries, tracing), and the
+        `stream=True` keyword makes it hand back the response's bytes: the same
+        event stream `runs.stream` reads. The thread's id comes with its first
+        event."""
+        body = {
+            "assistant_id": self.agent_id,
+            "thread": {"messages": [message]},
+            "stream": True,
+        }
+        chunks = await client.create_thread_and_run(body, stream=True)
+        return AsyncAgentRunStream(chunks, _no_tool_outputs, RawEvents())
 
     async def _call_functions(
         self,
