@@ -23,6 +23,7 @@ rebuilds the log from Redis and finishes the upstream run where the backend can
 """
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -121,36 +122,51 @@ async def start(
     await lease.ensure_heartbeat()
     await bus.ensure_listening(_stop_here)
     reply_id = uuid4()
+    toolbox = tools.ToolBox(tools.registry(), owner)
+    early = None
     async with contextlib.AsyncExitStack() as resources:
         await resources.enter_async_context(limits.stream_slot(caller))
-        turn = await store.retrying(
-            functools.partial(
-                store.start_turn,
-                owner=owner,
-                backend=backend.alias,
-                message=message,
-                conversation_id=conversation_id,
-                thread_id=thread_id,
-                with_history=backend.needs_history,
-                now=timezone.now(),
-                user_message_id=uuid4(),
-                new_conversation_id=uuid4(),
-                reply_id=reply_id,
-            ),
-            "starting a turn",
-        )
-        reply = Reply(
-            backend=backend,
-            conversation=turn.conversation,
-            request=ReplyRequest(
+        if conversation_id is None and thread_id is None:
+            # A new conversation waits on nothing upstream: its request goes out
+            # while its turn is stored, and the first event is on its way sooner.
+            request = ReplyRequest(message=message, tools=toolbox)
+            early = Early(backend.stream_reply(request))
+        try:
+            turn = await store.retrying(
+                functools.partial(
+                    store.start_turn,
+                    owner=owner,
+                    backend=backend.alias,
+                    message=message,
+                    conversation_id=conversation_id,
+                    thread_id=thread_id,
+                    with_history=backend.needs_history,
+                    now=timezone.now(),
+                    user_message_id=uuid4(),
+                    new_conversation_id=uuid4(),
+                    reply_id=reply_id,
+                ),
+                "starting a turn",
+            )
+        except BaseException:
+            if early is not None:
+                await asyncio.shield(early.abandon(backend))
+            raise
+        if early is None:
+            request = ReplyRequest(
                 message=message,
                 thread_id=turn.conversation.upstream_thread_id or None,
                 history=turn.history,
-                tools=tools.ToolBox(tools.registry(), owner),
-            ),
+                tools=toolbox,
+            )
+        reply = Reply(
+            backend=backend,
+            conversation=turn.conversation,
+            request=request,
             started=started,
             resources=resources.pop_all(),
             message_id=reply_id,
+            early=early,
         )
     reply.start()
     return reply
@@ -476,6 +492,82 @@ async def wait_closed(replies: list["Reply"], timeout: float) -> int:
 # --- one reply ------------------------------------------------------------------------
 
 
+class Early:
+    """A backend's events, read from now on while the turn is being stored; the
+    reply takes them over with `events()`.
+
+    Until then a task of its own reads them into a buffer: an upstream that
+    sends its reply and closes meanwhile loses nothing (aiohttp drops what it
+    buffered once the connection failed, unless a read was waiting)."""
+
+    def __init__(self, events: AsyncIterator[base.Event]) -> None:
+        self._events = events
+        self._buffered: collections.deque[base.Event] = collections.deque()
+        self._taken = False
+        self._ended = False
+        self._thread_id: str | None = None
+        self._answered = asyncio.Event()
+        # A context of its own, as the reply's producer has.
+        self._reader = asyncio.create_task(self._read(), context=contextvars.Context())
+
+    async def _read(self) -> None:
+        try:
+            async for event in self._events:
+                if isinstance(event, base.ThreadReady):
+                    self._thread_id = event.thread_id
+                self._buffered.append(event)
+                self._answered.set()
+                if self._taken:
+                    return
+            self._ended = True
+        finally:
+            self._answered.set()
+
+    async def events(self) -> AsyncIterator[base.Event]:
+        """Every event: the buffered ones, then the rest as they come."""
+        self._taken = True
+        while True:
+            while self._buffered:
+                yield self._buffered.popleft()
+            if self._reader.done():
+                break
+            # asyncio.wait leaves the reader running when the reply is stopped
+            # meanwhile: it still learns which thread the request made, to
+            # cancel the run in it (`thread_id`).
+            await asyncio.wait({self._reader})
+        self._reader.result()  # its error, if it failed
+        if not self._ended:
+            async for event in self._events:
+                yield event
+
+    async def thread_id(self) -> str | None:
+        """The upstream thread the request made, once it answered."""
+        if self._thread_id is None and not self._reader.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    await self._answered.wait()
+        return self._thread_id
+
+    def close(self) -> None:
+        """Stops reading, if the reply ended before it took over."""
+        self._reader.cancel()
+
+    async def abandon(self, backend: ChatBackend) -> None:
+        """Ends the upstream side of a reply whose turn could not be stored: the
+        thread it made goes, with the run in it."""
+        try:
+            thread_id = await self.thread_id()
+            self.close()
+            await asyncio.wait({self._reader})
+            if thread_id:
+                async with asyncio.timeout(UPSTREAM_CANCEL_TIMEOUT):
+                    await backend.cancel_active(thread_id)
+                    await backend.delete_thread(thread_id)
+            await self._events.aclose()
+        except Exception:
+            logger.exception("abandoning an upstream reply failed")
+
+
 class Reply:
     def __init__(
         self,
@@ -489,8 +581,10 @@ class Reply:
         log: ReplyLog | None = None,
         resumption: base.Resumption | None = None,
         created_at: datetime | None = None,
+        early: Early | None = None,
     ) -> None:
         self.backend = backend
+        self.early = early
         self.conversation_id: UUID = conversation.pk
         self.request = request
         self.started = started
@@ -710,6 +804,8 @@ class Reply:
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
+            if self.early is not None:
+                self.early.close()
             try:
                 await asyncio.shield(self._persist())
                 await asyncio.shield(self.resources.aclose())
@@ -721,6 +817,8 @@ class Reply:
 
     def _events(self) -> AsyncIterator[base.Event]:
         resumption = self.resumption
+        if self.early is not None:
+            return self.early.events()
         if resumption is None:
             return self.backend.stream_reply(self.request)
         if not (resumption.thread_id and resumption.run_id):
@@ -741,6 +839,8 @@ class Reply:
             logger.exception("recording run %s failed", run_id)
 
     async def _cancel_upstream(self) -> None:
+        if not self.thread_id and self.early is not None:
+            self.thread_id = await self.early.thread_id()
         if not self.thread_id:
             return
         if self.run_id:
