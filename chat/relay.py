@@ -731,8 +731,10 @@ class Reply:
                         self.thread_id = event.thread_id
                         self.replaced_thread_id = event.replaced_thread_id
                         self._send_metadata()
-                    case base.RunStarted(run_id=run_id):
+                    case base.RunStarted(run_id=run_id, cursor=cursor):
                         self.run_id = log.run_id = run_id
+                        if cursor is not None:
+                            log.cursor = cursor
                         if not self.backend.offline and self.thread_id:
                             self._record_run = asyncio.create_task(
                                 self._record(run_id, self.thread_id)

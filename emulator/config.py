@@ -64,6 +64,7 @@ OPERATIONS = REPLY_OPERATIONS | frozenset(
         "conversations.create",
         "conversations.get",
         "conversations.delete",
+        "conversations.items.create",
         "responses.get",
         "responses.cancel",
     }
@@ -97,7 +98,8 @@ class EmulatorConfig:
     `tools` are called, in order, before the reply's text; with `hold_tool` each
     waits for `release()` while in progress. `function_calls` (each `name` or
     `name {json arguments}`) are asked of the client at once, after the tools:
-    a classic run waits in requires_action for their outputs. Chat completions
+    a classic run waits in requires_action for their outputs, a response ends
+    with them for a follow-up response to answer. Chat completions
     ignore all three.
     """
 

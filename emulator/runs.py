@@ -36,6 +36,7 @@ from .stream import (
     FrameSink,
     PacedReply,
     Token,
+    function_call,
 )
 
 logger = logging.getLogger("emulator")
@@ -77,8 +78,8 @@ def _finished_call(tool: str) -> dict[str, Any]:
 
 def _function_call(spec: str) -> dict[str, Any]:
     """A function call as a run asks for it, from `name` or `name {json}`."""
-    name, _, arguments = spec.strip().partition(" ")
-    function = {"name": name, "arguments": arguments.strip() or "{}"}
+    name, arguments = function_call(spec)
+    function = {"name": name, "arguments": arguments}
     return {"id": new_id("call"), "type": "function", "function": function}
 
 
@@ -242,6 +243,7 @@ class RunStream(PacedReply):
         if self.sink is not None:
             await self.sink.end()
         if await self._wait_for_outputs():
+            await self._cancelled()
             return True
         outputs = run.tool_outputs or {}
         run.status, run.required_action = "in_progress", None

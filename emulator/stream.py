@@ -62,6 +62,12 @@ class RecordedDelta:
     monotonic: float
 
 
+def function_call(spec: str) -> tuple[str, str]:
+    """A `function_calls` entry (`name` or `name {json}`) as (name, arguments)."""
+    name, _, arguments = spec.strip().partition(" ")
+    return name, arguments.strip() or "{}"
+
+
 def reply_tokens(config: EmulatorConfig, user_text: str) -> list[Token]:
     if config.tokens is not None:
         pieces = [f" tok{i}" if i else "tok0" for i in range(config.tokens)]
@@ -236,7 +242,7 @@ class PacedReply:
                 return await self._cancelled()
             await self._tool_done(index, tool)
         if config.function_calls and await self._call_functions():
-            return await self._cancelled()
+            return
         await self._open_message()
         fault = config.fault if config.fault in STREAM_FAULTS else None
         for index in range(len(tokens) + 1):
@@ -307,8 +313,8 @@ class PacedReply:
         """The tool call started by `_tool_started` ends."""
 
     async def _call_functions(self) -> bool:
-        """Asks the client for `function_calls` and waits for their outputs;
-        True if the reply was cancelled meanwhile."""
+        """Asks the client for `function_calls`; True if that ended the reply
+        (a response does; a cancelled run too), False to go on with the text."""
         return False
 
     async def _open_message(self) -> None:

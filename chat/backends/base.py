@@ -62,6 +62,9 @@ class ThreadReady:
 @dataclass(frozen=True, slots=True)
 class RunStarted:
     run_id: str
+    # The upstream's position at the start of the run, where a run continues a
+    # reply (a follow-up response after function calls): resuming from there.
+    cursor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
