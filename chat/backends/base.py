@@ -145,7 +145,8 @@ class Resumption:
 
     thread_id: str
     run_id: str
-    # The cursor of the last delta or citation in the log (None: none had one).
+    # The cursor of the last event in the log that had one (a delta, citation,
+    # tool or the run's start; None: none had one).
     cursor: int | None
     # The reply text in the log.
     text: str

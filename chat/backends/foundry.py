@@ -15,6 +15,16 @@ a response whose process died from there (``GET /responses/{id}?stream=true&
 starting_after=N``). Stop: closing a stream no longer ends its response, so
 `cancel()` asks ``POST /responses/{id}/cancel``, which works from any replica; the
 cancelled response's streams end with response.failed of status "cancelled".
+
+Function tools: a response that wants the site's functions completes with
+`function_call` items. They run through the request's ToolBox, and a follow-up
+response in the same conversation (the service refuses `previous_response_id`
+beside a conversation) gets their `function_call_output`s and streams the rest of
+the reply: its id becomes the reply's run, to stop and resume, and its
+response.created position the cursor. A conversation with calls left unanswered
+refuses its next message, so calls that will not run (a function the site
+lacks, a stop, a producer lost while they ran) are answered with an error, as
+conversation items.
 """
 
 import asyncio
