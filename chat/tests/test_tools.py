@@ -276,3 +276,31 @@ def test_the_command_prints_the_definitions_to_give_the_agent(
     out = io.StringIO()
     call_command("chat_tools", "--responses", stdout=out)
     assert json.loads(out.getvalue())[1] == Tool(shout).response_definition()
+
+
+async def test_the_offline_agent_calls_the_example_tool_when_asked_to_search(
+    async_client: AsyncClient, settings: Settings
+) -> None:
+    settings.CHAT_BACKEND = "local"
+    settings.CHAT_LOCAL_DELAY_MS = 0
+    settings.CHAT_TOOLS = ["posts.tools.search_posts"]
+    author = await User.objects.acreate(username="writer")
+    post = await Post.objects.acreate(
+        title="Streaming replies", body="SSE", author=author, published=True
+    )
+    data = await reply_of(async_client, "Please search posts for streaming?")
+    assert tool_frames(data) == [
+        ("search_posts", "in_progress"),
+        ("search_posts", "completed"),
+    ]
+    assert data[-1]["full_response"] == (
+        "I found these posts for *streaming*:\n\n"
+        f"- [Streaming replies](/api/posts/{post.id})"
+    )
+    data = await reply_of(async_client, "search posts about nothing like it")
+    assert data[-1]["full_response"] == "No published post matches *nothing like it*."
+    # Without the tool, the demo agent only talks.
+    settings.CHAT_TOOLS = []
+    data = await reply_of(async_client, "search posts for streaming")
+    assert tool_frames(data) == []
+    assert data[-1]["full_response"].startswith("Hello! I am the **offline demo")
