@@ -41,7 +41,7 @@ from django.utils import timezone
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from chat import bus, frames, lease, limits, replylog, store, tools
+from chat import bus, files, frames, lease, limits, replylog, store, tools
 from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
@@ -267,6 +267,13 @@ async def take_over(conversation: Conversation, backend: ChatBackend) -> "Reply 
     return reply
 
 
+def _kept_tool(frame: frames.Tool) -> dict[str, Any]:
+    """What a reply stores of a tool call: its frame without the type."""
+    data = frame.model_dump()
+    del data["type"]
+    return data
+
+
 def _logged_thread(log: ReplyLog) -> str | None:
     for _event_id, frame in log.after(-1):
         if isinstance(frame, frames.Metadata):
@@ -425,9 +432,11 @@ async def stored(
     replay: list[frames.Frame] = [
         _stored_metadata(conversation, str(message.pk), backend)
     ]
+    replay.extend(frames.Tool(**data) for data in message.tools)
     if message.content:
         replay.append(frames.Chunk(content=message.content))
     replay.extend(frames.Annotation(**data) for data in message.annotations)
+    replay.extend(files.file_frame(conversation.pk, kept) for kept in message.files)
     error = None
     if message.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
         replay.append(
@@ -601,6 +610,13 @@ class Reply:
         self.mirror: replylog.Mirror | None = None
         self.delta_count = 0
         self.citations: list[dict[str, Any]] = []
+        # Each tool call's last frame, and the files made, as the reply stores them
+        # (a taken-over reply's from its log).
+        self.tools: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, dict[str, Any]] = {}
+        for _event_id, frame in self.log.after(-1):
+            if isinstance(frame, frames.Tool):
+                self.tools[frame.id] = _kept_tool(frame)
         self.usage: dict[str, Any] | None = None
         self.status = Message.Status.COMPLETE
         self.error: BackendError | None = None
@@ -747,16 +763,24 @@ class Reply:
                             log.cursor = cursor
                     case base.ToolProgress(cursor=cursor):
                         self._send_metadata()
-                        log.append(
-                            frames.Tool(
-                                id=event.id,
-                                kind=event.kind,
-                                name=event.name,
-                                status=event.status,
-                                input=event.input,
-                                output=event.output,
-                            )
+                        tool = frames.Tool(
+                            id=event.id,
+                            kind=event.kind,
+                            name=event.name,
+                            status=event.status,
+                            input=event.input,
+                            output=event.output,
                         )
+                        self.tools[event.id] = _kept_tool(tool)
+                        log.append(tool)
+                        if cursor is not None:
+                            log.cursor = cursor
+                    case base.FileOutput(cursor=cursor):
+                        self._send_metadata()
+                        kept = files.stored(event)
+                        if event.file_id not in self.files:
+                            self.files[event.file_id] = kept
+                            log.append(files.file_frame(self.conversation_id, kept))
                         if cursor is not None:
                             log.cursor = cursor
                     case base.Completed():
@@ -869,6 +893,8 @@ class Reply:
             "upstream_run_id": self.run_id or "",
             "usage": self.usage,
             "annotations": self.citations,
+            "tools": list(self.tools.values()),
+            "files": list(self.files.values()),
             "created_at": self.created_at,
             "time_to_first_chunk_ms": self.ttfc_ms(),
         }

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
+from django.utils.http import content_disposition_header
 
-from chat import frames, idempotency, lease, limits, relay, store
+from chat import files, frames, idempotency, lease, limits, relay, store
 from chat.backends import get_backend
-from chat.models import Conversation, Owner
+from chat.backends.base import THREAD_NOT_FOUND, BackendError
+from chat.models import Conversation, Message, Owner
 from chat.schemas import ChatRequest
 from chatsite import easyauth
 from chatsite.api import BadRequest, api_view, json_error, json_response, parse_body
@@ -256,6 +258,60 @@ async def delete_conversation(
     return HttpResponse(status=204)
 
 
+async def get_file(
+    request: HttpRequest, conversation_id: uuid.UUID, file_id: str
+) -> HttpResponse:
+    """A file the conversation's agent made, streamed from the agent service."""
+    conversation = await _owned_conversation(request, conversation_id)
+    kept = await _made_file(conversation, file_id) if len(file_id) <= 200 else None
+    backend = get_backend()
+    if kept is None or conversation.backend != backend.alias:
+        raise BadRequest("file not found", 404, code="not_found")
+    content = backend.file_content(files.output(kept))
+    try:
+        first = await anext(content, b"")
+    except BackendError as exc:
+        status = 404 if exc.code == THREAD_NOT_FOUND else 502
+        return json_error(exc.message, status, code=exc.code)
+    response = StreamingHttpResponse(
+        _bounded(first, content), content_type=files.content_type(kept)
+    )
+    # Ids name one content for good; only its owner may see it.
+    response["Cache-Control"] = "private, max-age=86400, immutable"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    disposition = "inline" if kept["kind"] == "image" else "attachment"
+    response["Content-Disposition"] = content_disposition_header(
+        disposition == "attachment", kept.get("name") or file_id
+    )
+    return response
+
+
+async def _made_file(conversation: Conversation, file_id: str) -> dict | None:
+    """What a reply of the conversation (streaming, or stored) keeps of the file."""
+    reply = relay.find(conversation.pk)
+    if reply is not None and file_id in reply.files:
+        return reply.files[file_id]
+    replies = conversation.messages.filter(role=Message.Role.ASSISTANT).only("files")
+    async for message in replies:
+        for kept in message.files:
+            if kept.get("file_id") == file_id:
+                return kept
+    return None
+
+
+async def _bounded(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The file's bytes, broken off past `files.MAX_FILE_BYTES`."""
+    size = len(first)
+    yield first
+    async for chunk in rest:
+        size += len(chunk)
+        if size > files.MAX_FILE_BYTES:
+            await rest.aclose()
+            raise files.FileTooLarge(f"over {files.MAX_FILE_BYTES} bytes")
+        yield chunk
+
+
 async def page(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
     if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
@@ -275,3 +331,4 @@ stop = api_view(POST=post_stop)
 conversations = api_view(GET=list_conversations)
 conversation = api_view(GET=get_conversation, DELETE=delete_conversation)
 resume = api_view(GET=get_stream)
+file = api_view(GET=get_file)

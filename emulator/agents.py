@@ -29,7 +29,7 @@ from .http import (
 )
 from .runs import RunStream
 from .store import Message, Run, Thread, last_user_text, list_page, now
-from .stream import HoldGate, reply_tokens
+from .stream import IMAGE_FILE_ID, IMAGE_PNG, HoldGate, reply_tokens
 
 if TYPE_CHECKING:
     from .server import AgentsEmulator
@@ -72,7 +72,20 @@ class AgentsApi:
                 self._runs_submit_tool_outputs,
                 "runs.submit_tool_outputs",
             ),
+            (
+                "GET",
+                prefix + "/files/{file_id}/content",
+                self._files_content,
+                "files.content",
+            ),
         ]
+
+    async def _files_content(self, request: web.Request) -> web.StreamResponse:
+        """The bytes of a code interpreter's file, as an octet-stream."""
+        file_id = request.match_info["file_id"]
+        if file_id != IMAGE_FILE_ID:
+            raise not_found("file", file_id)
+        return web.Response(body=IMAGE_PNG, content_type="application/octet-stream")
 
     async def wait_for_runs(self) -> None:
         """Waits for the runs driven in the background to end."""

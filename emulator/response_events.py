@@ -30,6 +30,8 @@ from .stream import (
     CITATION_FILE_ID,
     CITATION_TITLE,
     CITATION_URL,
+    CONTAINER_IMAGE_ID,
+    IMAGE_NAME,
     INTERPRETER_CODE,
     INTERPRETER_LOGS,
     SEARCH_QUERY,
@@ -171,15 +173,17 @@ class ResponseEvents(PacedReply):
 
     async def _completed(self) -> None:
         response = self.response
-        if self.config.annotations:
-            for index, annotation in enumerate(_citations(len(response.text))):
-                response.annotations.append(annotation)
-                await self._emit(
-                    "response.output_text.annotation.added",
-                    **self._at(),
-                    annotation_index=index,
-                    annotation=annotation,
-                )
+        annotations = _citations(len(response.text)) if self.config.annotations else []
+        if self.config.image:
+            annotations.append(_container_file(response.id, len(response.text)))
+        for index, annotation in enumerate(annotations):
+            response.annotations.append(annotation)
+            await self._emit(
+                "response.output_text.annotation.added",
+                **self._at(),
+                annotation_index=index,
+                annotation=annotation,
+            )
         await self._close_message("completed")
         response.usage = self._usage()
         self._stop("completed")
@@ -284,6 +288,18 @@ def _tool_item(tool: str, response_id: str, index: int) -> dict[str, Any]:
             return item | {"action": {"type": "search", "query": SEARCH_QUERY}}
         case _:
             return item | {"queries": [], "results": None}
+
+
+def _container_file(response_id: str, offset: int) -> dict[str, Any]:
+    """The chart that code interpreter drew, cited from its container."""
+    return {
+        "type": "container_file_citation",
+        "container_id": f"cntr_{response_id.removeprefix('resp_')}",
+        "file_id": CONTAINER_IMAGE_ID,
+        "filename": IMAGE_NAME,
+        "start_index": offset,
+        "end_index": offset,
+    }
 
 
 def _citations(offset: int) -> list[dict[str, Any]]:

@@ -51,12 +51,13 @@ from .http import (
     deleted,
     find,
     metadata,
+    not_found,
     open_stream,
     read_json,
 )
 from .response_events import ResponseStream
 from .store import Conversation, Message, Response, last_user_text, new_id
-from .stream import HoldGate, reply_tokens
+from .stream import CONTAINER_IMAGE_ID, IMAGE_PNG, HoldGate, reply_tokens
 
 if TYPE_CHECKING:
     from .server import AgentsEmulator
@@ -96,6 +97,12 @@ class ResponsesApi:
             ("POST", prefix + "/responses", self._create_response, RESPONSE_CREATE),
             ("GET", response, self._get_response, "responses.get"),
             ("POST", response + "/cancel", self._cancel_response, "responses.cancel"),
+            (
+                "GET",
+                prefix + "/containers/{container_id}/files/{file_id}/content",
+                self._container_file_content,
+                "containers.files.content",
+            ),
         ]
 
     def _conversation(self, conversation_id: str) -> Conversation:
@@ -115,6 +122,14 @@ class ResponsesApi:
     async def _get_conversation(self, request: web.Request) -> web.StreamResponse:
         conversation_id = request.match_info["conversation_id"]
         return web.json_response(self._conversation(conversation_id).to_dict())
+
+    async def _container_file_content(self, request: web.Request) -> web.StreamResponse:
+        """The bytes of a file in a code interpreter's container."""
+        file_id = request.match_info["file_id"]
+        container_id = request.match_info["container_id"]
+        if file_id != CONTAINER_IMAGE_ID or not container_id.startswith("cntr_"):
+            raise not_found("file", file_id)
+        return web.Response(body=IMAGE_PNG, content_type="application/octet-stream")
 
     async def _add_items(self, request: web.Request) -> web.StreamResponse:
         """Adds messages, or outputs of the function calls the conversation

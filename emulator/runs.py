@@ -29,6 +29,7 @@ from aiohttp import web
 from .http import sse_frame
 from .store import Message, Run, Thread, new_id, now
 from .stream import (
+    IMAGE_FILE_ID,
     INTERPRETER_CODE,
     INTERPRETER_LOGS,
     SEARCH_QUERY,
@@ -272,6 +273,13 @@ class RunStream(PacedReply):
         await self._emit("thread.run.step.created", self._step("in_progress"))
         await self._emit("thread.message.created", self.message.to_dict())
         await self._emit("thread.message.in_progress", self.message.to_dict())
+        if self.config.image:
+            self.message.image_file_id = IMAGE_FILE_ID
+            image = {"index": 0, "type": "image_file"}
+            image["image_file"] = {"file_id": IMAGE_FILE_ID}
+            delta = {"content": [image]}
+            data = {"id": self.message.id, "object": "thread.message.delta"}
+            await self._emit("thread.message.delta", data | {"delta": delta})
 
     async def _delta(self, index: int, token: Token) -> None:
         self.message.text += token.text
@@ -282,7 +290,8 @@ class RunStream(PacedReply):
         text: dict[str, Any] = {"value": token.text}
         if token.annotations:
             text["annotations"] = list(token.annotations)
-        delta = {"content": [{"index": 0, "type": "text", "text": text}]}
+        part = 1 if self.message.image_file_id else 0
+        delta = {"content": [{"index": part, "type": "text", "text": text}]}
         data = {"id": self.message.id, "object": "thread.message.delta", "delta": delta}
         await self._emit("thread.message.delta", data, delta=(index, token.text))
 

@@ -48,11 +48,19 @@ class Message:
     incomplete_details: dict[str, Any] | None = None
     annotations: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A code interpreter's image, shown before the text.
+    image_file_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # A freshly created assistant message has no content part yet.
         empty = self.status == "in_progress" and not self.text
         content = [] if empty else [self.content_part()]
+        if self.image_file_id:
+            image = {
+                "type": "image_file",
+                "image_file": {"file_id": self.image_file_id},
+            }
+            content.insert(0, image)
         return {
             "id": self.id,
             "object": "thread.message",

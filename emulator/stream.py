@@ -11,6 +11,7 @@ or a chat completion) lives on its connection and stops then.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -34,6 +35,14 @@ CITATION_QUOTE = "Agents combine a model, instructions and tools."
 INTERPRETER_CODE = "print(sum(range(10)))"
 INTERPRETER_LOGS = "45\n"
 SEARCH_QUERY = "Azure AI Foundry agents"
+# The chart code interpreter draws with `image` (a 1x1 PNG): a classic run's
+# image_file, a response's container file.
+IMAGE_FILE_ID = "assistant-emulatorimage0001"
+CONTAINER_IMAGE_ID = "cfile_emulatorimage0001"
+IMAGE_NAME = "chart.png"
+IMAGE_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 
 SERVER_ERROR = {"code": "server_error", "message": "Sorry, something went wrong."}
 

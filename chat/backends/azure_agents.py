@@ -51,6 +51,7 @@ from chat.backends.base import (
     ReplyRequest,
     Resumption,
 )
+from chat.files import file_kind
 from chat.tools import ToolCall, progress, refused
 
 logger = logging.getLogger(__name__)
@@ -205,16 +206,29 @@ def _citation(annotation: dict[str, Any]) -> dict[str, Any] | None:
 def _delta_events(delta: dict[str, Any]) -> list[Event]:
     events: list[Event] = []
     for part in delta["delta"].get("content") or ():
+        image = part.get("image_file") if part.get("type") == "image_file" else None
+        if image and image.get("file_id"):
+            events.append(base.FileOutput(image["file_id"], "image"))
         text = part.get("text") if part.get("type") == "text" else None
         if not text:
             continue
         if text.get("value"):
             events.append(base.Delta(text["value"]))
         for annotation in text.get("annotations") or ():
-            citation = _citation(annotation)
-            if citation:
+            if citation := _citation(annotation):
                 events.append(base.Citation(citation))
+            elif file := _file_path(annotation):
+                events.append(file)
     return events
+
+
+def _file_path(annotation: dict[str, Any]) -> base.FileOutput | None:
+    """A code interpreter's file that the text links (``sandbox:/mnt/data/…``)."""
+    file_id = (annotation.get("file_path") or {}).get("file_id")
+    if annotation.get("type") != "file_path" or not file_id:
+        return None
+    name = (annotation.get("text") or "").rsplit("/", 1)[-1] or None
+    return base.FileOutput(file_id, file_kind(name), name)
 
 
 # A run step's ending status, as a tool frame's.
@@ -628,6 +642,23 @@ class AzureAgentsBackend(ChatBackend):
         return BackendError(
             base.RUN_FAILED, f"the agent service no longer has run {run_id}"
         )
+
+    async def file_content(self, file: base.FileOutput) -> AsyncIterator[bytes]:
+        try:
+            chunks = await self.client().files.get_content(file.file_id)
+        except ResourceNotFoundError as exc:
+            raise BackendError(
+                base.THREAD_NOT_FOUND, "the agent service no longer has this file"
+            ) from exc
+        except Exception as exc:
+            raise map_error(exc) from exc
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except (AzureError, aiohttp.ClientError) as exc:
+            raise BackendError(
+                base.UPSTREAM_DISCONNECTED, "the file's download was cut"
+            ) from exc
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         try:

@@ -8,6 +8,7 @@ A backend turns one user message into an async iterator of typed events:
     Citation      a file or URL citation attached to the reply
     ToolProgress  a tool the agent uses (file search, code interpreter, …) started
                   or ended; any number, between the others
+    FileOutput    a file the agent made, that `file_content` serves; any number
     Completed     the reply finished normally (with token usage when known)
 
 A reply whose process died can be finished by another one: `resume_reply` gives
@@ -100,6 +101,19 @@ class ToolProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class FileOutput:
+    """A file the agent made (a code interpreter's chart, say): its upstream
+    `file_id`, in `container_id` for a Responses container's files; `kind` is
+    `image` or `file`."""
+
+    file_id: str
+    kind: str
+    name: str | None = None
+    container_id: str | None = None
+    cursor: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     usage: dict[str, Any] | None = None
     # True when the upstream itself reports the run cancelled (a stop that reached
@@ -107,7 +121,9 @@ class Completed:
     cancelled: bool = False
 
 
-Event = ThreadReady | RunStarted | Delta | Citation | ToolProgress | Completed
+Event = (
+    ThreadReady | RunStarted | Delta | Citation | ToolProgress | FileOutput | Completed
+)
 
 
 class BackendError(Exception):
@@ -181,6 +197,12 @@ class ChatBackend:
             PRODUCER_LOST,
             "the server writing this reply stopped; send your message again",
         )
+
+    async def file_content(self, file: "FileOutput") -> AsyncIterator[bytes]:
+        """The bytes of a file the agent made, streamed from the service;
+        `BackendError` (`THREAD_NOT_FOUND` when it has no such file)."""
+        raise BackendError(THREAD_NOT_FOUND, "this agent makes no files")
+        yield b""  # pragma: no cover
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         """Stops an upstream run; must not raise if it already finished."""

@@ -55,6 +55,7 @@ from chat.backends.base import (
     ReplyRequest,
     Resumption,
 )
+from chat.files import file_kind
 from chat.tools import ToolCall, progress, refused
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _citation(annotation: Any) -> dict[str, Any] | None:
             "url": getattr(annotation, "url", None),
             "title": getattr(annotation, "title", None),
         }
-    if kind in ("file_citation", "container_file_citation"):
+    if kind == "file_citation":
         return {
             "kind": "file_citation",
             "text": None,
@@ -93,6 +94,21 @@ def _citation(annotation: Any) -> dict[str, Any] | None:
             "title": getattr(annotation, "filename", None),
         }
     return None
+
+
+CONTAINER_FILE = "container_file_citation"
+
+
+def _file_output(annotation: Any, sequence_number: int) -> base.FileOutput:
+    """A code interpreter's file, cited from its container."""
+    name = getattr(annotation, "filename", None)
+    return base.FileOutput(
+        file_id=annotation.file_id,
+        kind=file_kind(name),
+        name=name,
+        container_id=annotation.container_id,
+        cursor=sequence_number,
+    )
 
 
 # Output items of tools the service runs, by type: the tool frame's kind.
@@ -197,8 +213,12 @@ async def _reply_events(
                     if text := delta[skipped:]:
                         yield base.Delta(text, cursor=event.sequence_number)
                 elif kind == "response.output_text.annotation.added":
-                    citation = _citation(event.annotation)
-                    if citation and not logged:
+                    annotation = event.annotation
+                    if logged:
+                        pass
+                    elif getattr(annotation, "type", None) == CONTAINER_FILE:
+                        yield _file_output(annotation, event.sequence_number)
+                    elif citation := _citation(annotation):
                         yield base.Citation(citation, cursor=event.sequence_number)
                 elif kind in (
                     "response.output_item.added",
@@ -428,6 +448,27 @@ class FoundryBackend(ChatBackend):
                 )
             if type(event) is not base.RunStarted:
                 yield event
+
+    async def file_content(self, file: base.FileOutput) -> AsyncIterator[bytes]:
+        if not file.container_id:
+            raise BackendError(base.THREAD_NOT_FOUND, "the file is in no container")
+        content = self.client().containers.files.content.with_streaming_response
+        try:
+            async with content.retrieve(
+                file.file_id, container_id=file.container_id
+            ) as response:
+                async for chunk in response.iter_bytes():
+                    yield chunk
+        except NotFoundError as exc:
+            raise BackendError(
+                base.THREAD_NOT_FOUND, "the agent service no longer has this file"
+            ) from exc
+        except BackendError:
+            raise
+        except APIError as exc:
+            raise api_error(exc, SERVICE) from exc
+        except Exception as exc:
+            raise stream_broke(exc, SERVICE) from exc
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         try:
