@@ -57,6 +57,8 @@ class MessageAdmin(admin.ModelAdmin):
         "upstream_run_id",
         "usage",
         "annotations",
+        "tools",
+        "files",
         "created_at",
         "finished_at",
         "time_to_first_chunk_ms",
