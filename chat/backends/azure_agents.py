@@ -319,10 +319,13 @@ def _run_ended(status: str, run: dict[str, Any]) -> base.Completed:
     raise _run_failure(run)
 
 
-def _tool_call_refused() -> BackendError:
+def _tools_lost() -> BackendError:
+    """A run that waits for function outputs when its producer died: who asked
+    went with it, so nobody here can run them for that person."""
     return BackendError(
-        base.RUN_FAILED,
-        "the agent asked for a client-side tool call, which chatsite does not run",
+        base.PRODUCER_LOST,
+        "the server running the agent's tools stopped before the agent had its "
+        "answers; send your message again",
     )
 
 
@@ -602,7 +605,7 @@ class AzureAgentsBackend(ChatBackend):
             run = await self._ended_run(thread_id, run_id)
             if run.get("status") == "requires_action":
                 await self.cancel(thread_id, run_id)
-                raise _tool_call_refused()
+                raise _tools_lost()
             messages = self.client().messages.list(
                 thread_id, run_id=run_id, order="asc"
             )

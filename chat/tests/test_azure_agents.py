@@ -26,7 +26,10 @@ from chat.backends.base import (
     Resumption,
     RunStarted,
     ThreadReady,
+    ToolProgress,
 )
+from chat.models import Owner
+from chat.tools import Tool, ToolBox
 from emulator import AgentsEmulator
 from emulator.stream import CITATION_FILE_ID, CITATION_URL
 from testing.replies import astored_reply
@@ -240,3 +243,31 @@ async def test_a_run_or_thread_gone_upstream_cannot_be_resumed(
     with pytest.raises(BackendError) as error:
         await resumed(backend, lost)
     assert error.value.code == THREAD_NOT_FOUND
+
+
+async def wait() -> None:
+    """Never answers."""
+    await asyncio.Event().wait()
+
+
+async def test_a_resume_of_a_run_waiting_for_function_outputs_ends_it_as_lost(
+    azure: AgentsEmulator,
+) -> None:
+    backend = get_backend()
+    azure.push(function_calls=["wait"])
+    request = ReplyRequest("hi", tools=ToolBox({"wait": Tool(wait)}, Owner()))
+    async with aclosing(backend.stream_reply(request)) as events:
+        seen = []
+        async for event in events:
+            seen.append(event)
+            if type(event) is ToolProgress:
+                # The producer dies with the call: who asked is gone with it.
+                break
+    (thread,) = [e for e in seen if type(e) is ThreadReady]
+    (run,) = [e for e in seen if type(e) is RunStarted]
+    assert azure.runs[run.run_id].status == "requires_action"
+    lost = Resumption(thread.thread_id, run.run_id, cursor=None, text="")
+    with pytest.raises(BackendError) as error:
+        await resumed(backend, lost)
+    assert error.value.code == "producer_lost"
+    assert azure.cancelled_runs == [run.run_id]
