@@ -617,6 +617,14 @@ class Reply:
         for _event_id, frame in self.log.after(-1):
             if isinstance(frame, frames.Tool):
                 self.tools[frame.id] = _kept_tool(frame)
+            elif isinstance(frame, frames.File):
+                # The frame has no container: a Responses file is not served.
+                self.files[frame.file_id] = {
+                    "file_id": frame.file_id,
+                    "kind": frame.kind,
+                    "name": frame.name,
+                    "container_id": None,
+                }
         self.usage: dict[str, Any] | None = None
         self.status = Message.Status.COMPLETE
         self.error: BackendError | None = None

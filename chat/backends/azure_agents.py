@@ -362,12 +362,17 @@ def _resumed_events(
     where they part (with a warning): a repeated stretch can be seen and explained,
     a gap cannot. A citation goes with the text its marker ends in: one whose
     marker ends within the shared beginning came in that text's delta and is in
-    the log; any other, or one without a position, is given.
+    the log; any other, or one without a position, is given. So is every file
+    the run made, after: the reply keeps each once.
     """
     text = ""
     annotations: list[tuple[int, dict[str, Any]]] = []
+    made: list[Event] = []
     for message in messages:
         for part in message.get("content") or ():
+            image = part.get("image_file") if part.get("type") == "image_file" else None
+            if image and image.get("file_id"):
+                made.append(base.FileOutput(image["file_id"], "image"))
             body = part.get("text") if part.get("type") == "text" else None
             if not body:
                 continue
@@ -393,7 +398,10 @@ def _resumed_events(
             continue
         if citation := _citation(annotation):
             events.append(base.Citation(citation))
-    return events
+        elif file := _file_path(annotation):
+            made.append(file)
+    # Files the log may hold already: the reply keeps each once.
+    return events + made
 
 
 class AzureAgentsBackend(ChatBackend):

@@ -22,6 +22,7 @@ from chat.backends.base import (
     Completed,
     Delta,
     Event,
+    FileOutput,
     ReplyRequest,
     Resumption,
     RunStarted,
@@ -31,7 +32,7 @@ from chat.backends.base import (
 from chat.models import Owner
 from chat.tools import Tool, ToolBox
 from emulator import AgentsEmulator
-from emulator.stream import CITATION_FILE_ID, CITATION_URL
+from emulator.stream import CITATION_FILE_ID, CITATION_URL, IMAGE_FILE_ID
 from testing.replies import astored_reply
 from testing.sse import chat, reply_of
 from testing.upstream import token_text
@@ -271,3 +272,18 @@ async def test_a_resume_of_a_run_waiting_for_function_outputs_ends_it_as_lost(
         await resumed(backend, lost)
     assert error.value.code == "producer_lost"
     assert azure.cancelled_runs == [run.run_id]
+
+
+async def test_a_resumed_reply_gives_the_files_the_run_made(
+    azure: AgentsEmulator,
+) -> None:
+    backend = get_backend()
+    azure.push(tokens=4, hold_after=2, image=True)
+    lost = await lose_stream(backend, 2)
+    azure.release()
+    *rest, completed = await resumed(backend, lost)
+    assert rest == [
+        Delta(token_text(4)[len(lost.text) :]),
+        FileOutput(IMAGE_FILE_ID, "image"),
+    ]
+    assert type(completed) is Completed
