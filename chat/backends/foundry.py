@@ -96,19 +96,21 @@ def _citation(annotation: Any) -> dict[str, Any] | None:
     return None
 
 
-CONTAINER_FILE = "container_file_citation"
-
-
-def _file_output(annotation: Any, sequence_number: int) -> base.FileOutput:
-    """A code interpreter's file, cited from its container."""
-    name = getattr(annotation, "filename", None)
-    return base.FileOutput(
-        file_id=annotation.file_id,
-        kind=file_kind(name),
-        name=name,
-        container_id=annotation.container_id,
-        cursor=sequence_number,
-    )
+def _annotation(
+    annotation: Any, sequence_number: int
+) -> base.Citation | base.FileOutput | None:
+    """A citation, or the file of a code interpreter's container it cites."""
+    if getattr(annotation, "type", None) == "container_file_citation":
+        name = getattr(annotation, "filename", None)
+        return base.FileOutput(
+            file_id=annotation.file_id,
+            kind=file_kind(name),
+            name=name,
+            container_id=annotation.container_id,
+            cursor=sequence_number,
+        )
+    citation = _citation(annotation)
+    return base.Citation(citation, cursor=sequence_number) if citation else None
 
 
 # Output items of tools the service runs, by type: the tool frame's kind.
@@ -213,13 +215,9 @@ async def _reply_events(
                     if text := delta[skipped:]:
                         yield base.Delta(text, cursor=event.sequence_number)
                 elif kind == "response.output_text.annotation.added":
-                    annotation = event.annotation
-                    if logged:
-                        pass
-                    elif getattr(annotation, "type", None) == CONTAINER_FILE:
-                        yield _file_output(annotation, event.sequence_number)
-                    elif citation := _citation(annotation):
-                        yield base.Citation(citation, cursor=event.sequence_number)
+                    cited = _annotation(event.annotation, event.sequence_number)
+                    if cited and not logged:
+                        yield cited
                 elif kind in (
                     "response.output_item.added",
                     "response.output_item.done",
