@@ -2,7 +2,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -267,22 +267,24 @@ async def get_file(
     backend = get_backend()
     if kept is None or conversation.backend != backend.alias:
         raise BadRequest("file not found", 404, code="not_found")
-    content = backend.file_content(files.output(kept))
+    content = _bounded(backend.file_content(files.output(kept)))
     try:
+        # Upstream's answer first: a failure is still a JSON error.
         first = await anext(content, b"")
     except BackendError as exc:
         status = 404 if exc.code == THREAD_NOT_FOUND else 502
         return json_error(exc.message, status, code=exc.code)
+    except files.FileTooLarge as exc:
+        return json_error(str(exc), 502, code="file_too_large")
     response = StreamingHttpResponse(
-        _bounded(first, content), content_type=files.content_type(kept)
+        _after(first, content), content_type=files.content_type(kept)
     )
     # Ids name one content for good; only its owner may see it.
     response["Cache-Control"] = "private, max-age=86400, immutable"
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    disposition = "inline" if kept["kind"] == "image" else "attachment"
     response["Content-Disposition"] = content_disposition_header(
-        disposition == "attachment", kept.get("name") or file_id
+        kept["kind"] != "image", kept.get("name") or file_id
     )
     return response
 
@@ -300,15 +302,20 @@ async def _made_file(conversation: Conversation, file_id: str) -> dict | None:
     return None
 
 
-async def _bounded(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _bounded(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """The file's bytes, broken off past `files.MAX_FILE_BYTES`."""
-    size = len(first)
-    yield first
-    async for chunk in rest:
+    size = 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > files.MAX_FILE_BYTES:
-            await rest.aclose()
-            raise files.FileTooLarge(f"over {files.MAX_FILE_BYTES} bytes")
+            await chunks.aclose()
+            raise files.FileTooLarge(f"the file is over {files.MAX_FILE_BYTES} bytes")
+        yield chunk
+
+
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
         yield chunk
 
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -654,7 +654,7 @@ class AzureAgentsBackend(ChatBackend):
             base.RUN_FAILED, f"the agent service no longer has run {run_id}"
         )
 
-    async def file_content(self, file: base.FileOutput) -> AsyncIterator[bytes]:
+    async def file_content(self, file: base.FileOutput) -> AsyncGenerator[bytes, None]:
         try:
             chunks = await self.client().files.get_content(file.file_id)
         except ResourceNotFoundError as exc:

@@ -28,7 +28,7 @@ billing). Backends are created once per process and event loop, used by many
 concurrent streams, and closed with `aclose()`.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -198,7 +198,7 @@ class ChatBackend:
             "the server writing this reply stopped; send your message again",
         )
 
-    async def file_content(self, file: "FileOutput") -> AsyncIterator[bytes]:
+    async def file_content(self, file: "FileOutput") -> AsyncGenerator[bytes, None]:
         """The bytes of a file the agent made, streamed from the service;
         `BackendError` (`THREAD_NOT_FOUND` when it has no such file)."""
         raise BackendError(THREAD_NOT_FOUND, "this agent makes no files")

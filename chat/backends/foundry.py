@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -447,7 +447,7 @@ class FoundryBackend(ChatBackend):
             if type(event) is not base.RunStarted:
                 yield event
 
-    async def file_content(self, file: base.FileOutput) -> AsyncIterator[bytes]:
+    async def file_content(self, file: base.FileOutput) -> AsyncGenerator[bytes, None]:
         if not file.container_id:
             raise BackendError(base.THREAD_NOT_FOUND, "the file is in no container")
         content = self.client().containers.files.content.with_streaming_response

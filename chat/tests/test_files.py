@@ -7,6 +7,7 @@ import pytest
 from django.test import AsyncClient
 from pytest_django.fixtures import Settings
 
+from chat import files
 from emulator import AgentsEmulator
 from emulator.stream import CONTAINER_IMAGE_ID, IMAGE_FILE_ID, IMAGE_PNG
 from testing.sse import data_frames, read_stream, reply_of
@@ -78,3 +79,14 @@ async def test_a_stored_reply_keeps_its_tools_and_files(agent: str) -> None:
         )
     )
     assert [d for d in replay if d["type"] in ("tool", "file")] == [tools[-1], file]
+
+
+async def test_it_refuses_a_file_over_the_limit(
+    agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", len(IMAGE_PNG) - 1)
+    client = await browser()
+    data = await reply_of(client)
+    (file,) = [d for d in data if d["type"] == "file"]
+    response = await client.get(file["url"])
+    assert (response.status_code, response.json()["code"]) == (502, "file_too_large")
