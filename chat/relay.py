@@ -464,6 +464,11 @@ async def stored(
         text=message.content,
         usage=message.usage,
         annotations=message.annotations,
+        tools=message.tools,
+        files=[
+            files.file_frame(conversation.pk, kept).model_dump()
+            for kept in message.files
+        ],
         timestamp=finished,
         error=error,
         described=_described(conversation, backend),
@@ -1044,6 +1049,11 @@ class Reply:
             text=self.text,
             usage=self.usage,
             annotations=self.citations,
+            tools=list(self.tools.values()),
+            files=[
+                files.file_frame(self.conversation_id, kept).model_dump()
+                for kept in self.files.values()
+            ],
             timestamp=timezone.now().isoformat(),
             error=final if isinstance(final, frames.Error) else None,
             described=self.backend.describe(),
@@ -1071,6 +1081,8 @@ class RemoteReply:
         self.final: frames.Done | frames.Error | None = None
         self.text_parts: list[str] = []
         self.annotations: list[dict[str, Any]] = []
+        self.tools: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, dict[str, Any]] = {}
         self.thread_id: str | None = None
 
     async def frames(
@@ -1152,6 +1164,10 @@ class RemoteReply:
                 self.text_parts.append(content)
             case frames.Annotation():
                 self.annotations.append(frame.model_dump())
+            case frames.Tool():
+                self.tools[frame.id] = _kept_tool(frame)
+            case frames.File():
+                self.files[frame.file_id] = frame.model_dump()
             case frames.Metadata(thread_id=thread_id):
                 self.thread_id = thread_id
             case frames.Done() | frames.Error():
@@ -1198,6 +1214,8 @@ class RemoteReply:
             text="".join(self.text_parts),
             usage=done.usage if done else None,
             annotations=self.annotations,
+            tools=list(self.tools.values()),
+            files=list(self.files.values()),
             timestamp=done.timestamp if done else timezone.now().isoformat(),
             error=final if isinstance(final, frames.Error) else None,
             described=self.backend.describe(),
@@ -1220,6 +1238,8 @@ def _fallback_body(
     text: str,
     usage: dict[str, Any] | None,
     annotations: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    files: list[dict[str, Any]],
     timestamp: str,
     error: frames.Error | None,
     described: dict[str, Any],
@@ -1238,6 +1258,8 @@ def _fallback_body(
         "full_response": text,
         "usage": usage,
         "annotations": annotations,
+        "tools": tools,
+        "files": files,
         "timestamp": timestamp,
         "error": failure,
         **described,

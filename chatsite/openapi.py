@@ -150,6 +150,16 @@ RESPONSES: dict[str, Any] = {
             "full_response": {"type": "string"},
             "usage": {"type": ["object", "null"]},
             "annotations": {"type": "array", "items": {"type": "object"}},
+            "tools": {
+                "type": "array",
+                "description": "Each tool call's last `tool` frame, without type",
+                "items": {"type": "object"},
+            },
+            "files": {
+                "type": "array",
+                "description": "The `file` frames of the files the reply made",
+                "items": {"type": "object"},
+            },
             "timestamp": {"type": "string", "format": "date-time"},
             "error": {"type": ["object", "null"]},
         },
@@ -526,7 +536,8 @@ def openapi_document() -> dict[str, Any]:
                     "Images are served inline with their type (PNG when the name "
                     "tells none), other files as attachments; `Cache-Control: "
                     "private`, `X-Content-Type-Options: nosniff`. A file over 20 "
-                    "MiB is broken off.",
+                    "MiB is broken off (502 `file_too_large` when its first piece "
+                    "already is over).",
                     "responses": {
                         "200": {
                             "description": "The file's bytes",

@@ -10,7 +10,7 @@ from pytest_django.fixtures import Settings
 from chat import files
 from emulator import AgentsEmulator
 from emulator.stream import CONTAINER_IMAGE_ID, IMAGE_FILE_ID, IMAGE_PNG
-from testing.sse import data_frames, read_stream, reply_of
+from testing.sse import chat, data_frames, read_stream, reply_of
 from testing.upstream import answer_through
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,6 +79,10 @@ async def test_a_stored_reply_keeps_its_tools_and_files(agent: str) -> None:
         )
     )
     assert [d for d in replay if d["type"] in ("tool", "file")] == [tools[-1], file]
+    # A client that takes JSON rather than a stream gets them too.
+    whole = await chat(client, "again", conversation_id=conversation_id, stream=False)
+    assert [t["status"] for t in whole.json()["tools"]] == ["completed"]
+    assert [f["kind"] for f in whole.json()["files"]] == ["image"]
 
 
 async def test_it_refuses_a_file_over_the_limit(
