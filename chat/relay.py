@@ -765,8 +765,10 @@ class Reply:
                         if cursor is not None:
                             log.cursor = cursor
                         if not self.backend.offline and self.thread_id:
+                            # After the reply's previous run (function calls
+                            # start another), so the last one is recorded.
                             self._record_run = asyncio.create_task(
-                                self._record(run_id, self.thread_id)
+                                self._record(run_id, self.thread_id, self._record_run)
                             )
                     case base.Citation(data=data, cursor=cursor):
                         self.citations.append(data)
@@ -865,8 +867,12 @@ class Reply:
             return ChatBackend.resume_reply(self.backend, resumption)
         return self.backend.resume_reply(resumption)
 
-    async def _record(self, run_id: str, thread_id: str) -> None:
+    async def _record(
+        self, run_id: str, thread_id: str, after: asyncio.Task[None] | None
+    ) -> None:
         """Lets a stop request reach this run from any replica."""
+        if after is not None:
+            await asyncio.wait({after})
         try:
             await store.retrying(
                 functools.partial(

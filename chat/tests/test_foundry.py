@@ -31,7 +31,7 @@ from chat.backends.base import (
     ToolProgress,
 )
 from chat.backends.foundry import FoundryBackend
-from chat.models import Owner
+from chat.models import Conversation, Owner
 from chat.tools import Tool, ToolBox
 from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 from testing.replies import astored_reply
@@ -272,6 +272,13 @@ async def test_a_reply_after_function_calls_resumes_on_the_follow_up_response(
     asking, answering = foundry.responses
     assert foundry.responses[asking].calls_functions
     await await_until(lambda: reply.log.run_id == answering)
+
+    async def recorded() -> bool:
+        # Where a stop from another replica finds the run to cancel.
+        row = await Conversation.objects.aget(pk=reply.conversation_id)
+        return row.active_run_id == answering
+
+    await await_until(recorded)
     (conversation,) = foundry.conversations.values()
     assert list(conversation.tool_outputs.values()) == ['{"double": 4}']
     # What a process taking the reply over would find in its log.
