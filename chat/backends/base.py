@@ -18,7 +18,12 @@ the events of the same upstream run after what the reply's log already holds
 Function tools: when the run asks for calls of the site's functions, the backend
 runs them with `request.tools` (a ToolProgress before and after), gives the
 outputs back to the service and goes on streaming the same reply; a call of a
-function the site lacks is `UNKNOWN_TOOL`, and the run is cancelled.
+function the site lacks is `UNKNOWN_TOOL`, and the run is cancelled (or its
+calls answered with an error, where the service waits for them otherwise). A
+follow-up run (a response after function calls) is a new RunStarted, with the
+cursor of its start when the backend resumes by cursor.
+
+Files: a FileOutput names a file the agent made; `file_content` streams it.
 
 Anything that goes wrong is raised as `BackendError` with one of the stable codes
 below, before or during iteration; a backend never yields after raising.
