@@ -520,22 +520,24 @@ class Early:
         self._taken = False
         self._ended = False
         self._thread_id: str | None = None
-        self._answered = asyncio.Event()
+        self._answered: asyncio.Event | None = asyncio.Event()
         # A context of its own, as the reply's producer has.
         self._reader = asyncio.create_task(self._read(), context=contextvars.Context())
 
     async def _read(self) -> None:
+        answered = self._answered
+        assert answered is not None
         try:
             async for event in self._events:
                 if isinstance(event, base.ThreadReady):
                     self._thread_id = event.thread_id
                 self._buffered.append(event)
-                self._answered.set()
+                answered.set()
                 if self._taken:
                     return
             self._ended = True
         finally:
-            self._answered.set()
+            answered.set()
 
     async def events(self) -> AsyncIterator[base.Event]:
         """Every event: the buffered ones, then the rest as they come."""
@@ -550,13 +552,16 @@ class Early:
             # cancel the run in it (`thread_id`).
             await asyncio.wait({self._reader})
         self._reader.result()  # its error, if it failed
+        # Only the hand-over needed these; the reply holds its events for long.
+        self._buffered.clear()
+        self._answered = None
         if not self._ended:
             async for event in self._events:
                 yield event
 
     async def thread_id(self) -> str | None:
         """The upstream thread the request made, once it answered."""
-        if self._thread_id is None and not self._reader.done():
+        if self._thread_id is None and self._answered is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
                     await self._answered.wait()
