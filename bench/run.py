@@ -1242,11 +1242,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         | {"nice": os.nice(0), "redis": args.redis_url if bench_redis else None},
         "notes": [
             "The reference relay stores nothing (the old service had no database); "
-            "chatsite writes each turn to the database (start_turn before the "
-            "upstream call, record_run when the run starts, finish_turn at the end).",
+            "chatsite writes each turn to the database (start_turn while the "
+            "upstream call of a new conversation is on its way, record_run when "
+            "the run starts, finish_turn at the end).",
             "Both relays make their upstream calls to the same emulator: chatsite "
-            "two per reply (threads.create with the message, runs.stream), the "
-            "reference three (threads.create, messages.create, runs.stream).",
+            "one per reply (a new conversation: POST /threads/runs, streaming; a "
+            "follow-up: runs.stream with the message), the reference three "
+            "(threads.create, messages.create, runs.stream).",
             "Chat rate limits are off (CHAT_RATE_LIMIT_PER_MINUTE=0, "
             "CHAT_MAX_CONCURRENT_STREAMS=0): every stream comes from one address.",
             f"{REDIS} is chatsite with REDIS_URL={args.redis_url}: every frame is "
