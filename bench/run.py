@@ -1268,6 +1268,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for target in scenario.targets:
                         if (REDIS if target == REPLICA else target) not in targets:
                             continue
+                        served_by = loop
+                        if scenario.name != "burst" and target != REFERENCE:
+                            served_by = args.loop
                         if scenario.resume_frames:
                             print(f"-- {scenario.name}: {target}", flush=True)
                             result = await measure_resume(
@@ -1289,11 +1292,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         runs = scenario.rounds if scenario.name == "burst" else 1
                         one = replace(scenario, rounds=1) if runs > 1 else scenario
                         for n in range(runs):
-                            print(f"-- {scenario.name}: {target} ({loop})", flush=True)
+                            print(
+                                f"-- {scenario.name}: {target} ({served_by})",
+                                flush=True,
+                            )
                             result = await measure(
                                 one,
                                 target,
-                                loop,
+                                served_by,
                                 emulator,
                                 database.url,
                                 pin,
@@ -1523,8 +1529,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--experiments",
-        default="events,thread_and_run",
+        default="gc",
         help="what chatsite+exp applies (bench/experiments.py)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop of chatsite's servers in every scenario but burst "
+        "(the reference keeps uvloop, as the old service ran)",
     )
     parser.add_argument(
         "--profile",
