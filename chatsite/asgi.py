@@ -85,7 +85,7 @@ class SharedThreadsASGIHandler(ASGIHandler):
                 await self.send_response(error_response, send)
                 await sync_to_async(error_response.close)()
                 return
-            response = await self._serve(request, receive, send)
+            response = await self._serve(request, body_file, receive, send)
             if response is None:
                 await signals.request_finished.asend(sender=self.__class__)
             else:
@@ -95,7 +95,7 @@ class SharedThreadsASGIHandler(ASGIHandler):
             request.__dict__.clear()
 
     async def _serve(
-        self, request: HttpRequest, receive: Receive, send: Send
+        self, request: HttpRequest, body_file: Any, receive: Receive, send: Send
     ) -> HttpResponseBase | None:
         """The response, once sent; None if the client left first."""
         serving = asyncio.current_task()
@@ -113,6 +113,11 @@ class SharedThreadsASGIHandler(ASGIHandler):
         response = None
         try:
             response = await self.run_get_response(request)
+            if response.streaming:
+                # The view and every middleware are done with the request: a
+                # stream that lasts minutes holds only its response.
+                body_file.close()
+                request.__dict__.clear()
             await self.send_response(response, send)
         except asyncio.CancelledError:
             if not aborted:

@@ -165,17 +165,19 @@ class RequestLogMiddleware(AsyncMiddleware):
         fields = requestlog.begin()
         response = await self.get_response(request)
         response["X-Request-ID"] = request.request_id
+        # What the line needs, not the request: a stream outlives its use.
+        seen = (request.method or "", request.path, request.request_id)
         if response.streaming and response.is_async:
             response.streaming_content = self._logged(
-                request, response, started, fields, response.streaming_content
+                seen, response, started, fields, response.streaming_content
             )
         else:
-            self._log(request, response, started, fields)
+            self._log(seen, response, started, fields)
         return response
 
     async def _logged(
         self,
-        request: HttpRequest,
+        seen: tuple[str, str, str],
         response: HttpResponseBase,
         started: float,
         fields: dict[str, Any],
@@ -185,24 +187,25 @@ class RequestLogMiddleware(AsyncMiddleware):
             async for part in content:
                 yield part
         finally:
-            self._log(request, response, started, fields)
+            self._log(seen, response, started, fields)
 
     def _log(
         self,
-        request: HttpRequest,
+        seen: tuple[str, str, str],
         response: HttpResponseBase,
         started: float,
         fields: dict[str, Any],
     ) -> None:
+        method, path, request_id = seen
         access_logger.info(
             "%s %s %s",
-            request.method,
-            request.path,
+            method,
+            path,
             response.status_code,
             extra={
-                "request_id": request.request_id,
-                "method": request.method,
-                "path": request.path,
+                "request_id": request_id,
+                "method": method,
+                "path": path,
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 **fields,
