@@ -44,6 +44,15 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-updated_at"]
+        # The list, newest first, a page at a time (keyset: updated_at, id).
+        indexes = [
+            models.Index(
+                fields=["owner", "-updated_at", "-id"], name="chat_conv_owner_recent"
+            ),
+            models.Index(
+                fields=["owner_key", "-updated_at", "-id"], name="chat_conv_key_recent"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.title or str(self.id)
@@ -85,6 +94,18 @@ class Message(models.Model):
     upstream_run_id = models.CharField(max_length=200, blank=True)
     usage = models.JSONField(null=True, blank=True)
     annotations = models.JSONField(default=list, blank=True)
+    # An assistant reply answers this user message. Regenerating adds another
+    # reply to the same one: its attempts, the latest of which counts.
+    reply_to = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="replies",
+    )
+    # An edit replaced this user message (and so its replies): kept, but no
+    # longer part of the conversation, neither shown nor sent to the agent.
+    superseded = models.BooleanField(default=False)
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     time_to_first_chunk_ms = models.FloatField(null=True, blank=True)
@@ -106,6 +127,7 @@ class Message(models.Model):
             "error_message": self.error_message,
             "usage": self.usage,
             "annotations": self.annotations,
+            "reply_to": str(self.reply_to_id) if self.reply_to_id else None,
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }

@@ -112,12 +112,21 @@ async def start(
     conversation_id: UUID | None,
     thread_id: str | None,
     started: float,
+    mode: str = store.NEW,
+    edited_id: UUID | None = None,
 ) -> "Reply":
     """Starts a reply to `message` and returns it, streaming.
 
+    `mode` store.REGENERATE answers the conversation's last user message again
+    (`message` is unused); store.EDIT replaces that message, `edited_id`, with
+    `message`. Either way the backend is told that its thread holds a turn the
+    conversation no longer shows (`ReplyRequest.rewind`), with the history that
+    it does show.
+
     Raises the caller's 429 when no stream slot is left, `store.NotFound` for a
-    conversation or thread that is not the owner's and `store.Busy` while another
-    reply streams in it. From here the reply owns the slot and the lock."""
+    conversation or thread that is not the owner's, `store.Busy` while another
+    reply streams in it and `store.NotLast` when the message to regenerate or
+    edit is not the last. From here the reply owns the slot and the lock."""
     await lease.ensure_heartbeat()
     await bus.ensure_listening(_stop_here)
     reply_id = uuid4()
@@ -136,6 +145,8 @@ async def start(
                 user_message_id=uuid4(),
                 new_conversation_id=uuid4(),
                 reply_id=reply_id,
+                mode=mode,
+                edited_id=edited_id,
             ),
             "starting a turn",
         )
@@ -143,14 +154,16 @@ async def start(
             backend=backend,
             conversation=turn.conversation,
             request=ReplyRequest(
-                message=message,
+                message=turn.user_message.content,
                 thread_id=turn.conversation.upstream_thread_id or None,
                 history=turn.history,
                 tools=tools.ToolBox(tools.registry(), owner),
+                rewind=turn.rewound,
             ),
             started=started,
             resources=resources.pop_all(),
             message_id=reply_id,
+            reply_to=turn.user_message.pk,
         )
     reply.start()
     return reply
@@ -406,9 +419,10 @@ async def stored(
         return None
     conversation = message.conversation
     finished = (message.finished_at or message.created_at).isoformat()
-    replay: list[frames.Frame] = [
-        _stored_metadata(conversation, str(message.pk), backend)
-    ]
+    metadata = _stored_metadata(conversation, str(message.pk), backend)
+    if message.reply_to_id:
+        metadata = metadata.model_copy(update={"reply_to": str(message.reply_to_id)})
+    replay: list[frames.Frame] = [metadata]
     if message.content:
         replay.append(frames.Chunk(content=message.content))
     replay.extend(frames.Annotation(**data) for data in message.annotations)
@@ -489,9 +503,12 @@ class Reply:
         log: ReplyLog | None = None,
         resumption: base.Resumption | None = None,
         created_at: datetime | None = None,
+        reply_to: UUID | None = None,
     ) -> None:
         self.backend = backend
         self.conversation_id: UUID = conversation.pk
+        # The user message it answers (None: taken over, found when stored).
+        self.reply_to = reply_to
         self.request = request
         self.started = started
         # What the reply holds until it is stored (the caller's stream slot).
@@ -769,6 +786,7 @@ class Reply:
             "annotations": self.citations,
             "created_at": self.created_at,
             "time_to_first_chunk_ms": self.ttfc_ms(),
+            "reply_to_id": self.reply_to,
         }
         try:
             await store.retrying(
@@ -812,6 +830,8 @@ class Reply:
                 "previous_thread_id": self.replaced_thread_id,
                 "notice": "the previous agent thread was gone; a new one was started",
             }
+        if self.reply_to is not None:
+            meta["reply_to"] = str(self.reply_to)
         return frames.Metadata(
             conversation_id=str(self.conversation_id),
             thread_id=self.thread_id,

@@ -19,4 +19,9 @@ urlpatterns = [
         views.resume,
         name="resume",
     ),
+    path(
+        "api/conversations/<uuid:conversation_id>/regenerate",
+        views.regenerate,
+        name="regenerate",
+    ),
 ]

@@ -1,7 +1,8 @@
 """The OpenAI Responses API of new Foundry agents, with its conversations.
 
 azure-ai-projects 2.x's `get_openai_client()` points the openai client at
-``{endpoint}/openai/v1``; served there: ``POST /conversations``, ``GET|DELETE
+``{endpoint}/openai/v1``; served there: ``POST /conversations`` (with up to 20
+initial ``items``), ``POST /conversations/{id}/items``, ``GET|DELETE
 /conversations/{id}``, ``POST /responses`` (``"stream": true`` answers SSE),
 ``GET /responses/{id}`` (with ``?stream=true&starting_after=N``, SSE) and ``POST
 /responses/{id}/cancel``.
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from .server import AgentsEmulator
 
 FOUNDRY_AGENT_NAME = "emulator-agent"
+# The most items one call adds to a conversation, as on the service.
+MAX_ITEMS = 20
 FOUNDRY_AGENT_VERSION = "1"
 
 
@@ -79,6 +82,12 @@ class ResponsesApi:
                 "conversations.create",
             ),
             ("GET", conversation, self._get_conversation, "conversations.get"),
+            (
+                "POST",
+                conversation + "/items",
+                self._create_items,
+                "conversations.items.create",
+            ),
             ("DELETE", conversation, self._delete_conversation, "conversations.delete"),
             ("POST", prefix + "/responses", self._create_response, RESPONSE_CREATE),
             ("GET", response, self._get_response, "responses.get"),
@@ -94,10 +103,31 @@ class ResponsesApi:
 
     async def _create_conversation(self, request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
+        items = body.get("items")
+        if isinstance(items, list) and len(items) > MAX_ITEMS:
+            raise bad_request(f"'items' may hold at most {MAX_ITEMS} items.")
         conversation = Conversation(metadata=metadata(body))
         conversation.messages = _input_messages(conversation.id, body.get("items"))
         self.emulator.conversations[conversation.id] = conversation
         return web.json_response(conversation.to_dict())
+
+    async def _create_items(self, request: web.Request) -> web.StreamResponse:
+        conversation = self._conversation(request.match_info["conversation_id"])
+        body = await read_json(request)
+        items = body.get("items")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_ITEMS:
+            raise bad_request(f"'items' must hold 1 to {MAX_ITEMS} items.")
+        messages = _input_messages(conversation.id, items)
+        conversation.messages.extend(messages)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [_item(message) for message in messages],
+                "first_id": None,
+                "last_id": None,
+                "has_more": False,
+            }
+        )
 
     async def _get_conversation(self, request: web.Request) -> web.StreamResponse:
         conversation_id = request.match_info["conversation_id"]
@@ -267,3 +297,15 @@ def _input_messages(conversation_id: str, raw: Any) -> list[Message]:
         text = content_text(item.get("content"))
         messages.append(Message(thread_id=conversation_id, role=role, text=text))
     return messages
+
+
+def _item(message: Message) -> dict[str, Any]:
+    """A message as a conversation item."""
+    kind = "output_text" if message.role == "assistant" else "input_text"
+    return {
+        "type": "message",
+        "id": message.id,
+        "status": "completed",
+        "role": message.role,
+        "content": [{"type": kind, "text": message.text}],
+    }

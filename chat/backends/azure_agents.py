@@ -6,6 +6,11 @@ user message in it, a follow-up passes the message as `additional_messages` on
 the run. Events are read raw (one JSON parse each) instead of through the SDK's
 per-event model classes.
 
+A regenerate or an edit of the last message (`ReplyRequest.rewind`) cannot take
+the replaced turn out of the thread (the service deletes no messages): the reply
+is written in a new thread seeded with the conversation as it is shown, and the
+old thread is deleted.
+
 A run goes on upstream when its stream is lost, but nothing streams it again:
 `resume_reply` polls the run until it ends and then reads the rest of the reply
 from the run's message, the only text the service vouches for.
@@ -410,7 +415,17 @@ class AzureAgentsBackend(ChatBackend):
             self._name_task = asyncio.create_task(self._load_agent_name())
         message = {"role": "user", "content": request.message}
         thread_id = request.thread_id
-        replaced = None
+        replaced = forked = None
+        seed: list[dict[str, str]] = []
+        if request.rewind:
+            # The thread holds a turn the conversation no longer shows: a new
+            # thread with what it does show, and the old one is deleted.
+            seed = [
+                {"role": turn.role, "content": turn.content}
+                for turn in request.history
+                if turn.content
+            ]
+            forked, thread_id = thread_id, None
         try:
             if thread_id is not None:
                 try:
@@ -425,7 +440,8 @@ class AzureAgentsBackend(ChatBackend):
                     # and say so in the metadata.
                     replaced, thread_id = thread_id, None
             if thread_id is None:
-                thread_id = (await client.threads.create(messages=[message])).id
+                messages = [*seed, message]
+                thread_id = (await client.threads.create(messages=messages)).id
                 stream = await client.runs.stream(
                     thread_id=thread_id,
                     agent_id=self.agent_id,
@@ -440,6 +456,8 @@ class AzureAgentsBackend(ChatBackend):
         except Exception as exc:
             raise map_error(exc) from exc
         yield base.ThreadReady(thread_id, replaced)
+        if forked:
+            self._forget(forked)
         tools: set[str] = set()
         # `done` events of streams that a submission of tool outputs continued.
         continued = 0
@@ -596,6 +614,12 @@ class AzureAgentsBackend(ChatBackend):
     async def delete_thread(self, thread_id: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
             await self.client().threads.delete(thread_id)
+
+    def _forget(self, thread_id: str) -> None:
+        """Deletes a thread a rewind replaced, without holding the reply up."""
+        base.in_background(
+            self.delete_thread(thread_id), f"deleting thread {thread_id}"
+        )
 
     async def aclose(self) -> None:
         await base.close_each(self._client, self._credential, self._session)

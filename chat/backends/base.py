@@ -27,12 +27,16 @@ billing). Backends are created once per process and event loop, used by many
 concurrent streams, and closed with `aclose()`.
 """
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from chat.tools import ToolBox
+
+logger = logging.getLogger(__name__)
 
 # Stable error codes (also documented in the README and the OpenAPI description).
 UPSTREAM_AUTH = "upstream_auth"
@@ -134,6 +138,11 @@ class ReplyRequest:
     history: list[Turn] = field(default_factory=list)
     # The site's function tools, for the caller; None: the reply may call none.
     tools: "ToolBox | None" = None
+    # The message replaces the conversation's last turn (a regenerate, or an
+    # edit of the last message): the thread holds a turn the conversation no
+    # longer shows. `history` is then what it shows before `message`, and a
+    # backend that keeps threads starts from that, not from `thread_id`.
+    rewind: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +207,20 @@ async def close_each(*resources: Any) -> None:
     for resource in resources:
         if resource is not None:
             await resource.close()
+
+
+# Work a backend does after a reply's events (deleting the thread a rewind
+# replaced): kept referenced until done, its failure logged.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def in_background(work: Coroutine[Any, Any, None], what: str) -> None:
+    async def run() -> None:
+        try:
+            await work
+        except Exception:
+            logger.warning("%s failed", what, exc_info=True)
+
+    task = asyncio.create_task(run())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
