@@ -10,6 +10,11 @@ A backend turns one user message into an async iterator of typed events:
                   or ended; any number, between the others
     Completed     the reply finished normally (with token usage when known)
 
+A regenerate or an edit of the last message replaces the conversation's last turn
+(`ReplyRequest.rewind`): the request's `history` is then the conversation as it is
+shown before `message`, and a backend whose service keeps the conversation must
+answer from exactly that, not from the thread that still holds the replaced turn.
+
 A reply whose process died can be finished by another one: `resume_reply` gives
 the events of the same upstream run after what the reply's log already holds
 (its `Resumption`), for backends whose service keeps the run (`resumable`).
