@@ -299,6 +299,7 @@ class MessageView {
       this.editButton = button("action-edit", "Edit", "Edit your last message");
       this.editButton.addEventListener("click", () => startEdit());
       this.editButton.hidden = true;
+      actions.hidden = true;
       actions.append(this.editButton);
       return actions;
     }
@@ -511,7 +512,11 @@ function lastTurn() {
 function updateTurns() {
   state.turns.forEach((turn, i) => {
     const last = i === state.turns.length - 1;
-    if (turn.question) turn.question.editButton.hidden = !last || !turn.questionId;
+    if (turn.question) {
+      const hide = !last || !turn.questionId;
+      turn.question.editButton.hidden = hide;
+      turn.question.actions.hidden = hide;
+    }
     for (const view of turn.attempts) view.regenerateButton.hidden = !last || !state.conversationId;
   });
 }
@@ -1045,7 +1050,10 @@ function editAs(edited, text, key, replacing = null) {
     // refused before it began, the edit is sent again.
     again: (sameKey) => (sameKey ? editAs(edited, text, sameKey, turn) : regenerate()),
     againRefused: () => editAs(edited, text, newKey(), turn),
-    refused: () => openConversation(state.conversationId, { focus: true }),
+    refused: async () => {
+      await openConversation(state.conversationId);
+      showNotice("The edit was not sent: the conversation has changed since. Here it is now.");
+    },
   });
 }
 
