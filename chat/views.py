@@ -124,9 +124,11 @@ async def post_regenerate(
     reply is: a new attempt, stored beside the earlier ones."""
     started = time.perf_counter()
     owner = await _owner(request, create=False)
+    # The body may be left out; one that is sent is read with its limits.
+    has_body = request.META.get("CONTENT_LENGTH") not in (None, "", "0")
     body = (
         parse_body(request, RegenerateRequest, text_plain=True)
-        if request.body
+        if has_body
         else RegenerateRequest()
     )
     caller = limits.caller_of(request, owner)

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import AsyncClient
 from django.utils import timezone
 
@@ -171,6 +172,12 @@ async def test_regenerate_refuses_a_bad_body(async_client: AsyncClient) -> None:
         content_type="application/json",
     )
     assert response.status_code == 400
+    response = await async_client.post(
+        f"/api/conversations/{conversation_id}/regenerate",
+        "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1),
+        content_type="application/json",
+    )
+    assert response.status_code == 413
     assert await Message.objects.acount() == 4
 
 

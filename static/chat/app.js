@@ -1058,10 +1058,10 @@ function editAs(edited, text, key, replacing = null) {
 }
 
 // Streams the reply `connect(signal, onEvent)` asks for (with `key`) into a new
-// attempt of `turn`. `again(key)`
-// is what Retry does: with the same key after a connection lost before the
-// reply began, with none after a failed reply. `refused()` runs when the
-// server refuses with 409 not_last_message (the conversation moved on).
+// attempt of `turn`. `again(key)` is what Retry does: with the same key after a
+// connection lost before the reply began, with none after a failed reply;
+// `againRefused()` after the server refused the request, when that differs.
+// `refused()` runs on 409 not_last_message (the conversation moved on).
 function ask(
   turn,
   connect,
