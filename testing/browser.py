@@ -101,9 +101,12 @@ class ChatPage:
         await self.input.press("Enter")
 
     async def wait_for_reply(self, timeout: float = 15_000) -> Locator:
+        """The last reply once it is shown whole and the page is idle again
+        (Send is back): what the keyboard does next no longer meets the reply."""
         reply = self.assistant()
         await expect(reply).not_to_contain_class("streaming", timeout=timeout)
         await expect(reply).not_to_have_attribute("aria-busy", "true")
+        await expect(self.page.locator("#send")).to_be_visible()
         return reply
 
     async def assert_clean(self, allowed: tuple[str, ...] = ()) -> None:

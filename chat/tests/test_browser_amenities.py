@@ -95,6 +95,7 @@ async def test_it_copies_highlights_and_regenerates(
 
     # The reply's Copy gives its Markdown source, exactly as stored.
     await reply.get_by_role("button", name="Copy reply").click()
+    await expect(reply.locator(".action-copy")).to_have_text("Copied")
     stored = await Message.objects.filter(role="assistant").aget()
     assert await clipboard(chat) == stored.content
     assert "**offline demo agent**" in stored.content
@@ -106,6 +107,7 @@ async def test_it_copies_highlights_and_regenerates(
     await expect(chat.page.locator(".message-assistant")).to_have_count(2)
     await expect(chat.page.locator(".message-assistant:visible")).to_have_count(1)
     await expect(latest.locator(".attempt-label")).to_have_text("2 / 2")
+    await expect(latest.get_by_text("Attempt 2 of 2")).to_have_class("visually-hidden")
     assert await latest.get_attribute("data-message-id") != first_id
     await latest.get_by_role("button", name="Previous attempt").click()
     first = chat.page.locator(f'[data-message-id="{first_id}"]')

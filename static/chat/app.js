@@ -315,9 +315,11 @@ class MessageView {
     this.previous = button("attempt-previous", "‹", "Previous attempt");
     this.next = button("attempt-next", "›", "Next attempt");
     this.attemptLabel = element("span", "attempt-label");
+    this.attemptLabel.setAttribute("aria-hidden", "true");
+    this.attemptSpoken = element("span", "visually-hidden");
     this.previous.addEventListener("click", () => this.turn?.step(this, -1));
     this.next.addEventListener("click", () => this.turn?.step(this, 1));
-    this.pager.append(this.previous, this.attemptLabel, this.next);
+    this.pager.append(this.previous, this.attemptLabel, this.attemptSpoken, this.next);
     actions.append(copy, this.regenerateButton, this.pager);
     return actions;
   }
@@ -482,7 +484,7 @@ class Turn {
       view.node.hidden = i !== index;
       view.pager.hidden = count < 2;
       view.attemptLabel.textContent = `${i + 1} / ${count}`;
-      view.attemptLabel.setAttribute("aria-label", `Attempt ${i + 1} of ${count}`);
+      view.attemptSpoken.textContent = `Attempt ${i + 1} of ${count}`;
       view.previous.disabled = i === 0;
       view.next.disabled = i === count - 1;
     });
