@@ -299,6 +299,7 @@ async def test_azure_agents_answers_in_a_thread_of_the_shown_conversation(
         edit=body["messages"][2]["id"],
     )
     thread = azure.threads[edited[0]["thread_id"]]
+    await await_until(lambda: new_thread not in azure.threads)
     assert [(m.role, m.text) for m in thread.messages] == [
         ("user", "one"),
         ("assistant", "You said: one"),

@@ -384,6 +384,8 @@ class MessageView {
     ui.log.removeAttribute("aria-busy");
     this.node.removeAttribute("aria-busy");
     this.node.classList.remove("streaming");
+    // Its actions show now: keep the end of the log in view, if it was.
+    if (this.stick) scrollToBottom();
   }
 
   setStatus(status) {
