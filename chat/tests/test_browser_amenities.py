@@ -304,3 +304,52 @@ async def test_the_amenities_fit_a_narrow_dark_screen(
     box = await dialog.bounding_box()
     assert box is not None and box["width"] <= 320
     await chat.assert_clean()
+
+
+# Feeds a StreamingMarkdown a reply whose code block finishes mid-stream, a frame
+# per piece, counting highlight.js's work (the module the page's code.js uses).
+HIGHLIGHT_COUNT = """
+async () => {
+  const app = document.querySelector("script[type=module]").src;
+  const { StreamingMarkdown } = await import(new URL("./markdown.js", app));
+  const core = new URL("../vendor/highlight.js-11.12.0/es/core.js", app);
+  const hljs = (await import(core)).default;
+  const highlight = hljs.highlight;
+  let calls = 0;
+  hljs.highlight = (...args) => {
+    calls += 1;
+    return highlight.apply(hljs, args);
+  };
+  const body = document.createElement("div");
+  document.body.append(body);
+  const renderer = new StreamingMarkdown(body);
+  const pieces = ["```python\\n", "x = 1\\n", "y = 2\\n", "```\\n\\n", "After", " it."];
+  const frames = [];
+  const look = () => [
+    calls,
+    body.querySelectorAll("code.hljs").length,
+    body.querySelectorAll(".copy-code").length,
+  ];
+  for (const piece of pieces) {
+    renderer.append(piece);
+    renderer.flush();
+    frames.push(look());
+  }
+  renderer.finish();
+  frames.push(look());
+  hljs.highlight = highlight;
+  return frames;
+}
+"""
+
+
+async def test_a_code_block_is_highlighted_once_when_finished(
+    chat: ChatPage, local_server: LiveServer
+) -> None:
+    await chat.open(local_server)
+    frames = await chat.page.evaluate(HIGHLIGHT_COUNT)
+    # [highlight calls, highlighted blocks, Copy buttons] after each frame: none
+    # while the block is open, one call when the next block starts, none after,
+    # not even for the final render of the whole reply.
+    assert frames == [[0, 0, 0]] * 4 + [[1, 1, 1]] * 3
+    await chat.assert_clean()
