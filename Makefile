@@ -74,13 +74,16 @@ install-dev: $(VENV)/.dev $(VENV)/.clients $(TOOLS)/.installed var
 # collectstatic writes (the image build runs it too). uvicorn's flags are the
 # image's (Dockerfile): bounded request heads, no proxy headers, no server header.
 .PHONY: run
+# CHAT_TOOLS is the example tool unless set (even empty): "search posts for …"
+# shows the offline agent calling it.
 run: install
 	@if [ "$$(DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) -c 'from chatsite import settings; print(settings.DEBUG)' 2>/dev/null)" = False ]; then \
 	  echo "DJANGO_DEBUG is off: collecting static files into staticfiles/"; \
 	  $(PY) manage.py collectstatic --noinput -v 0 || exit 1; \
 	fi
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py migrate --noinput -v 0
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(VENV)/bin/uvicorn chatsite.asgi:application \
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} CHAT_TOOLS=$${CHAT_TOOLS-posts.tools.search_posts} \
+	  $(VENV)/bin/uvicorn chatsite.asgi:application \
 	  --host $(HOST) --port $(PORT) --no-proxy-headers --http h11 \
 	  --h11-max-incomplete-event-size 65536 --no-server-header --no-access-log \
 	  --timeout-graceful-shutdown 20

@@ -973,6 +973,12 @@ def markdown_table(scenario: Scenario, results: list[dict[str, Any]]) -> str:
 # The groups of targets, as the issues set them.
 PLAIN_TARGETS = "chatsite as it is"
 REDIS_TARGETS = "with Redis on (chatsite+redis, issue 14)"
+ROUND_2_TARGETS = "performance round 2 (issue 15), ratios to the reference"
+GROUPS = (PLAIN_TARGETS, REDIS_TARGETS, ROUND_2_TARGETS)
+# The scenarios whose deltas and CPU are pooled for deltas per CPU-second.
+POOLED_SCENARIOS = ("single", "c100", "c500", "hold1000", "hold1000-50ms", "fast")
+# The event loop the image and `make run` serve with (uvicorn's --loop).
+SHIPPED_LOOP = "uvloop"
 # Issue 14: with the reply log in Redis, RSS per open stream at these scenarios.
 REDIS_RSS_SCENARIOS = ("c100", "c500", "hold1000", "hold1000-50ms")
 
@@ -1054,6 +1060,86 @@ def check_targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, An
                 found["kib_per_open_stream"],
                 96,
             )
+    checks += round_2_checks(results)
+    return checks
+
+
+def round_2_checks(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Issue 15's targets; ratios are to the reference relay of the same run."""
+
+    def pick(name: str, target: str) -> dict[str, Any] | None:
+        return next((r for r in results.get(name, []) if r["target"] == target), None)
+
+    checks: list[dict[str, Any]] = []
+
+    def check(label: str, value: Any, limit: float, *, at_least: bool = False):
+        if value is None:
+            return
+        met = value >= limit if at_least else value <= limit
+        checks.append(
+            {"group": ROUND_2_TARGETS, "target": label, "measured": value, "met": met}
+        )
+
+    for target in (OURS, REDIS):
+        for scenario in ("single", "c100"):
+            mine, ref = pick(scenario, target), pick(scenario, REFERENCE)
+            if mine is None or ref is None:
+                continue
+            where = "1 stream" if scenario == "single" else f"{mine['streams']} streams"
+            for p, limit in (("p50", 0.8), ("p99", 1.0)):
+                a, b = get(mine, f"e2e_ttfc_ms.{p}"), get(ref, f"e2e_ttfc_ms.{p}")
+                if a is not None and b:
+                    check(
+                        f"{target}: e2e TTFC {p} <= {limit}x at {where}",
+                        round(a / b, 2),
+                        limit,
+                    )
+        c500 = pick("c500", target)
+        check(
+            f"{target}: relay p99 <= 50 ms at 500 streams",
+            get(c500, "relay_latency_ms.p99"),
+            50,
+        )
+        for name in REDIS_RSS_SCENARIOS:
+            found = pick(name, target)
+            if found is not None:
+                check(
+                    f"{target}: <= 64 KiB RSS per open stream "
+                    f"({name}, {found['streams']} streams)",
+                    found["kib_per_open_stream"],
+                    64,
+                )
+        pooled = [
+            (pick(name, target), pick(name, REFERENCE)) for name in POOLED_SCENARIOS
+        ]
+        pooled = [(a, b) for a, b in pooled if a and b and a["app_cpu_s"]]
+        if pooled:
+            mine = sum(a["deltas_sent"] for a, _ in pooled) / sum(
+                a["app_cpu_s"] for a, _ in pooled
+            )
+            ref = sum(b["deltas_sent"] for _, b in pooled) / sum(
+                b["app_cpu_s"] for _, b in pooled
+            )
+            names = ", ".join(a["scenario"] for a, _ in pooled)
+            check(
+                f"{target}: deltas per CPU-second >= 2.5x, pooled ({names})",
+                round(mine / ref, 2),
+                2.5,
+                at_least=True,
+            )
+    bursts = [
+        r for r in results.get("burst", []) if r["target"] == OURS and r.get("loop")
+    ]
+    for loop in sorted({r["loop"] for r in bursts}):
+        runs = [r for r in bursts if r["loop"] == loop]
+        last = max(get(r, "accept_queue.last_unaccepted_at_s") or 0.0 for r in runs)
+        shipped = " (shipped)" if loop == SHIPPED_LOOP else ""
+        check(
+            f"{loop}{shipped}: {runs[0]['streams']:,} connects at once, none "
+            f"un-accepted after 1 s, worst of {len(runs)} runs (s)",
+            last,
+            1.0,
+        )
     return checks
 
 
@@ -1256,7 +1342,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_targets(report: dict[str, Any]) -> None:
-    for group in (PLAIN_TARGETS, REDIS_TARGETS):
+    for group in GROUPS:
         checks = [c for c in report["targets"] if c["group"] == group]
         if checks:
             print(f"\n== targets, {group}")
@@ -1395,7 +1481,7 @@ def markdown(report: dict[str, Any]) -> str:
     for name, scenario in report["scenarios"].items():
         catalogue = {**SCENARIOS, **QUICK} if report["quick"] else SCENARIOS
         out += [markdown_table(catalogue[name], scenario["results"]), ""]
-    for group in (PLAIN_TARGETS, REDIS_TARGETS):
+    for group in GROUPS:
         checks = [c for c in report["targets"] if c["group"] == group]
         if checks:
             out += [f"### Targets, {group}", ""]

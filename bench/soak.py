@@ -2,12 +2,16 @@
 and PostgreSQL, opening a new stream as each one ends.
 
     python bench/soak.py [--streams 500] [--seconds 60] [--tokens 50 --interval 0.1]
+                         [--warm-up SECONDS]
 
 Pass: zero errors; every stream ends with `done`; every reply is stored, complete,
 with exactly the text the client received (the emulator's deterministic reply);
-and the server gives back what the load took: 10 s after the last stream its
-asyncio tasks, open replies, threads and database connections are back to idle,
-and its RSS has stopped growing. Writes bench/results/soak.json.
+RSS stays within 10 % of its level at the end of the warm-up while the load runs,
+and no garbage collection pauses the server for more than 50 ms (every one is
+timed, bench/gc_probe.py); and the server gives back what the load took: 10 s
+after the last stream its asyncio tasks, open replies, threads and database
+connections are back to idle, and its RSS has stopped growing. Writes
+bench/results/soak.json. `--seconds 1800` is the half-hour soak.
 
 The server runs as in production (DJANGO_DEBUG=0, the azure_agents backend through
 the real SDK, psycopg's pool, uvloop, httptools), with rate limits off (every
@@ -48,6 +52,9 @@ SETTLE_SECONDS = 10.0
 # keepalive_timeout) at its next cleanup, which runs every 15 s: at most 30 s.
 KEEPALIVE_EXPIRY_SECONDS = 31.0
 STREAM_TIMEOUT = 60.0
+# Issue targets: RSS within 10 % after the warm-up, no collection over 50 ms.
+FLAT_RSS_RATIO = 0.10
+MAX_GC_PAUSE_MS = 50
 MB = 1024 * 1024
 
 
@@ -259,6 +266,19 @@ def rss_trend(samples: Samples, seconds: float) -> float | None:
     return round(cov / var * 60, 2) if var else None
 
 
+def rss_after_warm_up(samples: Samples, warm_up: float, seconds: float) -> dict:
+    """RSS while the load runs, from the end of its warm-up: flat when the
+    highest sample is within FLAT_RSS_RATIO of the first."""
+    rows = [r["rss_mb"] for r in samples.rows if warm_up <= r["t"] <= seconds]
+    if not rows:
+        return {"first_mb": None, "max_mb": None, "growth": None}
+    return {
+        "first_mb": rows[0],
+        "max_mb": max(rows),
+        "growth": round(max(rows) / rows[0] - 1, 3),
+    }
+
+
 def table(report: dict[str, Any]) -> str:
     r, m, f = report["result"], report["memory"], report["fds"]
     rows = [
@@ -281,6 +301,19 @@ def table(report: dict[str, Any]) -> str:
             f"{m['idle_rss_mb']} / {m['peak_rss_mb']} / {m['settled_rss_mb']}",
         ),
         ("RSS trend, 2nd half of the load (MB/min)", f"{m['rss_trend_mb_per_min']}"),
+        (
+            f"RSS after {report['config']['warm_up']:g} s warm-up: first / max (MB)",
+            f"{m['after_warm_up']['first_mb']} / {m['after_warm_up']['max_mb']}"
+            f" (+{(m['after_warm_up']['growth'] or 0) * 100:.1f} %)",
+        ),
+        (
+            "GC collections gen0 / gen1 / gen2",
+            " / ".join(str(_gc(report, g, "collections")) for g in (0, 1, 2)),
+        ),
+        (
+            "longest GC pause gen0 / gen1 / gen2 (ms)",
+            " / ".join(str(_gc(report, g, "max_ms")) for g in (0, 1, 2)),
+        ),
         (
             "threads idle / peak / after",
             f"{m['idle_threads']} / {m['peak_threads']} / {m['settled_threads']}",
@@ -315,6 +348,11 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _gc(report: dict[str, Any], generation: int, field_name: str) -> Any:
+    stats = (report.get("gc") or {}).get(f"gen{generation}")
+    return stats.get(field_name) if stats else "n/a"
+
+
 def _get(report: dict[str, Any], key: str, field_name: str) -> Any:
     counts = report.get(key)
     return counts.get(field_name) if counts else "n/a"
@@ -333,6 +371,19 @@ def verdict(report: dict[str, Any]) -> list[str]:
         problems.append(f"only {report['load']['peak_open']} streams were open at once")
     if m["settled_rss_mb"] > m["peak_rss_mb"]:
         problems.append("RSS grew after the load ended")
+    growth = m["after_warm_up"]["growth"]
+    if growth is not None and growth > FLAT_RSS_RATIO:
+        problems.append(
+            f"RSS grew {growth * 100:.1f} % after the warm-up "
+            f"(more than {FLAT_RSS_RATIO * 100:g} %)"
+        )
+    for generation in (0, 1, 2):
+        longest = _gc(report, generation, "max_ms")
+        if isinstance(longest, int | float) and longest > MAX_GC_PAUSE_MS:
+            problems.append(
+                f"a gen{generation} collection paused the server {longest} ms "
+                f"(more than {MAX_GC_PAUSE_MS} ms)"
+            )
     if m["settled_threads"] > m["idle_threads"]:
         problems.append("threads were left behind")
     fds = report["fds"]
@@ -362,6 +413,13 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--ramp", type=float, default=5.0)
+    parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=None,
+        help="seconds before RSS must stay flat (default: a third of the run, "
+        "at most 300)",
+    )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
         "--postgres",
@@ -382,11 +440,15 @@ def main() -> int:
     if pin:
         os.sched_setaffinity(0, {servers.LOAD_CPU})
     port = servers.free_port()
+    warm_up = args.warm_up if args.warm_up is not None else min(300, args.seconds / 3)
+    # gc_probe times every collection of the app's (bench/gc_probe.py).
     argv = servers.uvicorn_argv(
-        "chatsite.asgi:application", port, loop=args.loop, app_dir=None
+        "gc_probe:application", port, loop=args.loop, app_dir=servers.BENCH
     )
+    gc_output = log_dir / f"soak-gc-{port}.json"
     # The log keeps WARNING and up: the SIGUSR1 count line, and any traceback.
     env = servers.app_env(f"{emulator_base}/api/projects/emulator", database_url)
+    env.update(GC_PROBE_APP="chatsite.asgi:application", GC_PROBE_OUTPUT=str(gc_output))
     server = servers.Process(
         f"soak-{port}",
         argv,
@@ -443,6 +505,7 @@ def main() -> int:
                 "tokens": args.tokens,
                 "interval": args.interval,
                 "ramp": args.ramp,
+                "warm_up": warm_up,
                 "stream_timeout": STREAM_TIMEOUT,
                 "settle_seconds": SETTLE_SECONDS,
                 "database": f"PostgreSQL {SOAK_DATABASE}",
@@ -464,6 +527,7 @@ def main() -> int:
                 "peak_rss_mb": peak["rss_mb"],
                 "settled_rss_mb": round(settled.rss / MB, 1),
                 "rss_trend_mb_per_min": rss_trend(samples, args.seconds),
+                "after_warm_up": rss_after_warm_up(samples, warm_up, args.seconds),
                 "idle_threads": idle.threads,
                 "peak_threads": max(row["threads"] for row in samples.rows),
                 "settled_threads": settled.threads,
@@ -485,6 +549,8 @@ def main() -> int:
     finally:
         exit_code = server.stop()
         emulator.stop()
+    if gc_output.exists():
+        report["gc"] = json.loads(gc_output.read_text())
     log = server.log_path.read_text()
     report["server_exit_code"] = exit_code
     report["server_log_problems"] = [

@@ -59,6 +59,8 @@ class MessageAdmin(admin.ModelAdmin):
         "annotations",
         "reply_to",
         "superseded",
+        "tools",
+        "files",
         "created_at",
         "finished_at",
         "time_to_first_chunk_ms",

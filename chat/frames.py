@@ -115,6 +115,18 @@ class Tool(Frame):
     output: _unless_none(str)
 
 
+class File(Frame):
+    """A file the agent made (a code interpreter's chart, say), served by this
+    site at `url` to the conversation's owner: `kind` `image` is shown inline,
+    `file` linked; `name` when the agent gave one."""
+
+    type: Literal["file"] = "file"
+    file_id: str
+    kind: Literal["image", "file"]
+    name: _unless_none(str)
+    url: str
+
+
 class Done(Frame):
     """The last frame of a reply that finished or was stopped."""
 
@@ -151,6 +163,7 @@ FRAME_MODELS: tuple[type[Frame], ...] = (
     Chunk,
     Annotation,
     Tool,
+    File,
     Done,
     Error,
 )
@@ -170,7 +183,7 @@ def dump(frame: Frame) -> str:
 
 _ANY_FRAME: TypeAdapter[Frame] = TypeAdapter(
     Annotated[
-        Metadata | Chunk | Annotation | Tool | Done | Error,
+        Metadata | Chunk | Annotation | Tool | File | Done | Error,
         Field(discriminator="type"),
     ]
 )

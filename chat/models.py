@@ -4,6 +4,8 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
+from chat.files import file_frame
+
 
 class ConversationQuerySet(models.QuerySet):
     def owned_by(self, owner: "Owner") -> "ConversationQuerySet":
@@ -106,6 +108,11 @@ class Message(models.Model):
     # An edit replaced this user message (and so its replies): kept, but no
     # longer part of the conversation, neither shown nor sent to the agent.
     superseded = models.BooleanField(default=False)
+    # Each tool call's last `tool` frame (without its type), in order.
+    tools = models.JSONField(default=list, blank=True)
+    # The files the agent made (code interpreter): what `file` frames give, and
+    # where upstream to fetch them from.
+    files = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     time_to_first_chunk_ms = models.FloatField(null=True, blank=True)
@@ -128,6 +135,10 @@ class Message(models.Model):
             "usage": self.usage,
             "annotations": self.annotations,
             "reply_to": str(self.reply_to_id) if self.reply_to_id else None,
+            "tools": self.tools,
+            "files": [
+                file_frame(self.conversation_id, f).model_dump() for f in self.files
+            ],
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }

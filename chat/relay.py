@@ -23,6 +23,7 @@ rebuilds the log from Redis and finishes the upstream run where the backend can
 """
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import functools
@@ -40,7 +41,7 @@ from django.utils import timezone
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from chat import bus, frames, lease, limits, replylog, store, tools
+from chat import bus, files, frames, lease, limits, replylog, store, tools
 from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
@@ -130,39 +131,54 @@ async def start(
     await lease.ensure_heartbeat()
     await bus.ensure_listening(_stop_here)
     reply_id = uuid4()
+    toolbox = tools.ToolBox(tools.registry(), owner)
+    early = None
     async with contextlib.AsyncExitStack() as resources:
         await resources.enter_async_context(limits.stream_slot(caller))
-        turn = await store.retrying(
-            functools.partial(
-                store.start_turn,
-                owner=owner,
-                backend=backend.alias,
-                message=message,
-                conversation_id=conversation_id,
-                thread_id=thread_id,
-                with_history=backend.needs_history,
-                now=timezone.now(),
-                user_message_id=uuid4(),
-                new_conversation_id=uuid4(),
-                reply_id=reply_id,
-                mode=mode,
-                edited_id=edited_id,
-            ),
-            "starting a turn",
-        )
-        reply = Reply(
-            backend=backend,
-            conversation=turn.conversation,
-            request=ReplyRequest(
+        if mode == store.NEW and conversation_id is None and thread_id is None:
+            # A new conversation waits on nothing upstream: its request goes out
+            # while its turn is stored, and the first event is on its way sooner.
+            request = ReplyRequest(message=message, tools=toolbox)
+            early = Early(backend.stream_reply(request))
+        try:
+            turn = await store.retrying(
+                functools.partial(
+                    store.start_turn,
+                    owner=owner,
+                    backend=backend.alias,
+                    message=message,
+                    conversation_id=conversation_id,
+                    thread_id=thread_id,
+                    with_history=backend.needs_history,
+                    now=timezone.now(),
+                    user_message_id=uuid4(),
+                    new_conversation_id=uuid4(),
+                    reply_id=reply_id,
+                    mode=mode,
+                    edited_id=edited_id,
+                ),
+                "starting a turn",
+            )
+        except BaseException:
+            if early is not None:
+                await asyncio.shield(early.abandon(backend))
+            raise
+        if early is None:
+            request = ReplyRequest(
                 message=turn.user_message.content,
                 thread_id=turn.conversation.upstream_thread_id or None,
                 history=turn.history,
-                tools=tools.ToolBox(tools.registry(), owner),
+                tools=toolbox,
                 rewind=turn.rewound,
-            ),
+            )
+        reply = Reply(
+            backend=backend,
+            conversation=turn.conversation,
+            request=request,
             started=started,
             resources=resources.pop_all(),
             message_id=reply_id,
+            early=early,
             reply_to=turn.user_message.pk,
         )
     reply.start()
@@ -262,6 +278,13 @@ async def take_over(conversation: Conversation, backend: ChatBackend) -> "Reply 
     reply.run_id = run_id
     reply.start()
     return reply
+
+
+def _kept_tool(frame: frames.Tool) -> dict[str, Any]:
+    """What a reply stores of a tool call: its frame without the type."""
+    data = frame.model_dump()
+    del data["type"]
+    return data
 
 
 def _logged_thread(log: ReplyLog) -> str | None:
@@ -423,9 +446,11 @@ async def stored(
     if message.reply_to_id:
         metadata = metadata.model_copy(update={"reply_to": str(message.reply_to_id)})
     replay: list[frames.Frame] = [metadata]
+    replay.extend(frames.Tool(**data) for data in message.tools)
     if message.content:
         replay.append(frames.Chunk(content=message.content))
     replay.extend(frames.Annotation(**data) for data in message.annotations)
+    replay.extend(files.file_frame(conversation.pk, kept) for kept in message.files)
     error = None
     if message.status in (Message.Status.COMPLETE, Message.Status.CANCELLED):
         replay.append(
@@ -453,6 +478,11 @@ async def stored(
         text=message.content,
         usage=message.usage,
         annotations=message.annotations,
+        tools=message.tools,
+        files=[
+            files.file_frame(conversation.pk, kept).model_dump()
+            for kept in message.files
+        ],
         timestamp=finished,
         error=error,
         described=_described(conversation, backend),
@@ -490,6 +520,82 @@ async def wait_closed(replies: list["Reply"], timeout: float) -> int:
 # --- one reply ------------------------------------------------------------------------
 
 
+class Early:
+    """A backend's events, read from now on while the turn is being stored; the
+    reply takes them over with `events()`.
+
+    Until then a task of its own reads them into a buffer: an upstream that
+    sends its reply and closes meanwhile loses nothing (aiohttp drops what it
+    buffered once the connection failed, unless a read was waiting)."""
+
+    def __init__(self, events: AsyncIterator[base.Event]) -> None:
+        self._events = events
+        self._buffered: collections.deque[base.Event] = collections.deque()
+        self._taken = False
+        self._ended = False
+        self._thread_id: str | None = None
+        self._answered = asyncio.Event()
+        # A context of its own, as the reply's producer has.
+        self._reader = asyncio.create_task(self._read(), context=contextvars.Context())
+
+    async def _read(self) -> None:
+        try:
+            async for event in self._events:
+                if isinstance(event, base.ThreadReady):
+                    self._thread_id = event.thread_id
+                self._buffered.append(event)
+                self._answered.set()
+                if self._taken:
+                    return
+            self._ended = True
+        finally:
+            self._answered.set()
+
+    async def events(self) -> AsyncIterator[base.Event]:
+        """Every event: the buffered ones, then the rest as they come."""
+        self._taken = True
+        while True:
+            while self._buffered:
+                yield self._buffered.popleft()
+            if self._reader.done():
+                break
+            # asyncio.wait leaves the reader running when the reply is stopped
+            # meanwhile: it still learns which thread the request made, to
+            # cancel the run in it (`thread_id`).
+            await asyncio.wait({self._reader})
+        self._reader.result()  # its error, if it failed
+        if not self._ended:
+            async for event in self._events:
+                yield event
+
+    async def thread_id(self) -> str | None:
+        """The upstream thread the request made, once it answered."""
+        if self._thread_id is None and not self._reader.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    await self._answered.wait()
+        return self._thread_id
+
+    def close(self) -> None:
+        """Stops reading, if the reply ended before it took over."""
+        self._reader.cancel()
+
+    async def abandon(self, backend: ChatBackend) -> None:
+        """Ends the upstream side of a reply whose turn could not be stored: the
+        thread it made goes, with the run in it."""
+        try:
+            thread_id = await self.thread_id()
+            self.close()
+            await asyncio.wait({self._reader})
+            if thread_id:
+                async with asyncio.timeout(UPSTREAM_CANCEL_TIMEOUT):
+                    await backend.cancel_active(thread_id)
+                    await backend.delete_thread(thread_id)
+            await self._events.aclose()
+        except Exception:
+            logger.exception("abandoning an upstream reply failed")
+
+
 class Reply:
     def __init__(
         self,
@@ -503,9 +609,11 @@ class Reply:
         log: ReplyLog | None = None,
         resumption: base.Resumption | None = None,
         created_at: datetime | None = None,
+        early: Early | None = None,
         reply_to: UUID | None = None,
     ) -> None:
         self.backend = backend
+        self.early = early
         self.conversation_id: UUID = conversation.pk
         # The user message it answers (None: taken over, found when stored).
         self.reply_to = reply_to
@@ -524,6 +632,21 @@ class Reply:
         self.mirror: replylog.Mirror | None = None
         self.delta_count = 0
         self.citations: list[dict[str, Any]] = []
+        # Each tool call's last frame, and the files made, as the reply stores them
+        # (a taken-over reply's from its log).
+        self.tools: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, dict[str, Any]] = {}
+        for _event_id, frame in self.log.after(-1):
+            if isinstance(frame, frames.Tool):
+                self.tools[frame.id] = _kept_tool(frame)
+            elif isinstance(frame, frames.File):
+                # The frame has no container: a Responses file is not served.
+                self.files[frame.file_id] = {
+                    "file_id": frame.file_id,
+                    "kind": frame.kind,
+                    "name": frame.name,
+                    "container_id": None,
+                }
         self.usage: dict[str, Any] | None = None
         self.status = Message.Status.COMPLETE
         self.error: BackendError | None = None
@@ -654,11 +777,15 @@ class Reply:
                         self.thread_id = event.thread_id
                         self.replaced_thread_id = event.replaced_thread_id
                         self._send_metadata()
-                    case base.RunStarted(run_id=run_id):
+                    case base.RunStarted(run_id=run_id, cursor=cursor):
                         self.run_id = log.run_id = run_id
+                        if cursor is not None:
+                            log.cursor = cursor
                         if not self.backend.offline and self.thread_id:
+                            # After the reply's previous run (function calls
+                            # start another), so the last one is recorded.
                             self._record_run = asyncio.create_task(
-                                self._record(run_id, self.thread_id)
+                                self._record(run_id, self.thread_id, self._record_run)
                             )
                     case base.Citation(data=data, cursor=cursor):
                         self.citations.append(data)
@@ -668,16 +795,24 @@ class Reply:
                             log.cursor = cursor
                     case base.ToolProgress(cursor=cursor):
                         self._send_metadata()
-                        log.append(
-                            frames.Tool(
-                                id=event.id,
-                                kind=event.kind,
-                                name=event.name,
-                                status=event.status,
-                                input=event.input,
-                                output=event.output,
-                            )
+                        tool = frames.Tool(
+                            id=event.id,
+                            kind=event.kind,
+                            name=event.name,
+                            status=event.status,
+                            input=event.input,
+                            output=event.output,
                         )
+                        self.tools[event.id] = _kept_tool(tool)
+                        log.append(tool)
+                        if cursor is not None:
+                            log.cursor = cursor
+                    case base.FileOutput(cursor=cursor):
+                        self._send_metadata()
+                        kept = files.stored(event)
+                        if event.file_id not in self.files:
+                            self.files[event.file_id] = kept
+                            log.append(files.file_frame(self.conversation_id, kept))
                         if cursor is not None:
                             log.cursor = cursor
                     case base.Completed():
@@ -727,6 +862,8 @@ class Reply:
         finally:
             if self._watchdog is not None:
                 self._watchdog.cancel()
+            if self.early is not None:
+                self.early.close()
             try:
                 await asyncio.shield(self._persist())
                 await asyncio.shield(self.resources.aclose())
@@ -738,6 +875,8 @@ class Reply:
 
     def _events(self) -> AsyncIterator[base.Event]:
         resumption = self.resumption
+        if self.early is not None:
+            return self.early.events()
         if resumption is None:
             return self.backend.stream_reply(self.request)
         if not (resumption.thread_id and resumption.run_id):
@@ -745,8 +884,12 @@ class Reply:
             return ChatBackend.resume_reply(self.backend, resumption)
         return self.backend.resume_reply(resumption)
 
-    async def _record(self, run_id: str, thread_id: str) -> None:
+    async def _record(
+        self, run_id: str, thread_id: str, after: asyncio.Task[None] | None
+    ) -> None:
         """Lets a stop request reach this run from any replica."""
+        if after is not None:
+            await asyncio.wait({after})
         try:
             await store.retrying(
                 functools.partial(
@@ -758,6 +901,8 @@ class Reply:
             logger.exception("recording run %s failed", run_id)
 
     async def _cancel_upstream(self) -> None:
+        if not self.thread_id and self.early is not None:
+            self.thread_id = await self.early.thread_id()
         if not self.thread_id:
             return
         if self.run_id:
@@ -784,6 +929,8 @@ class Reply:
             "upstream_run_id": self.run_id or "",
             "usage": self.usage,
             "annotations": self.citations,
+            "tools": list(self.tools.values()),
+            "files": list(self.files.values()),
             "created_at": self.created_at,
             "time_to_first_chunk_ms": self.ttfc_ms(),
             "reply_to_id": self.reply_to,
@@ -928,6 +1075,11 @@ class Reply:
             text=self.text,
             usage=self.usage,
             annotations=self.citations,
+            tools=list(self.tools.values()),
+            files=[
+                files.file_frame(self.conversation_id, kept).model_dump()
+                for kept in self.files.values()
+            ],
             timestamp=timezone.now().isoformat(),
             error=final if isinstance(final, frames.Error) else None,
             described=self.backend.describe(),
@@ -955,6 +1107,8 @@ class RemoteReply:
         self.final: frames.Done | frames.Error | None = None
         self.text_parts: list[str] = []
         self.annotations: list[dict[str, Any]] = []
+        self.tools: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, dict[str, Any]] = {}
         self.thread_id: str | None = None
 
     async def frames(
@@ -1036,6 +1190,10 @@ class RemoteReply:
                 self.text_parts.append(content)
             case frames.Annotation():
                 self.annotations.append(frame.model_dump())
+            case frames.Tool():
+                self.tools[frame.id] = _kept_tool(frame)
+            case frames.File():
+                self.files[frame.file_id] = frame.model_dump()
             case frames.Metadata(thread_id=thread_id):
                 self.thread_id = thread_id
             case frames.Done() | frames.Error():
@@ -1082,6 +1240,8 @@ class RemoteReply:
             text="".join(self.text_parts),
             usage=done.usage if done else None,
             annotations=self.annotations,
+            tools=list(self.tools.values()),
+            files=list(self.files.values()),
             timestamp=done.timestamp if done else timezone.now().isoformat(),
             error=final if isinstance(final, frames.Error) else None,
             described=self.backend.describe(),
@@ -1104,6 +1264,8 @@ def _fallback_body(
     text: str,
     usage: dict[str, Any] | None,
     annotations: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    files: list[dict[str, Any]],
     timestamp: str,
     error: frames.Error | None,
     described: dict[str, Any],
@@ -1122,6 +1284,8 @@ def _fallback_body(
         "full_response": text,
         "usage": usage,
         "annotations": annotations,
+        "tools": tools,
+        "files": files,
         "timestamp": timestamp,
         "error": failure,
         **described,

@@ -24,4 +24,9 @@ urlpatterns = [
         views.regenerate,
         name="regenerate",
     ),
+    path(
+        "api/conversations/<uuid:conversation_id>/files/<str:file_id>",
+        views.file,
+        name="file",
+    ),
 ]

@@ -3,7 +3,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -11,9 +11,11 @@ from django.conf import settings
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
+from django.utils.http import content_disposition_header
 
-from chat import frames, idempotency, lease, limits, relay, store
+from chat import files, frames, idempotency, lease, limits, relay, store
 from chat.backends import get_backend
+from chat.backends.base import THREAD_NOT_FOUND, BackendError
 from chat.models import Conversation, Message, Owner
 from chat.schemas import (
     CURSOR_PATTERN,
@@ -431,6 +433,67 @@ async def delete_conversation(
     return HttpResponse(status=204)
 
 
+async def get_file(
+    request: HttpRequest, conversation_id: uuid.UUID, file_id: str
+) -> HttpResponse:
+    """A file the conversation's agent made, streamed from the agent service."""
+    conversation = await _owned_conversation(request, conversation_id)
+    kept = await _made_file(conversation, file_id) if len(file_id) <= 200 else None
+    backend = get_backend()
+    if kept is None or conversation.backend != backend.alias:
+        raise BadRequest("file not found", 404, code="not_found")
+    content = _bounded(backend.file_content(files.output(kept)))
+    try:
+        # Upstream's answer first: a failure is still a JSON error.
+        first = await anext(content, b"")
+    except BackendError as exc:
+        status = 404 if exc.code == THREAD_NOT_FOUND else 502
+        return json_error(exc.message, status, code=exc.code)
+    except files.FileTooLarge as exc:
+        return json_error(str(exc), 502, code="file_too_large")
+    response = StreamingHttpResponse(
+        _after(first, content), content_type=files.content_type(kept)
+    )
+    # Ids name one content for good; only its owner may see it.
+    response["Cache-Control"] = "private, max-age=86400, immutable"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Content-Disposition"] = content_disposition_header(
+        kept["kind"] != "image", kept.get("name") or file_id
+    )
+    return response
+
+
+async def _made_file(conversation: Conversation, file_id: str) -> dict | None:
+    """What a reply of the conversation (streaming, or stored) keeps of the file."""
+    reply = relay.find(conversation.pk)
+    if reply is not None and file_id in reply.files:
+        return reply.files[file_id]
+    replies = conversation.messages.filter(role=Message.Role.ASSISTANT).only("files")
+    async for message in replies:
+        for kept in message.files:
+            if kept.get("file_id") == file_id:
+                return kept
+    return None
+
+
+async def _bounded(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """The file's bytes, broken off past `files.MAX_FILE_BYTES`."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > files.MAX_FILE_BYTES:
+            await chunks.aclose()
+            raise files.FileTooLarge(f"the file is over {files.MAX_FILE_BYTES} bytes")
+        yield chunk
+
+
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
 async def page(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
     if settings.CHAT_REQUIRE_LOGIN and not user.is_authenticated:
@@ -453,3 +516,4 @@ conversation = api_view(
 )
 resume = api_view(GET=get_stream)
 regenerate = api_view(POST=post_regenerate)
+file = api_view(GET=get_file)

@@ -161,6 +161,16 @@ RESPONSES: dict[str, Any] = {
             "full_response": {"type": "string"},
             "usage": {"type": ["object", "null"]},
             "annotations": {"type": "array", "items": {"type": "object"}},
+            "tools": {
+                "type": "array",
+                "description": "Each tool call's last `tool` frame, without type",
+                "items": {"type": "object"},
+            },
+            "files": {
+                "type": "array",
+                "description": "The `file` frames of the files the reply made",
+                "items": {"type": "object"},
+            },
             "timestamp": {"type": "string", "format": "date-time"},
             "error": {"type": ["object", "null"]},
         },
@@ -189,6 +199,16 @@ RESPONSES: dict[str, Any] = {
                 "(regenerate adds one); the latest is the one the agent sees",
             },
             "attempts": {"type": "integer", "minimum": 1},
+            "tools": {
+                "type": "array",
+                "description": "Each tool call's last `tool` frame, without type",
+                "items": {"type": "object"},
+            },
+            "files": {
+                "type": "array",
+                "description": "The `file` frames of the files the reply made",
+                "items": {"type": "object"},
+            },
             "created_at": {"type": "string", "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
         },
@@ -595,6 +615,44 @@ def openapi_document() -> dict[str, Any]:
                             "The reply is streaming on another server that keeps "
                             "its frames"
                         ),
+                    },
+                },
+            },
+            "/api/conversations/{conversation_id}/files/{file_id}": {
+                "parameters": [
+                    CONVERSATION_ID,
+                    {
+                        "name": "file_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The `file_id` of one of the conversation's "
+                        "`file` frames",
+                        "schema": {"type": "string", "maxLength": 200},
+                    },
+                ],
+                "get": {
+                    "operationId": "getConversationFile",
+                    "summary": "A file the agent made in this conversation (a code "
+                    "interpreter's image or file)",
+                    "description": "Streamed from the agent service to the "
+                    "conversation's owner, for the files its replies made only. "
+                    "Images are served inline with their type (PNG when the name "
+                    "tells none), other files as attachments; `Cache-Control: "
+                    "private`, `X-Content-Type-Options: nosniff`. A file over 20 "
+                    "MiB is broken off (502 `file_too_large` when its first piece "
+                    "already is over).",
+                    "responses": {
+                        "200": {
+                            "description": "The file's bytes",
+                            "content": {
+                                "image/*": {"schema": {"type": "string"}},
+                                "application/octet-stream": {
+                                    "schema": {"type": "string"}
+                                },
+                            },
+                        },
+                        **_errors("401", "404"),
+                        "502": _error("The agent service could not give the file"),
                     },
                 },
             },

@@ -11,7 +11,8 @@ Served under ``{endpoint}``: ``GET /assistants/{id}``; ``POST /threads``;
 ``POST /threads/runs``; ``GET|DELETE /threads/{id}``; ``POST|GET
 /threads/{id}/messages``; ``GET /threads/{id}/messages/{id}``; ``POST|GET
 /threads/{id}/runs`` (``"stream": true`` answers SSE); ``GET
-/threads/{id}/runs/{id}``; ``POST /threads/{id}/runs/{id}/cancel``.
+/threads/{id}/runs/{id}``; ``POST /threads/{id}/runs/{id}/cancel``; ``POST
+/threads/{id}/runs/{id}/submit_tool_outputs``; ``GET /files/{id}/content``.
 
 The same server speaks the OpenAI protocols: the Responses API of new Foundry
 agents under ``{endpoint}/openai/v1`` (conversations and responses, see
@@ -30,10 +31,19 @@ Options (`EmulatorConfig` fields)
                  reply: runs.create, responses.create or chat.completions.create,
                  whichever comes first. Also agents.get, threads.create/get/delete,
                  messages.create/list/get, runs.list/get/cancel,
-                 conversations.create/get/delete, responses.get/cancel
+                 runs.submit_tool_outputs, files.content,
+                 conversations.create/get/delete, conversations.items.create,
+                 responses.get/cancel, containers.files.content
     retry_after  seconds sent in Retry-After by http_429_retry_after
     hold_after   N: stop after N deltas until `release()`
     hold_start   true: stop before the reply's first event until `release()`
+    tools        server-side tools called before the text (file_search,
+                 code_interpreter, web_search); hold_tool: each waits for
+                 `release()` while in progress
+    function_calls  "name" or "name {json}" each: asked of the client after the
+                 tools (a run's requires_action, a response's function_call
+                 items answered by the next response)
+    image        true: a chart that code interpreter drew comes with the reply
 
 Faults
     http_401, http_403, http_404 (thread not found), http_429 (no Retry-After),

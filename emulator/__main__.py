@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="server-side tools each reply calls first, joined with '+' "
         "(file_search, code_interpreter, web_search)",
     )
+    parser.add_argument(
+        "--image",
+        action="store_true",
+        help="each reply has a chart that code interpreter drew",
+    )
     parser.add_argument("--agent-id", default=DEFAULT_AGENT_ID)
     parser.add_argument(
         "--allow-remote",
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             tokens=args.tokens,
             annotations=args.annotations,
             tools=[tool for tool in args.tools.split("+") if tool],
+            image=args.image,
         )
     except ValueError as exc:
         sys.exit(f"error: {exc}")

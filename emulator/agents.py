@@ -29,7 +29,7 @@ from .http import (
 )
 from .runs import RunStream
 from .store import Message, Run, Thread, last_user_text, list_page, now
-from .stream import HoldGate, reply_tokens
+from .stream import IMAGE_FILE_ID, IMAGE_PNG, HoldGate, reply_tokens
 
 if TYPE_CHECKING:
     from .server import AgentsEmulator
@@ -72,7 +72,20 @@ class AgentsApi:
                 self._runs_submit_tool_outputs,
                 "runs.submit_tool_outputs",
             ),
+            (
+                "GET",
+                prefix + "/files/{file_id}/content",
+                self._files_content,
+                "files.content",
+            ),
         ]
+
+    async def _files_content(self, request: web.Request) -> web.StreamResponse:
+        """The bytes of a code interpreter's file, as an octet-stream."""
+        file_id = request.match_info["file_id"]
+        if file_id != IMAGE_FILE_ID:
+            raise not_found("file", file_id)
+        return web.Response(body=IMAGE_PNG, content_type="application/octet-stream")
 
     async def wait_for_runs(self) -> None:
         """Waits for the runs driven in the background to end."""
@@ -177,7 +190,9 @@ class AgentsApi:
         thread = Thread(metadata=metadata(spec))
         messages = _messages(thread.id, spec.get("messages"))
         config = self._run_config(last_user_text(messages), thread.id)
-        return await self._start_run(request, thread, body, config, messages)
+        return await self._start_run(
+            request, thread, body, config, messages, new_thread=True
+        )
 
     def _run_config(self, user_text: str, thread_id: str) -> EmulatorConfig:
         config = self.emulator.reply_config(RUN_CREATE, user_text)
@@ -191,6 +206,8 @@ class AgentsApi:
         body: dict[str, Any],
         config: EmulatorConfig,
         new_messages: list[Message],
+        *,
+        new_thread: bool = False,
     ) -> web.StreamResponse:
         emulator = self.emulator
         assistant_id = body.get("assistant_id")
@@ -229,6 +246,7 @@ class AgentsApi:
             tokens=reply_tokens(config, thread.last_user_text),
             gate=self.gate,
             deltas=emulator.deltas,
+            new_thread=new_thread,
         )
         self._streams[run.id] = stream
         if not run.stream:

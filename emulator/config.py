@@ -64,8 +64,11 @@ OPERATIONS = REPLY_OPERATIONS | frozenset(
         "conversations.create",
         "conversations.get",
         "conversations.delete",
+        "conversations.items.create",
         "responses.get",
         "responses.cancel",
+        "files.content",
+        "containers.files.content",
     }
 )
 
@@ -97,8 +100,11 @@ class EmulatorConfig:
     `tools` are called, in order, before the reply's text; with `hold_tool` each
     waits for `release()` while in progress. `function_calls` (each `name` or
     `name {json arguments}`) are asked of the client at once, after the tools:
-    a classic run waits in requires_action for their outputs. Chat completions
-    ignore all three.
+    a classic run waits in requires_action for their outputs, a response ends
+    with them for a follow-up response to answer. Chat completions
+    ignore all three. `image`: the reply has a chart that code interpreter drew
+    (a classic message's image_file part before its text, a response's
+    container_file_citation after it), served by the files endpoints.
     """
 
     first_token_delay: float = 0.0
@@ -117,6 +123,7 @@ class EmulatorConfig:
     tools: list[str] = dataclasses.field(default_factory=list)
     hold_tool: bool = False
     function_calls: list[str] = dataclasses.field(default_factory=list)
+    image: bool = False
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -248,6 +255,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "tools": _to_tools,
     "hold_tool": _to_bool,
     "function_calls": _to_calls,
+    "image": _to_bool,
 }
 
 

@@ -9,7 +9,10 @@ response.content_part.added,
 response.output_text.delta per token (then two
 response.output_text.annotation.added with `annotations`),
 response.output_text.done, response.content_part.done, response.output_item.done,
-response.completed. Each carries the next `sequence_number`, from 0.
+response.completed. Each carries the next `sequence_number`, from 0. With
+`function_calls`, the calls' function_call items come after the tools' and the
+response completes there, with no message: the follow-up response that gives
+their outputs streams the text.
 
 Where they go is the subclass's: `ResponseStream` writes them on the connection
 that created the response, which it lives on; a background response keeps them
@@ -18,14 +21,17 @@ that created the response, which it lives on; a background response keeps them
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .http import sse_frame
-from .store import Conversation, Message, Response
+from .store import Conversation, Message, Response, new_id
 from .stream import (
     CITATION_FILE_ID,
     CITATION_TITLE,
     CITATION_URL,
+    CONTAINER_IMAGE_ID,
+    IMAGE_NAME,
     INTERPRETER_CODE,
     INTERPRETER_LOGS,
     SEARCH_QUERY,
@@ -33,6 +39,7 @@ from .stream import (
     ConnectionReply,
     PacedReply,
     Token,
+    function_call,
 )
 
 CITATION_FILENAME = "agents-overview.md"
@@ -102,6 +109,49 @@ class ResponseEvents(PacedReply):
         await self._emit(f"response.{tool}_call.completed", **at)
         await self._emit("response.output_item.done", output_index=index, item=item)
 
+    async def _call_functions(self) -> bool:
+        """Each call's function_call item (added, its arguments, done), then the
+        response completes without a message: the client answers with
+        function_call_output items in a follow-up response on the conversation."""
+        response = self.response
+        calls = {}
+        for spec in self.config.function_calls:
+            name, arguments = function_call(spec)
+            index = len(response.tool_items)
+            item = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "arguments": "",
+                "call_id": new_id("call"),
+                "name": name,
+            }
+            response.tool_items.append(item)
+            at = {"output_index": index, "item_id": item["id"]}
+            await self._emit(
+                "response.output_item.added", output_index=index, item=item
+            )
+            await self._emit(
+                "response.function_call_arguments.delta", **at, delta=arguments
+            )
+            await self._emit(
+                "response.function_call_arguments.done", **at, arguments=arguments
+            )
+            item |= {"arguments": arguments, "status": "completed"}
+            await self._emit("response.output_item.done", output_index=index, item=item)
+            calls[item["call_id"]] = item
+        if self.conversation is not None:
+            self.conversation.pending_calls = calls
+            # The answer's response goes on as this one would have.
+            self.conversation.pending_config = dataclasses.replace(
+                self.config, tools=[], function_calls=[], hold_start=False
+            )
+        response.calls_functions = True
+        response.usage = self._usage()
+        response.status = "completed"
+        await self._emit("response.completed", response=response.to_dict())
+        return True
+
     async def _open_message(self) -> None:
         await self._emit(
             "response.output_item.added",
@@ -123,15 +173,17 @@ class ResponseEvents(PacedReply):
 
     async def _completed(self) -> None:
         response = self.response
-        if self.config.annotations:
-            for index, annotation in enumerate(_citations(len(response.text))):
-                response.annotations.append(annotation)
-                await self._emit(
-                    "response.output_text.annotation.added",
-                    **self._at(),
-                    annotation_index=index,
-                    annotation=annotation,
-                )
+        annotations = _citations(len(response.text)) if self.config.annotations else []
+        if self.config.image:
+            annotations.append(_container_file(response.id, len(response.text)))
+        for index, annotation in enumerate(annotations):
+            response.annotations.append(annotation)
+            await self._emit(
+                "response.output_text.annotation.added",
+                **self._at(),
+                annotation_index=index,
+                annotation=annotation,
+            )
         await self._close_message("completed")
         response.usage = self._usage()
         self._stop("completed")
@@ -236,6 +288,18 @@ def _tool_item(tool: str, response_id: str, index: int) -> dict[str, Any]:
             return item | {"action": {"type": "search", "query": SEARCH_QUERY}}
         case _:
             return item | {"queries": [], "results": None}
+
+
+def _container_file(response_id: str, offset: int) -> dict[str, Any]:
+    """The chart that code interpreter drew, cited from its container."""
+    return {
+        "type": "container_file_citation",
+        "container_id": f"cntr_{response_id.removeprefix('resp_')}",
+        "file_id": CONTAINER_IMAGE_ID,
+        "filename": IMAGE_NAME,
+        "start_index": offset,
+        "end_index": offset,
+    }
 
 
 def _citations(offset: int) -> list[dict[str, Any]]:

@@ -2,10 +2,17 @@
 
 azure-ai-projects 2.x's `get_openai_client()` points the openai client at
 ``{endpoint}/openai/v1``; served there: ``POST /conversations`` (with up to 20
-initial ``items``), ``POST /conversations/{id}/items``, ``GET|DELETE
-/conversations/{id}``, ``POST /responses`` (``"stream": true`` answers SSE),
-``GET /responses/{id}`` (with ``?stream=true&starting_after=N``, SSE) and ``POST
-/responses/{id}/cancel``.
+initial ``items``), ``GET|DELETE /conversations/{id}``, ``POST /responses``
+(``"stream": true`` answers SSE), ``GET /responses/{id}`` (with
+``?stream=true&starting_after=N``, SSE), ``POST /responses/{id}/cancel`` and
+``POST /conversations/{id}/items`` (up to 20 items a call).
+
+Function calls (`function_calls`): a response ends with its function_call items
+and the conversation waits for their outputs. The next response in it must give
+every one as a function_call_output input item (else 400, as the service
+answers), and goes on as the asking response would have, streaming the text;
+outputs added as conversation items (``POST …/items``) answer them too, with no
+response. Every output given is kept in the conversation's `tool_outputs`.
 
 A response names the agent in ``"agent_reference": {"name", "version"}`` (the
 emulator has one, `FOUNDRY_AGENT_NAME`, version "1") or asks for a ``model``. Its
@@ -35,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .background import BackgroundResponse
-from .config import RESPONSE_CREATE
+from .config import RESPONSE_CREATE, EmulatorConfig
 from .faults import check_http_fault
 from .http import (
     ApiError,
@@ -45,12 +52,13 @@ from .http import (
     deleted,
     find,
     metadata,
+    not_found,
     open_stream,
     read_json,
 )
 from .response_events import ResponseStream
-from .store import Conversation, Message, Response, last_user_text
-from .stream import HoldGate, reply_tokens
+from .store import Conversation, Message, Response, last_user_text, new_id
+from .stream import CONTAINER_IMAGE_ID, IMAGE_PNG, HoldGate, reply_tokens
 
 if TYPE_CHECKING:
     from .server import AgentsEmulator
@@ -82,16 +90,22 @@ class ResponsesApi:
                 "conversations.create",
             ),
             ("GET", conversation, self._get_conversation, "conversations.get"),
+            ("DELETE", conversation, self._delete_conversation, "conversations.delete"),
             (
                 "POST",
                 conversation + "/items",
-                self._create_items,
+                self._add_items,
                 "conversations.items.create",
             ),
-            ("DELETE", conversation, self._delete_conversation, "conversations.delete"),
             ("POST", prefix + "/responses", self._create_response, RESPONSE_CREATE),
             ("GET", response, self._get_response, "responses.get"),
             ("POST", response + "/cancel", self._cancel_response, "responses.cancel"),
+            (
+                "GET",
+                prefix + "/containers/{container_id}/files/{file_id}/content",
+                self._container_file_content,
+                "containers.files.content",
+            ),
         ]
 
     def _conversation(self, conversation_id: str) -> Conversation:
@@ -111,27 +125,56 @@ class ResponsesApi:
         self.emulator.conversations[conversation.id] = conversation
         return web.json_response(conversation.to_dict())
 
-    async def _create_items(self, request: web.Request) -> web.StreamResponse:
-        conversation = self._conversation(request.match_info["conversation_id"])
-        body = await read_json(request)
-        items = body.get("items")
-        if not isinstance(items, list) or not 0 < len(items) <= MAX_ITEMS:
-            raise bad_request(f"'items' must hold 1 to {MAX_ITEMS} items.")
-        messages = _input_messages(conversation.id, items)
-        conversation.messages.extend(messages)
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [_item(message) for message in messages],
-                "first_id": None,
-                "last_id": None,
-                "has_more": False,
-            }
-        )
-
     async def _get_conversation(self, request: web.Request) -> web.StreamResponse:
         conversation_id = request.match_info["conversation_id"]
         return web.json_response(self._conversation(conversation_id).to_dict())
+
+    async def _container_file_content(self, request: web.Request) -> web.StreamResponse:
+        """The bytes of a file in a code interpreter's container."""
+        file_id = request.match_info["file_id"]
+        container_id = request.match_info["container_id"]
+        if file_id != CONTAINER_IMAGE_ID or not container_id.startswith("cntr_"):
+            raise not_found("file", file_id)
+        return web.Response(body=IMAGE_PNG, content_type="application/octet-stream")
+
+    async def _add_items(self, request: web.Request) -> web.StreamResponse:
+        """Adds messages, or outputs of the function calls the conversation
+        waits for, without a response."""
+        conversation = self._conversation(request.match_info["conversation_id"])
+        items = (await read_json(request)).get("items")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_ITEMS:
+            raise bad_request(f"'items' must hold 1 to {MAX_ITEMS} items.")
+        messages = _input_messages(conversation.id, items)
+        outputs = _call_outputs(items)
+        for call_id in outputs:
+            if call_id not in conversation.pending_calls:
+                raise bad_request(
+                    "No tool call found for function call output with call_id "
+                    f"{call_id}."
+                )
+        for call_id, output in outputs.items():
+            del conversation.pending_calls[call_id]
+            conversation.tool_outputs[call_id] = output
+        conversation.messages.extend(messages)
+        added = [_item(m) for m in messages] + [
+            {
+                "id": new_id("fco"),
+                "type": "function_call_output",
+                "call_id": call_id,
+                "output": output,
+                "status": "completed",
+            }
+            for call_id, output in outputs.items()
+        ]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": added,
+                "first_id": added[0]["id"] if added else None,
+                "last_id": added[-1]["id"] if added else None,
+                "has_more": False,
+            }
+        )
 
     async def _delete_conversation(self, request: web.Request) -> web.StreamResponse:
         conversation = self._conversation(request.match_info["conversation_id"])
@@ -178,16 +221,29 @@ class ResponsesApi:
         if background and body.get("store") is False:
             raise bad_request("Background responses must be stored (store=true).")
         conversation_id = _conversation_id(body.get("conversation"))
+        if conversation_id is not None and body.get("previous_response_id"):
+            raise bad_request(
+                "'previous_response_id' cannot be used with 'conversation'."
+            )
         messages = _input_messages(conversation_id or "", body.get("input"))
-        user_text = last_user_text(messages)
-        config = self.emulator.reply_config(RESPONSE_CREATE, user_text)
-        missing = ("conversation", conversation_id or "conv_unknown")
-        check_http_fault(config, RESPONSE_CREATE, missing)
+        outputs = _call_outputs(body.get("input"))
+        if outputs:
+            config, answered = self._answer(conversation_id, outputs)
+            user_text = last_user_text(answered.messages)
+        else:
+            user_text = last_user_text(messages)
+            config = self.emulator.reply_config(RESPONSE_CREATE, user_text)
+            missing = ("conversation", conversation_id or "conv_unknown")
+            check_http_fault(config, RESPONSE_CREATE, missing)
         agent = _agent_reference(body.get("agent_reference"))
         model = body.get("model") or config.model
         conversation = None
         if conversation_id is not None:
             conversation = self._conversation(conversation_id)
+            if unanswered := next(iter(conversation.pending_calls), None):
+                raise bad_request(
+                    f"No tool output found for function call {unanswered}."
+                )
             conversation.messages.extend(messages)
             messages = conversation.messages
         response = Response(
@@ -221,6 +277,30 @@ class ResponsesApi:
         http_response = await open_stream(request)
         await stream.serve(request, http_response)
         return http_response
+
+    def _answer(
+        self, conversation_id: str | None, outputs: dict[str, str]
+    ) -> tuple[EmulatorConfig, Conversation]:
+        """The conversation whose function calls `outputs` answer, all of them
+        (else 400), and the config its last response goes on with."""
+        if conversation_id is None:
+            raise bad_request(
+                "The emulator takes function_call_output items in a conversation."
+            )
+        conversation = self._conversation(conversation_id)
+        pending = conversation.pending_calls
+        for call_id in outputs:
+            if call_id not in pending:
+                raise bad_request(
+                    "No tool call found for function call output with call_id "
+                    f"{call_id}."
+                )
+        for call_id in pending:
+            if call_id not in outputs:
+                raise bad_request(f"No tool output found for function call {call_id}.")
+        conversation.pending_calls = {}
+        conversation.tool_outputs.update(outputs)
+        return conversation.pending_config, conversation
 
     async def _run_in_background(
         self, request: web.Request, body: dict[str, Any], options: dict[str, Any]
@@ -289,8 +369,12 @@ def _input_messages(conversation_id: str, raw: Any) -> list[Message]:
         raise bad_request("Invalid type for 'input': expected a string or an array.")
     messages = []
     for item in raw:
+        if isinstance(item, dict) and item.get("type") == "function_call_output":
+            continue
         if not isinstance(item, dict) or item.get("type", "message") != "message":
-            raise bad_request("The emulator accepts only message input items.")
+            raise bad_request(
+                "The emulator accepts only message and function_call_output items."
+            )
         role = item.get("role")
         if role not in ("user", "assistant", "system", "developer"):
             raise bad_request(f"Invalid value for 'role': {role!r}.")
@@ -309,3 +393,17 @@ def _item(message: Message) -> dict[str, Any]:
         "role": message.role,
         "content": [{"type": kind, "text": message.text}],
     }
+
+
+def _call_outputs(raw: Any) -> dict[str, str]:
+    """The function_call_output items of an `input`: output by call id."""
+    outputs: dict[str, str] = {}
+    for item in raw if isinstance(raw, list) else ():
+        if isinstance(item, dict) and item.get("type") == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not (isinstance(call_id, str) and isinstance(output, str)):
+                raise bad_request(
+                    "Invalid function_call_output: expected a call_id and an output."
+                )
+            outputs[call_id] = output
+    return outputs

@@ -29,6 +29,7 @@ from aiohttp import web
 from .http import sse_frame
 from .store import Message, Run, Thread, new_id, now
 from .stream import (
+    IMAGE_FILE_ID,
     INTERPRETER_CODE,
     INTERPRETER_LOGS,
     SEARCH_QUERY,
@@ -36,6 +37,7 @@ from .stream import (
     FrameSink,
     PacedReply,
     Token,
+    function_call,
 )
 
 logger = logging.getLogger("emulator")
@@ -77,8 +79,8 @@ def _finished_call(tool: str) -> dict[str, Any]:
 
 def _function_call(spec: str) -> dict[str, Any]:
     """A function call as a run asks for it, from `name` or `name {json}`."""
-    name, _, arguments = spec.strip().partition(" ")
-    function = {"name": name, "arguments": arguments.strip() or "{}"}
+    name, arguments = function_call(spec)
+    function = {"name": name, "arguments": arguments}
     return {"id": new_id("call"), "type": "function", "function": function}
 
 
@@ -132,7 +134,13 @@ class RunStream(PacedReply):
     """Takes a run from queued to a terminal status, streaming once attached."""
 
     def __init__(
-        self, *, thread: Thread, run: Run, prompt_tokens: int, **options: Any
+        self,
+        *,
+        thread: Thread,
+        run: Run,
+        prompt_tokens: int,
+        new_thread: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__(
             run_id=run.id,
@@ -143,6 +151,8 @@ class RunStream(PacedReply):
         self.thread = thread
         self.run = run
         self.prompt_tokens = prompt_tokens
+        # A run of POST /threads/runs streams its thread's creation first.
+        self.new_thread = new_thread
         self.message = Message(
             thread_id=thread.id,
             role="assistant",
@@ -175,6 +185,10 @@ class RunStream(PacedReply):
         """Returns once the run's stream is over for its client."""
         if isinstance(self.sink, QueuedSink):
             await self.sink.detached()
+
+    async def _opened(self) -> None:
+        if self.new_thread:
+            await self._emit("thread.created", self.thread.to_dict())
 
     async def _start(self) -> None:
         run = self.run
@@ -230,6 +244,7 @@ class RunStream(PacedReply):
         if self.sink is not None:
             await self.sink.end()
         if await self._wait_for_outputs():
+            await self._cancelled()
             return True
         outputs = run.tool_outputs or {}
         run.status, run.required_action = "in_progress", None
@@ -258,6 +273,13 @@ class RunStream(PacedReply):
         await self._emit("thread.run.step.created", self._step("in_progress"))
         await self._emit("thread.message.created", self.message.to_dict())
         await self._emit("thread.message.in_progress", self.message.to_dict())
+        if self.config.image:
+            self.message.image_file_id = IMAGE_FILE_ID
+            image = {"index": 0, "type": "image_file"}
+            image["image_file"] = {"file_id": IMAGE_FILE_ID}
+            delta = {"content": [image]}
+            data = {"id": self.message.id, "object": "thread.message.delta"}
+            await self._emit("thread.message.delta", data | {"delta": delta})
 
     async def _delta(self, index: int, token: Token) -> None:
         self.message.text += token.text
@@ -268,7 +290,8 @@ class RunStream(PacedReply):
         text: dict[str, Any] = {"value": token.text}
         if token.annotations:
             text["annotations"] = list(token.annotations)
-        delta = {"content": [{"index": 0, "type": "text", "text": text}]}
+        part = 1 if self.message.image_file_id else 0
+        delta = {"content": [{"index": part, "type": "text", "text": text}]}
         data = {"id": self.message.id, "object": "thread.message.delta", "delta": delta}
         await self._emit("thread.message.delta", data, delta=(index, token.text))
 

@@ -48,11 +48,19 @@ class Message:
     incomplete_details: dict[str, Any] | None = None
     annotations: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A code interpreter's image, shown before the text.
+    image_file_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # A freshly created assistant message has no content part yet.
         empty = self.status == "in_progress" and not self.text
         content = [] if empty else [self.content_part()]
+        if self.image_file_id:
+            image = {
+                "type": "image_file",
+                "image_file": {"file_id": self.image_file_id},
+            }
+            content.insert(0, image)
         return {
             "id": self.id,
             "object": "thread.message",
@@ -174,6 +182,12 @@ class Conversation:
     id: str = field(default_factory=lambda: new_id("conv"))
     created_at: int = field(default_factory=now)
     messages: list[Message] = field(default_factory=list)
+    # The function_call items of its last response, by call id, that wait for
+    # outputs, with that response's config for the one that answers them.
+    pending_calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending_config: Any = None
+    # Every function_call_output given in it: call id -> output.
+    tool_outputs: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +216,8 @@ class Response:
     usage: dict[str, Any] | None = None
     # The output items of its tool calls, before its message.
     tool_items: list[dict[str, Any]] = field(default_factory=list)
+    # Ended with function calls for the client, and no message.
+    calls_functions: bool = False
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -228,6 +244,8 @@ class Response:
     def to_dict(self) -> dict[str, Any]:
         if self.active:
             output = [self.item("in_progress")] if self.text else []
+        elif self.calls_functions:
+            output = []
         else:
             status = "completed" if self.status == "completed" else "incomplete"
             output = [self.item(status)]

@@ -11,6 +11,7 @@ or a chat completion) lives on its connection and stops then.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import re
@@ -34,6 +35,14 @@ CITATION_QUOTE = "Agents combine a model, instructions and tools."
 INTERPRETER_CODE = "print(sum(range(10)))"
 INTERPRETER_LOGS = "45\n"
 SEARCH_QUERY = "Azure AI Foundry agents"
+# The chart code interpreter draws with `image` (a 1x1 PNG): a classic run's
+# image_file, a response's container file.
+IMAGE_FILE_ID = "assistant-emulatorimage0001"
+CONTAINER_IMAGE_ID = "cfile_emulatorimage0001"
+IMAGE_NAME = "chart.png"
+IMAGE_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 
 SERVER_ERROR = {"code": "server_error", "message": "Sorry, something went wrong."}
 
@@ -60,6 +69,12 @@ class RecordedDelta:
     text: str
     time: float
     monotonic: float
+
+
+def function_call(spec: str) -> tuple[str, str]:
+    """A `function_calls` entry (`name` or `name {json}`) as (name, arguments)."""
+    name, _, arguments = spec.strip().partition(" ")
+    return name, arguments.strip() or "{}"
 
 
 def reply_tokens(config: EmulatorConfig, user_text: str) -> list[Token]:
@@ -221,8 +236,12 @@ class PacedReply:
     def client_left(self) -> None:
         """A write found the client gone; a run goes on without it."""
 
+    async def _opened(self) -> None:
+        """What the stream sends at once, before a `hold_start`."""
+
     async def drive(self) -> None:
         config, tokens = self.config, self.tokens
+        await self._opened()
         if config.hold_start and await self.gate.wait(self.cancel_requested):
             return await self._cancelled()
         await self._start()
@@ -232,7 +251,7 @@ class PacedReply:
                 return await self._cancelled()
             await self._tool_done(index, tool)
         if config.function_calls and await self._call_functions():
-            return await self._cancelled()
+            return
         await self._open_message()
         fault = config.fault if config.fault in STREAM_FAULTS else None
         for index in range(len(tokens) + 1):
@@ -303,8 +322,8 @@ class PacedReply:
         """The tool call started by `_tool_started` ends."""
 
     async def _call_functions(self) -> bool:
-        """Asks the client for `function_calls` and waits for their outputs;
-        True if the reply was cancelled meanwhile."""
+        """Asks the client for `function_calls`; True if that ended the reply
+        (a response does; a cancelled run too), False to go on with the text."""
         return False
 
     async def _open_message(self) -> None:

@@ -1,10 +1,11 @@
 """Classic Azure AI Foundry agents (`asst_…`, threads and runs) through
 azure-ai-agents' async client.
 
-A reply costs two upstream calls: a new conversation creates its thread with the
-user message in it, a follow-up passes the message as `additional_messages` on
-the run. Events are read raw (one JSON parse each) instead of through the SDK's
-per-event model classes.
+A reply costs one upstream call: a new conversation creates its thread with the
+user message and streams the run in one request (`POST /threads/runs`), a
+follow-up passes the message as `additional_messages` on the run. Events are split
+and parsed here (one JSON parse each) instead of through the SDK's per-event model
+classes.
 
 A regenerate or an edit of the last message (`ReplyRequest.rewind`) cannot take
 the replaced turn out of the thread (the service deletes no messages): the reply
@@ -19,13 +20,14 @@ from the run's message, the only text the service vouches for.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 from azure.ai.agents.aio import AgentsClient
-from azure.ai.agents.models import BaseAsyncAgentEventHandler
+from azure.ai.agents.models import AsyncAgentRunStream, BaseAsyncAgentEventHandler
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -54,6 +56,7 @@ from chat.backends.base import (
     ReplyRequest,
     Resumption,
 )
+from chat.files import file_kind
 from chat.tools import ToolCall, progress, refused
 
 logger = logging.getLogger(__name__)
@@ -70,19 +73,52 @@ class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):
 
 
 class RawEvents(BaseAsyncAgentEventHandler[tuple[str, Any]]):
-    """Yields (event name, parsed JSON) pairs, skipping the SDK's model objects."""
+    """Yields (event name, parsed JSON) pairs, skipping the SDK's model objects.
 
-    async def _process_event(self, event_data_str: str) -> tuple[str, Any]:
-        name = data = ""
-        for line in event_data_str.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-        try:
-            return name, orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return name, data
+    It splits the byte stream itself: the SDK's reader appends every read to one
+    buffer and, per event, searches it from the start and copies what follows,
+    then decodes the event and splits it again as text. Here each read is split
+    once and each `data:` line goes to orjson as bytes. Events end at a blank
+    line, as the SDK reads them; a tail without one is the last event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._events: deque[bytes] = deque()
+        self._tail = b""
+
+    async def __anext__(self) -> tuple[str, Any]:
+        events = self._events
+        while not events:
+            if self.response_iterator is None:
+                raise ValueError("The response handler was not initialized.")
+            chunk = await anext(self.response_iterator, None)
+            if chunk is None:
+                tail, self._tail = self._tail.strip(), b""
+                if tail:
+                    return _parse_event(tail)
+                raise StopAsyncIteration
+            pieces = (self._tail + chunk).split(b"\n\n")
+            self._tail = pieces.pop()
+            events.extend(piece for piece in pieces if piece.strip())
+        return _parse_event(events.popleft())
+
+
+def _parse_event(event: bytes) -> tuple[str, Any]:
+    name = data = b""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+        elif line.startswith(b"event:"):
+            name = line[6:].strip()
+    try:
+        return name.decode(), orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return name.decode(), data.decode(errors="replace")
+
+
+async def _no_tool_outputs(*_: Any) -> None:
+    """The SDK's submit callback, which RawEvents never calls: function calls
+    are submitted by `_call_functions`."""
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
@@ -175,16 +211,29 @@ def _citation(annotation: dict[str, Any]) -> dict[str, Any] | None:
 def _delta_events(delta: dict[str, Any]) -> list[Event]:
     events: list[Event] = []
     for part in delta["delta"].get("content") or ():
+        image = part.get("image_file") if part.get("type") == "image_file" else None
+        if image and image.get("file_id"):
+            events.append(base.FileOutput(image["file_id"], "image"))
         text = part.get("text") if part.get("type") == "text" else None
         if not text:
             continue
         if text.get("value"):
             events.append(base.Delta(text["value"]))
         for annotation in text.get("annotations") or ():
-            citation = _citation(annotation)
-            if citation:
+            if citation := _citation(annotation):
                 events.append(base.Citation(citation))
+            elif file := _file_path(annotation):
+                events.append(file)
     return events
+
+
+def _file_path(annotation: dict[str, Any]) -> base.FileOutput | None:
+    """A code interpreter's file that the text links (``sandbox:/mnt/data/…``)."""
+    file_id = (annotation.get("file_path") or {}).get("file_id")
+    if annotation.get("type") != "file_path" or not file_id:
+        return None
+    name = (annotation.get("text") or "").rsplit("/", 1)[-1] or None
+    return base.FileOutput(file_id, file_kind(name), name)
 
 
 # A run step's ending status, as a tool frame's.
@@ -275,10 +324,13 @@ def _run_ended(status: str, run: dict[str, Any]) -> base.Completed:
     raise _run_failure(run)
 
 
-def _tool_call_refused() -> BackendError:
+def _tools_lost() -> BackendError:
+    """A run that waits for function outputs when its producer died: who asked
+    went with it, so nobody here can run them for that person."""
     return BackendError(
-        base.RUN_FAILED,
-        "the agent asked for a client-side tool call, which chatsite does not run",
+        base.PRODUCER_LOST,
+        "the server running the agent's tools stopped before the agent had its "
+        "answers; send your message again",
     )
 
 
@@ -315,12 +367,17 @@ def _resumed_events(
     where they part (with a warning): a repeated stretch can be seen and explained,
     a gap cannot. A citation goes with the text its marker ends in: one whose
     marker ends within the shared beginning came in that text's delta and is in
-    the log; any other, or one without a position, is given.
+    the log; any other, or one without a position, is given. So is every file
+    the run made, after: the reply keeps each once.
     """
     text = ""
     annotations: list[tuple[int, dict[str, Any]]] = []
+    made: list[Event] = []
     for message in messages:
         for part in message.get("content") or ():
+            image = part.get("image_file") if part.get("type") == "image_file" else None
+            if image and image.get("file_id"):
+                made.append(base.FileOutput(image["file_id"], "image"))
             body = part.get("text") if part.get("type") == "text" else None
             if not body:
                 continue
@@ -346,7 +403,10 @@ def _resumed_events(
             continue
         if citation := _citation(annotation):
             events.append(base.Citation(citation))
-    return events
+        elif file := _file_path(annotation):
+            made.append(file)
+    # Files the log may hold already: the reply keeps each once.
+    return events + made
 
 
 class AzureAgentsBackend(ChatBackend):
@@ -440,13 +500,7 @@ class AzureAgentsBackend(ChatBackend):
                     # and say so in the metadata.
                     replaced, thread_id = thread_id, None
             if thread_id is None:
-                messages = [*seed, message]
-                thread_id = (await client.threads.create(messages=messages)).id
-                stream = await client.runs.stream(
-                    thread_id=thread_id,
-                    agent_id=self.agent_id,
-                    event_handler=RawEvents(),
-                )
+                stream = await self._thread_and_run(client, [*seed, message])
         except ResourceNotFoundError as exc:
             # On a thread that exists (new, or just replaced): the agent is missing.
             raise BackendError(
@@ -455,8 +509,10 @@ class AzureAgentsBackend(ChatBackend):
             ) from exc
         except Exception as exc:
             raise map_error(exc) from exc
-        yield base.ThreadReady(thread_id, replaced)
+        if thread_id is not None:
+            yield base.ThreadReady(thread_id)
         if forked:
+            # The new thread exists once its run streams.
             self._forget(forked)
         tools: set[str] = set()
         # `done` events of streams that a submission of tool outputs continued.
@@ -471,13 +527,19 @@ class AzureAgentsBackend(ChatBackend):
                         for event in _step_tools(name, data, tools):
                             yield event
                     elif name == "thread.run.created":
+                        if thread_id is None:
+                            thread_id = data["thread_id"]
+                            yield base.ThreadReady(thread_id, replaced)
                         yield base.RunStarted(data["id"])
+                    elif name == "thread.created" and thread_id is None:
+                        thread_id = data["id"]
+                        yield base.ThreadReady(thread_id, replaced)
                     elif name in RUN_ENDED:
                         yield _run_ended(name.removeprefix("thread.run."), data)
                         return
                     elif name == "thread.run.requires_action":
                         async for event in self._call_functions(
-                            request, thread_id, data, events
+                            request, data["thread_id"], data, events
                         ):
                             yield event
                         continued += 1
@@ -502,6 +564,25 @@ class AzureAgentsBackend(ChatBackend):
         raise BackendError(
             base.INCOMPLETE, "the agent's reply ended before the run finished"
         )
+
+    async def _thread_and_run(
+        self, client: AgentsClient, messages: list[dict[str, str]]
+    ) -> AsyncAgentRunStream[RawEvents]:
+        """Creates a thread holding `messages` and streams its run, in one request.
+
+        azure-ai-agents has no streaming form of `create_thread_and_run` (its
+        keyword form turns `stream` off), but its JSON-body form sends the body as
+        given through the client's pipeline (auth, retries, tracing), and the
+        `stream=True` keyword makes it hand back the response's bytes: the same
+        event stream `runs.stream` reads. The thread's id comes with its first
+        event."""
+        body = {
+            "assistant_id": self.agent_id,
+            "thread": {"messages": messages},
+            "stream": True,
+        }
+        chunks = await client.create_thread_and_run(body, stream=True)
+        return AsyncAgentRunStream(chunks, _no_tool_outputs, RawEvents())
 
     async def _call_functions(
         self,
@@ -550,7 +631,7 @@ class AzureAgentsBackend(ChatBackend):
             run = await self._ended_run(thread_id, run_id)
             if run.get("status") == "requires_action":
                 await self.cancel(thread_id, run_id)
-                raise _tool_call_refused()
+                raise _tools_lost()
             messages = self.client().messages.list(
                 thread_id, run_id=run_id, order="asc"
             )
@@ -590,6 +671,23 @@ class AzureAgentsBackend(ChatBackend):
         return BackendError(
             base.RUN_FAILED, f"the agent service no longer has run {run_id}"
         )
+
+    async def file_content(self, file: base.FileOutput) -> AsyncGenerator[bytes, None]:
+        try:
+            chunks = await self.client().files.get_content(file.file_id)
+        except ResourceNotFoundError as exc:
+            raise BackendError(
+                base.THREAD_NOT_FOUND, "the agent service no longer has this file"
+            ) from exc
+        except Exception as exc:
+            raise map_error(exc) from exc
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except (AzureError, aiohttp.ClientError) as exc:
+            raise BackendError(
+                base.UPSTREAM_DISCONNECTED, "the file's download was cut"
+            ) from exc
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         try:

@@ -8,6 +8,7 @@ A backend turns one user message into an async iterator of typed events:
     Citation      a file or URL citation attached to the reply
     ToolProgress  a tool the agent uses (file search, code interpreter, …) started
                   or ended; any number, between the others
+    FileOutput    a file the agent made, that `file_content` serves; any number
     Completed     the reply finished normally (with token usage when known)
 
 A regenerate or an edit of the last message replaces the conversation's last turn
@@ -22,7 +23,12 @@ the events of the same upstream run after what the reply's log already holds
 Function tools: when the run asks for calls of the site's functions, the backend
 runs them with `request.tools` (a ToolProgress before and after), gives the
 outputs back to the service and goes on streaming the same reply; a call of a
-function the site lacks is `UNKNOWN_TOOL`, and the run is cancelled.
+function the site lacks is `UNKNOWN_TOOL`, and the run is cancelled (or its
+calls answered with an error, where the service waits for them otherwise). A
+follow-up run (a response after function calls) is a new RunStarted, with the
+cursor of its start when the backend resumes by cursor.
+
+Files: a FileOutput names a file the agent made; `file_content` streams it.
 
 Anything that goes wrong is raised as `BackendError` with one of the stable codes
 below, before or during iteration; a backend never yields after raising.
@@ -34,7 +40,7 @@ concurrent streams, and closed with `aclose()`.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -71,6 +77,9 @@ class ThreadReady:
 @dataclass(frozen=True, slots=True)
 class RunStarted:
     run_id: str
+    # The upstream's position at the start of the run, where a run continues a
+    # reply (a follow-up response after function calls): resuming from there.
+    cursor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,19 @@ class ToolProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class FileOutput:
+    """A file the agent made (a code interpreter's chart, say): its upstream
+    `file_id`, in `container_id` for a Responses container's files; `kind` is
+    `image` or `file`."""
+
+    file_id: str
+    kind: str
+    name: str | None = None
+    container_id: str | None = None
+    cursor: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     usage: dict[str, Any] | None = None
     # True when the upstream itself reports the run cancelled (a stop that reached
@@ -113,7 +135,9 @@ class Completed:
     cancelled: bool = False
 
 
-Event = ThreadReady | RunStarted | Delta | Citation | ToolProgress | Completed
+Event = (
+    ThreadReady | RunStarted | Delta | Citation | ToolProgress | FileOutput | Completed
+)
 
 
 class BackendError(Exception):
@@ -156,7 +180,8 @@ class Resumption:
 
     thread_id: str
     run_id: str
-    # The cursor of the last delta or citation in the log (None: none had one).
+    # The cursor of the last event in the log that had one (a delta, citation,
+    # tool or the run's start; None: none had one).
     cursor: int | None
     # The reply text in the log.
     text: str
@@ -191,6 +216,12 @@ class ChatBackend:
             PRODUCER_LOST,
             "the server writing this reply stopped; send your message again",
         )
+
+    async def file_content(self, file: "FileOutput") -> AsyncGenerator[bytes, None]:
+        """The bytes of a file the agent made, streamed from the service;
+        `BackendError` (`THREAD_NOT_FOUND` when it has no such file)."""
+        raise BackendError(THREAD_NOT_FOUND, "this agent makes no files")
+        yield b""  # pragma: no cover
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         """Stops an upstream run; must not raise if it already finished."""

@@ -20,11 +20,24 @@ a response whose process died from there (``GET /responses/{id}?stream=true&
 starting_after=N``). Stop: closing a stream no longer ends its response, so
 `cancel()` asks ``POST /responses/{id}/cancel``, which works from any replica; the
 cancelled response's streams end with response.failed of status "cancelled".
+
+Function tools: a response that wants the site's functions completes with
+`function_call` items. They run through the request's ToolBox, and a follow-up
+response in the same conversation (the service refuses `previous_response_id`
+beside a conversation) gets their `function_call_output`s and streams the rest of
+the reply: its id becomes the reply's run, to stop and resume, and its
+response.created position the cursor. A conversation with calls left unanswered
+refuses its next message, so calls that will not run (a function the site
+lacks, a stop, a producer lost while they ran) are answered with an error, as
+conversation items.
 """
 
+import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from azure.ai.projects.aio import AIProjectClient
@@ -47,6 +60,8 @@ from chat.backends.base import (
     ReplyRequest,
     Resumption,
 )
+from chat.files import file_kind
+from chat.tools import ToolCall, progress, refused
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +71,16 @@ TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"}
 ITEMS_PER_CALL = 20
 # Output items that wait for the client to act: chatsite runs no tools.
 CLIENT_ACTIONS = frozenset({"function_call", "mcp_approval_request"})
+# Output items that wait for the client to act, other than function calls.
+CLIENT_ACTIONS = frozenset({"mcp_approval_request"})
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCalls:
+    """A response that completed asking for the site's functions: not an end,
+    the calls' outputs go to a follow-up response."""
+
+    calls: list[ToolCall]
 
 
 def _citation(annotation: Any) -> dict[str, Any] | None:
@@ -69,7 +94,7 @@ def _citation(annotation: Any) -> dict[str, Any] | None:
             "url": getattr(annotation, "url", None),
             "title": getattr(annotation, "title", None),
         }
-    if kind in ("file_citation", "container_file_citation"):
+    if kind == "file_citation":
         return {
             "kind": "file_citation",
             "text": None,
@@ -78,6 +103,23 @@ def _citation(annotation: Any) -> dict[str, Any] | None:
             "title": getattr(annotation, "filename", None),
         }
     return None
+
+
+def _annotation(
+    annotation: Any, sequence_number: int
+) -> base.Citation | base.FileOutput | None:
+    """A citation, or the file of a code interpreter's container it cites."""
+    if getattr(annotation, "type", None) == "container_file_citation":
+        name = getattr(annotation, "filename", None)
+        return base.FileOutput(
+            file_id=annotation.file_id,
+            kind=file_kind(name),
+            name=name,
+            container_id=annotation.container_id,
+            cursor=sequence_number,
+        )
+    citation = _citation(annotation)
+    return base.Citation(citation, cursor=sequence_number) if citation else None
 
 
 # Output items of tools the service runs, by type: the tool frame's kind.
@@ -112,6 +154,10 @@ def _tool_progress(item: Any, sequence_number: int, *, done: bool) -> base.ToolP
     )
 
 
+def _output_item(call_id: str, output: str) -> dict[str, str]:
+    return {"type": "function_call_output", "call_id": call_id, "output": output}
+
+
 def _usage(response: Response) -> dict[str, Any] | None:
     usage = response.usage
     if usage is None:
@@ -123,12 +169,20 @@ def _usage(response: Response) -> dict[str, Any] | None:
     }
 
 
-def _completed(response: Response) -> base.Completed:
-    if any(item.type in CLIENT_ACTIONS for item in response.output or ()):
+def _completed(response: Response) -> base.Completed | FunctionCalls:
+    output = response.output or ()
+    if any(item.type in CLIENT_ACTIONS for item in output):
         raise BackendError(
             base.RUN_FAILED,
             "the agent asked for a client-side tool call, which chatsite does not run",
         )
+    calls = [
+        ToolCall(id=item.call_id, name=item.name, arguments=item.arguments)
+        for item in output
+        if item.type == "function_call"
+    ]
+    if calls:
+        return FunctionCalls(calls)
     return base.Completed(usage=_usage(response))
 
 
@@ -149,9 +203,12 @@ def _ended(response: Response) -> base.Completed:
     )
 
 
-async def _reply_events(stream: Any, *, logged: int = 0) -> AsyncIterator[Event]:
+async def _reply_events(
+    stream: Any, *, logged: int = 0
+) -> AsyncIterator[Event | FunctionCalls]:
     """The events of a response's stream, each delta and citation with its
-    sequence number for cursor, ending like `stream_reply`.
+    sequence number for cursor, ending like `stream_reply` or with the
+    `FunctionCalls` it asks for.
 
     `logged` characters of delta text are left out, with the citations that come
     among them: a stream followed again from its start gives them once more.
@@ -167,9 +224,9 @@ async def _reply_events(stream: Any, *, logged: int = 0) -> AsyncIterator[Event]
                     if text := delta[skipped:]:
                         yield base.Delta(text, cursor=event.sequence_number)
                 elif kind == "response.output_text.annotation.added":
-                    citation = _citation(event.annotation)
-                    if citation and not logged:
-                        yield base.Citation(citation, cursor=event.sequence_number)
+                    cited = _annotation(event.annotation, event.sequence_number)
+                    if cited and not logged:
+                        yield cited
                 elif kind in (
                     "response.output_item.added",
                     "response.output_item.done",
@@ -181,7 +238,7 @@ async def _reply_events(stream: Any, *, logged: int = 0) -> AsyncIterator[Event]
                             done=kind == "response.output_item.done",
                         )
                 elif kind == "response.created":
-                    yield base.RunStarted(event.response.id)
+                    yield base.RunStarted(event.response.id, event.sequence_number)
                 elif kind == "response.completed":
                     yield _completed(event.response)
                     return
@@ -316,13 +373,87 @@ class FoundryBackend(ChatBackend):
                 ) from exc
             except Exception as exc:
                 raise api_error(exc, SERVICE) from exc
-        async for event in _reply_events(stream):
-            yield event
+        while True:
+            calls = None
+            async for event in _reply_events(stream):
+                if type(event) is FunctionCalls:
+                    calls = event.calls
+                else:
+                    yield event
+            if calls is None:
+                return
+            outputs: list[dict[str, str]] = []
+            async for tool_event in self._call_functions(
+                request, conversation_id, calls, outputs
+            ):
+                yield tool_event
+            stream = await self._answer(conversation_id, outputs)
+
+    async def _call_functions(
+        self,
+        request: ReplyRequest,
+        conversation_id: str,
+        calls: list[ToolCall],
+        outputs: list[dict[str, str]],
+    ) -> AsyncIterator[Event]:
+        """Runs the calls a response ended with, a tool frame before and after
+        each, adding their outputs to `outputs` for the follow-up response.
+
+        The conversation waits for an output of every call: whenever they are
+        not all run (a function the site lacks, a stop), error outputs are
+        added to it, so that its next message is not refused."""
+        box = request.tools
+        missing = box.unknown(calls) if box else [call.name for call in calls]
+        if missing or box is None:
+            await self._abandon(conversation_id, calls, "this site has no such tool")
+            raise refused(missing or ["a function"])
+        for call in calls:
+            yield progress(call)
+        try:
+            results = await box.run(calls)
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self._abandon(conversation_id, calls, "the user stopped the reply")
+            )
+            raise
+        for result in results:
+            yield progress(result.call, result)
+        outputs += [_output_item(r.call.id, r.output) for r in results]
+
+    async def _answer(self, conversation_id: str, outputs: list[dict[str, str]]) -> Any:
+        """The streamed follow-up response that gives the agent `outputs`."""
+        try:
+            return await self.client().responses.create(
+                conversation=conversation_id,
+                input=outputs,
+                stream=True,
+                background=True,
+                extra_body={"agent_reference": self._agent_reference()},
+            )
+        except Exception as exc:
+            raise api_error(exc, SERVICE) from exc
+
+    async def _abandon(
+        self, conversation_id: str, calls: list[ToolCall], reason: str
+    ) -> None:
+        """Answers `calls` with an error, as items of the conversation, without
+        a response; best effort."""
+        items = [_output_item(c.id, json.dumps({"error": reason})) for c in calls]
+        try:
+            await self.client().conversations.items.create(conversation_id, items=items)
+        except Exception:
+            logger.warning(
+                "answering the abandoned calls of %s failed", conversation_id
+            )
 
     async def resume_reply(self, resumption: Resumption) -> AsyncIterator[Event]:
         """Follows the response again after the resumption's cursor; without one,
         from its start, leaving out the text the reply's log already holds.
-        Yields no RunStarted: the run is the resumption's."""
+        Yields no RunStarted: the run is the resumption's.
+
+        A response that asks for the site's functions is not finished here: who
+        asked went with the process that died, so the calls are answered with an
+        error and the reply ends as lost."""
         cursor = resumption.cursor
         try:
             stream = await self.client().responses.retrieve(
@@ -340,8 +471,37 @@ class FoundryBackend(ChatBackend):
             raise api_error(exc, SERVICE) from exc
         logged = len(resumption.text) if cursor is None else 0
         async for event in _reply_events(stream, logged=logged):
+            if type(event) is FunctionCalls:
+                reason = "the server running the tools stopped"
+                await self._abandon(resumption.thread_id, event.calls, reason)
+                raise BackendError(
+                    base.PRODUCER_LOST,
+                    f"{reason} before the agent had its answers; "
+                    "send your message again",
+                )
             if type(event) is not base.RunStarted:
                 yield event
+
+    async def file_content(self, file: base.FileOutput) -> AsyncGenerator[bytes, None]:
+        if not file.container_id:
+            raise BackendError(base.THREAD_NOT_FOUND, "the file is in no container")
+        content = self.client().containers.files.content.with_streaming_response
+        try:
+            async with content.retrieve(
+                file.file_id, container_id=file.container_id
+            ) as response:
+                async for chunk in response.iter_bytes():
+                    yield chunk
+        except NotFoundError as exc:
+            raise BackendError(
+                base.THREAD_NOT_FOUND, "the agent service no longer has this file"
+            ) from exc
+        except BackendError:
+            raise
+        except APIError as exc:
+            raise api_error(exc, SERVICE) from exc
+        except Exception as exc:
+            raise stream_broke(exc, SERVICE) from exc
 
     async def cancel(self, thread_id: str, run_id: str) -> None:
         try:

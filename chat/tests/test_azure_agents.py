@@ -22,13 +22,17 @@ from chat.backends.base import (
     Completed,
     Delta,
     Event,
+    FileOutput,
     ReplyRequest,
     Resumption,
     RunStarted,
     ThreadReady,
+    ToolProgress,
 )
+from chat.models import Owner
+from chat.tools import Tool, ToolBox
 from emulator import AgentsEmulator
-from emulator.stream import CITATION_FILE_ID, CITATION_URL
+from emulator.stream import CITATION_FILE_ID, CITATION_URL, IMAGE_FILE_ID
 from testing.replies import astored_reply
 from testing.sse import chat, reply_of
 from testing.upstream import token_text
@@ -240,3 +244,46 @@ async def test_a_run_or_thread_gone_upstream_cannot_be_resumed(
     with pytest.raises(BackendError) as error:
         await resumed(backend, lost)
     assert error.value.code == THREAD_NOT_FOUND
+
+
+async def wait() -> None:
+    """Never answers."""
+    await asyncio.Event().wait()
+
+
+async def test_a_resume_of_a_run_waiting_for_function_outputs_ends_it_as_lost(
+    azure: AgentsEmulator,
+) -> None:
+    backend = get_backend()
+    azure.push(function_calls=["wait"])
+    request = ReplyRequest("hi", tools=ToolBox({"wait": Tool(wait)}, Owner()))
+    async with aclosing(backend.stream_reply(request)) as events:
+        seen = []
+        async for event in events:
+            seen.append(event)
+            if type(event) is ToolProgress:
+                # The producer dies with the call: who asked is gone with it.
+                break
+    (thread,) = [e for e in seen if type(e) is ThreadReady]
+    (run,) = [e for e in seen if type(e) is RunStarted]
+    assert azure.runs[run.run_id].status == "requires_action"
+    lost = Resumption(thread.thread_id, run.run_id, cursor=None, text="")
+    with pytest.raises(BackendError) as error:
+        await resumed(backend, lost)
+    assert error.value.code == "producer_lost"
+    assert azure.cancelled_runs == [run.run_id]
+
+
+async def test_a_resumed_reply_gives_the_files_the_run_made(
+    azure: AgentsEmulator,
+) -> None:
+    backend = get_backend()
+    azure.push(tokens=4, hold_after=2, image=True)
+    lost = await lose_stream(backend, 2)
+    azure.release()
+    *rest, completed = await resumed(backend, lost)
+    assert rest == [
+        Delta(token_text(4)[len(lost.text) :]),
+        FileOutput(IMAGE_FILE_ID, "image"),
+    ]
+    assert type(completed) is Completed

@@ -11,11 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import (
-    Page,
-    Route,
-    expect,
-)
+from playwright.async_api import Locator, Page, Route, expect
 
 from chat.models import Message
 from emulator import EmulatorConfig, EmulatorThread
@@ -122,7 +118,9 @@ async def test_it_shows_text_while_the_agent_still_writes(
 async def test_it_shows_the_tools_the_agent_uses_then_folds_them_into_the_reply(
     chat: ChatPage, agent: EmulatorThread, azure_server: LiveServer
 ) -> None:
-    agent.configure(tools=["file_search", "code_interpreter"], hold_tool=True)
+    agent.configure(
+        tools=["file_search", "code_interpreter"], hold_tool=True, image=True
+    )
     await chat.open(azure_server)
     await chat.send("What is in my files?")
     reply = chat.assistant()
@@ -145,7 +143,26 @@ async def test_it_shows_the_tools_the_agent_uses_then_folds_them_into_the_reply(
     await expect(code).to_have_text(
         ["Codeprint(sum(range(10)))", "Output45"], use_inner_text=False
     )
+    # The chart the code drew, served by the site, under the page's CSP.
+    await assert_image_shown(reply)
     await chat.assert_clean()
+    # Read back from the database, the reply shows the same.
+    await chat.page.reload()
+    stored = chat.assistant()
+    await expect(stored.locator(".tools-summary")).to_have_text(
+        "Searched files · Ran code"
+    )
+    await assert_image_shown(stored)
+    await chat.assert_clean()
+
+
+async def assert_image_shown(reply: Locator) -> None:
+    image = reply.locator(".message-files img")
+    await expect(image).to_be_visible()
+    await expect(image).to_have_attribute("alt", "An image the agent made")
+    assert (
+        await image.evaluate("(img) => img.decode().then(() => img.naturalWidth)") == 1
+    )
 
 
 async def test_it_stops_a_reply_and_keeps_it_after_a_reload(

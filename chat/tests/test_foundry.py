@@ -9,11 +9,14 @@ backend itself."""
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
+from uuid import UUID
 
 import pytest
 from django.test import AsyncClient
 
+from chat import relay
 from chat.backends import get_backend
 from chat.backends.base import (
     BackendError,
@@ -25,11 +28,14 @@ from chat.backends.base import (
     Resumption,
     RunStarted,
     ThreadReady,
+    ToolProgress,
 )
 from chat.backends.foundry import FoundryBackend
+from chat.models import Conversation, Owner
+from chat.tools import Tool, ToolBox
 from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 from testing.replies import astored_reply
-from testing.sse import reply_of
+from testing.sse import chat, data_frames, parse_sse, reply_of
 from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,6 +57,16 @@ async def read_until(events: AsyncIterator[Event], deltas: int) -> list[Event]:
     async for event in events:
         seen.append(event)
         if sum(type(e) is Delta for e in seen) == deltas:
+            break
+    return seen
+
+
+async def read_until_tool(events: AsyncIterator[Event]) -> list[Event]:
+    """The events of a reply up to its first ToolProgress; the reply stays open."""
+    seen: list[Event] = []
+    async for event in events:
+        seen.append(event)
+        if type(event) is ToolProgress:
             break
     return seen
 
@@ -229,3 +245,74 @@ async def test_cancel_stops_a_running_response_and_ends_its_stream(
     finished = next(e for e in done if type(e) is RunStarted).run_id
     await backend.cancel(thread.thread_id, finished)
     assert foundry.responses[finished].status == "completed"
+
+
+async def double(n: int) -> dict[str, int]:
+    """Doubles a number."""
+    return {"double": 2 * n}
+
+
+async def test_a_reply_after_function_calls_resumes_on_the_follow_up_response(
+    async_client: AsyncClient, foundry: AgentsEmulator, settings
+) -> None:
+    settings.CHAT_TOOLS = [f"{__name__}.double"]
+    # The follow-up holds before its text: the log's cursor is then its start,
+    # not the asking response's last (its file search's) position.
+    foundry.push(
+        tokens=4,
+        hold_after=0,
+        tools=["file_search"],
+        function_calls=['double {"n": 2}'],
+    )
+    response = await chat(async_client, "x")
+    stream = aiter(response.streaming_content)
+    raw = await anext(stream)
+    reply = relay.find(UUID(parse_sse(raw)[0]["data"]["conversation_id"]))
+    await await_until(lambda: len(foundry.responses) == 2)
+    asking, answering = foundry.responses
+    assert foundry.responses[asking].calls_functions
+    await await_until(lambda: reply.log.run_id == answering)
+
+    async def recorded() -> bool:
+        # Where a stop from another replica finds the run to cancel.
+        row = await Conversation.objects.aget(pk=reply.conversation_id)
+        return row.active_run_id == answering
+
+    await await_until(recorded)
+    (conversation,) = foundry.conversations.values()
+    assert list(conversation.tool_outputs.values()) == ['{"double": 4}']
+    # What a process taking the reply over would find in its log.
+    log = reply.log
+    logged = Resumption(conversation.id, log.run_id, log.cursor, log.text)
+    resumed = asyncio.create_task(collect(foundry_backend().resume_reply(logged)))
+    await await_until(lambda: "responses.get" in operations(foundry))
+    foundry.release()
+    assert text_of(await resumed) == "tok0 tok1 tok2 tok3"
+    raw += b"".join([part async for part in stream])
+    data = data_frames(parse_sse(raw))
+    assert [d["kind"] for d in data if d["type"] == "tool"] == ["file_search"] * 2 + [
+        "function"
+    ] * 2
+    assert data[-1]["full_response"] == "tok0 tok1 tok2 tok3"
+    assert (await astored_reply()).upstream_run_id == answering
+
+
+async def test_a_reply_lost_while_its_tools_ran_ends_as_lost_and_answers_them(
+    foundry: AgentsEmulator,
+) -> None:
+    foundry.push(function_calls=['double {"n": 2}'])
+    box = ToolBox({"double": Tool(double)}, Owner())
+    reply = foundry_backend().stream_reply(ReplyRequest("x", tools=box))
+    seen = await read_until_tool(reply)
+    # The producer died as the calls began: nobody will give their outputs.
+    await reply.aclose()
+    thread = next(e for e in seen if type(e) is ThreadReady)
+    run = next(e for e in seen if type(e) is RunStarted)
+    lost = Resumption(thread.thread_id, run.run_id, run.cursor, "")
+    with pytest.raises(BackendError) as error:
+        await collect(foundry_backend().resume_reply(lost))
+    assert error.value.code == "producer_lost"
+    (conversation,) = foundry.conversations.values()
+    assert not conversation.pending_calls
+    (output,) = conversation.tool_outputs.values()
+    assert json.loads(output) == {"error": "the server running the tools stopped"}

@@ -42,7 +42,7 @@ async def leave_after_two_chunks(
     arrived: its conversation id and what the client read."""
     azure.push(tokens=6, hold_after=2)
     response = await chat(client, "hi")
-    raw = await read_then_leave(response, lambda body: b'" tok1"' in body)
+    raw = await read_then_leave(response, lambda body: b"tok1" in body)
     return data_frames(parse_sse(raw))[0]["conversation_id"], raw
 
 

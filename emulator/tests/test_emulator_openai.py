@@ -29,6 +29,7 @@ from openai.types.responses import (
     ResponseErrorEvent,
     ResponseFailedEvent,
     ResponseFileSearchToolCall,
+    ResponseFunctionToolCall,
     ResponseFunctionWebSearch,
     ResponseIncompleteEvent,
 )
@@ -626,3 +627,59 @@ async def test_the_control_api_reports_the_new_recordings(
         assert deltas[0]["time"] <= time.time()
         config = await (await http.get(f"{control}/config")).json()
         assert config["fault_operation"] is None
+
+
+async def test_a_response_asks_for_functions_and_the_next_one_takes_their_outputs(
+    project: AsyncOpenAI, emulator: AgentsEmulator
+) -> None:
+    emulator.push(function_calls=['add {"a": 1}', "now"])
+    conversation, stream = await open_response(project, "sum it")
+    async with stream:
+        events = [event async for event in stream]
+    completed = events[-1]
+    assert isinstance(completed, ResponseCompletedEvent)
+    calls = completed.response.output
+    assert [type(c) for c in calls] == [ResponseFunctionToolCall] * 2
+    assert [(c.name, c.arguments) for c in calls] == [
+        ("add", '{"a": 1}'),
+        ("now", "{}"),
+    ]
+    assert response_text(events) == ""
+    done = [e.arguments for e in events if e.type.endswith("arguments.done")]
+    assert done == ['{"a": 1}', "{}"]
+
+    def answer(*call_ids: str) -> list[dict[str, str]]:
+        return [
+            {"type": "function_call_output", "call_id": i, "output": "{}"}
+            for i in call_ids
+        ]
+
+    async def follow_up(items: list[Any], **kwargs: Any) -> list[Any]:
+        stream = await project.responses.create(
+            conversation=conversation, input=items, stream=True, **kwargs
+        )
+        async with stream:
+            return [event async for event in stream]
+
+    # Every call needs its output, and only those calls have one.
+    for refused in (
+        answer(calls[0].call_id),
+        answer(calls[0].call_id, calls[1].call_id, "call_other"),
+    ):
+        with pytest.raises(BadRequestError):
+            await follow_up(refused, extra_body=AGENT)
+    with pytest.raises(BadRequestError, match="No tool output found"):
+        await respond(project, "ignore them", conversation=conversation)
+    with pytest.raises(BadRequestError):
+        await follow_up(
+            answer(calls[0].call_id, calls[1].call_id),
+            previous_response_id=completed.response.id,
+        )
+    events = await follow_up(
+        answer(calls[0].call_id, calls[1].call_id), extra_body=AGENT
+    )
+    assert response_text(events) == "You said: sum it"
+    assert list(emulator.conversations[conversation].tool_outputs) == [
+        calls[0].call_id,
+        calls[1].call_id,
+    ]

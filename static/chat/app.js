@@ -256,6 +256,32 @@ class ToolActivity {
   }
 }
 
+// A file the agent made (a code interpreter's chart, say), served by this site:
+// an image inline, any other file as a download link; each once.
+function showFile(view, file) {
+  if (typeof file.url !== "string" || !file.url.startsWith("/api/conversations/")) return;
+  if (!view.files) {
+    view.files = element("div", "message-files");
+    view.body.after(view.files);
+  }
+  if (view.files.querySelector(`[data-file-id="${CSS.escape(file.file_id)}"]`)) return;
+  const name = file.name || (file.kind === "image" ? "An image the agent made" : file.file_id);
+  let node;
+  if (file.kind === "image") {
+    node = element("figure", "message-file");
+    const image = element("img");
+    image.src = file.url;
+    image.alt = name;
+    node.append(image);
+  } else {
+    node = element("a", "message-file", name);
+    node.href = file.url;
+    node.download = name;
+  }
+  node.dataset.fileId = file.file_id;
+  view.files.append(node);
+}
+
 function codeBlock(label, text) {
   const figure = element("figure", "tool-code");
   figure.append(element("figcaption", "", label));
@@ -284,6 +310,7 @@ class MessageView {
     this.turn = null;
     // The text as written (Markdown for a reply): what Copy copies.
     this.source = "";
+    this.files = null;
     if (role === "assistant") this.node.append(this.citations.section);
     this.actions = this.makeActions();
     this.node.append(this.actions);
@@ -374,6 +401,8 @@ class MessageView {
     this.citations = citations;
     this.tools?.node.remove();
     this.tools = null;
+    this.files?.remove();
+    this.files = null;
     this.startStreaming();
   }
 
@@ -606,6 +635,9 @@ class LiveReply {
       case "tool":
         message.showTool(event);
         break;
+      case "file":
+        showFile(message, event);
+        break;
       case "done":
         this.finished = true;
         message.endStreaming(event.full_response ?? null);
@@ -649,8 +681,11 @@ function renderStoredMessage(message) {
     return view;
   }
   if (message.reply_to) view.node.dataset.replyTo = message.reply_to;
+  for (const tool of message.tools || []) view.showTool(tool);
+  view.tools?.settle();
   for (const annotation of message.annotations || []) view.citations.add(annotation);
   view.setMarkdown(message.content);
+  for (const file of message.files || []) showFile(view, file);
   if (message.status === "failed") {
     view.showError(message.error_message || "The reply failed.");
   } else {

@@ -67,7 +67,7 @@ def drop_trigram_indexes(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("chat", "0002_reply_holder"),
+        ("chat", "0003_reply_tools_and_files"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

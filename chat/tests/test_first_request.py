@@ -1,0 +1,93 @@
+"""A new conversation's first word comes sooner: one upstream request creates the
+thread with the message and streams its run, and it goes out while the turn is
+being stored. When storing fails, the thread that request made goes again, with
+its run, and the caller gets the error: nothing is left behind upstream."""
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+from django.test import AsyncClient
+
+from chat.models import Conversation, Message
+from emulator import AgentsEmulator
+from testing.sse import chat, reply_of
+from testing.waiting import await_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def api_requests(emulator: AgentsEmulator) -> list[str]:
+    """The requests a reply made (the backend reads the agent's name once)."""
+    return [
+        f"{r.method} {r.path.split('/emulator/', 1)[1]}"
+        for r in emulator.requests
+        if r.operation not in (None, "agents.get")
+    ]
+
+
+async def test_a_new_conversation_costs_one_request_and_a_follow_up_one_more(
+    azure: AgentsEmulator,
+) -> None:
+    client = AsyncClient()
+    first = await reply_of(client, "hi")
+    assert first[-1]["type"] == "done"
+    assert api_requests(azure) == ["POST threads/runs"]
+    thread_id = first[0]["thread_id"]
+    assert azure.threads[thread_id].messages[0].text == "hi"
+
+    second = await reply_of(
+        client, "again", conversation_id=first[0]["conversation_id"]
+    )
+    assert second[-1]["type"] == "done"
+    assert second[0]["thread_id"] == thread_id
+    assert api_requests(azure) == [
+        "POST threads/runs",
+        f"POST threads/{thread_id}/runs",
+    ]
+
+
+@pytest.fixture
+def messages_refused() -> Iterator[None]:
+    """The database refuses every new message, as a full disk or a broken
+    constraint would."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION refuse_message() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'no space left'; END $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse_message BEFORE INSERT ON chat_message "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_message()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER refuse_message BEFORE INSERT ON chat_message "
+                "BEGIN SELECT RAISE(ABORT, 'no space left'); END"
+            )
+    yield
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP TRIGGER refuse_message ON chat_message")
+            cursor.execute("DROP FUNCTION refuse_message()")
+        else:
+            cursor.execute("DROP TRIGGER refuse_message")
+
+
+async def test_a_turn_that_cannot_be_stored_takes_its_thread_and_run_away_again(
+    azure: AgentsEmulator, messages_refused: None
+) -> None:
+    # The run waits before its first word, so only a cancel ends it.
+    azure.push(hold_start=True)
+    client = AsyncClient(raise_request_exception=False)
+    response = await chat(client, "hi")
+
+    assert response.status_code == 500
+    assert response.json()["error"]
+    made = [r for r in azure.requests if r.operation == "runs.create"]
+    assert len(made) == 1, "the upstream request went out"
+    await await_until(lambda: not azure.threads)
+    assert len(azure.cancelled_runs) == 1
+    assert await Conversation.objects.acount() == 0
+    assert await Message.objects.acount() == 0
