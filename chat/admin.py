@@ -5,7 +5,7 @@ from chat.models import Conversation, Message
 
 class MessageInline(admin.TabularInline):
     model = Message
-    fields = ["created_at", "role", "status", "error_code", "content"]
+    fields = ["created_at", "role", "status", "error_code", "superseded", "content"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -45,7 +45,7 @@ class MessageAdmin(admin.ModelAdmin):
         "error_code",
         "created_at",
     ]
-    list_filter = ["role", "status", "error_code"]
+    list_filter = ["role", "status", "error_code", "superseded"]
     search_fields = ["content", "upstream_run_id"]
     readonly_fields = [
         "conversation",
@@ -57,6 +57,8 @@ class MessageAdmin(admin.ModelAdmin):
         "upstream_run_id",
         "usage",
         "annotations",
+        "reply_to",
+        "superseded",
         "tools",
         "files",
         "created_at",

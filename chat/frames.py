@@ -64,6 +64,8 @@ class Metadata(Frame):
     thread_reset: _unless_none(bool)
     previous_thread_id: _unless_none(str)
     notice: _unless_none(str)
+    # The user message the reply answers (another attempt after a regenerate).
+    reply_to: _unless_none(str)
 
 
 class Chunk(Frame):

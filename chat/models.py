@@ -46,6 +46,15 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-updated_at"]
+        # The list, newest first, a page at a time (keyset: updated_at, id).
+        indexes = [
+            models.Index(
+                fields=["owner", "-updated_at", "-id"], name="chat_conv_owner_recent"
+            ),
+            models.Index(
+                fields=["owner_key", "-updated_at", "-id"], name="chat_conv_key_recent"
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.title or str(self.id)
@@ -87,6 +96,18 @@ class Message(models.Model):
     upstream_run_id = models.CharField(max_length=200, blank=True)
     usage = models.JSONField(null=True, blank=True)
     annotations = models.JSONField(default=list, blank=True)
+    # An assistant reply answers this user message. Regenerating adds another
+    # reply to the same one: its attempts, the latest of which counts.
+    reply_to = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="replies",
+    )
+    # An edit replaced this user message (and so its replies): kept, but no
+    # longer part of the conversation, neither shown nor sent to the agent.
+    superseded = models.BooleanField(default=False)
     # Each tool call's last `tool` frame (without its type), in order.
     tools = models.JSONField(default=list, blank=True)
     # The files the agent made (code interpreter): what `file` frames give, and
@@ -113,6 +134,7 @@ class Message(models.Model):
             "error_message": self.error_message,
             "usage": self.usage,
             "annotations": self.annotations,
+            "reply_to": str(self.reply_to_id) if self.reply_to_id else None,
             "tools": self.tools,
             "files": [
                 file_frame(self.conversation_id, f).model_dump() for f in self.files

@@ -113,12 +113,21 @@ async def start(
     conversation_id: UUID | None,
     thread_id: str | None,
     started: float,
+    mode: str = store.NEW,
+    edited_id: UUID | None = None,
 ) -> "Reply":
     """Starts a reply to `message` and returns it, streaming.
 
+    `mode` store.REGENERATE answers the conversation's last user message again
+    (`message` is unused); store.EDIT replaces that message, `edited_id`, with
+    `message`. Either way the backend is told that its thread holds a turn the
+    conversation no longer shows (`ReplyRequest.rewind`), with the history that
+    it does show.
+
     Raises the caller's 429 when no stream slot is left, `store.NotFound` for a
-    conversation or thread that is not the owner's and `store.Busy` while another
-    reply streams in it. From here the reply owns the slot and the lock."""
+    conversation or thread that is not the owner's, `store.Busy` while another
+    reply streams in it and `store.NotLast` when the message to regenerate or
+    edit is not the last. From here the reply owns the slot and the lock."""
     await lease.ensure_heartbeat()
     await bus.ensure_listening(_stop_here)
     reply_id = uuid4()
@@ -126,7 +135,7 @@ async def start(
     early = None
     async with contextlib.AsyncExitStack() as resources:
         await resources.enter_async_context(limits.stream_slot(caller))
-        if conversation_id is None and thread_id is None:
+        if mode == store.NEW and conversation_id is None and thread_id is None:
             # A new conversation waits on nothing upstream: its request goes out
             # while its turn is stored, and the first event is on its way sooner.
             request = ReplyRequest(message=message, tools=toolbox)
@@ -145,6 +154,8 @@ async def start(
                     user_message_id=uuid4(),
                     new_conversation_id=uuid4(),
                     reply_id=reply_id,
+                    mode=mode,
+                    edited_id=edited_id,
                 ),
                 "starting a turn",
             )
@@ -154,10 +165,11 @@ async def start(
             raise
         if early is None:
             request = ReplyRequest(
-                message=message,
+                message=turn.user_message.content,
                 thread_id=turn.conversation.upstream_thread_id or None,
                 history=turn.history,
                 tools=toolbox,
+                rewind=turn.rewound,
             )
         reply = Reply(
             backend=backend,
@@ -167,6 +179,7 @@ async def start(
             resources=resources.pop_all(),
             message_id=reply_id,
             early=early,
+            reply_to=turn.user_message.pk,
         )
     reply.start()
     return reply
@@ -429,9 +442,10 @@ async def stored(
         return None
     conversation = message.conversation
     finished = (message.finished_at or message.created_at).isoformat()
-    replay: list[frames.Frame] = [
-        _stored_metadata(conversation, str(message.pk), backend)
-    ]
+    metadata = _stored_metadata(conversation, str(message.pk), backend)
+    if message.reply_to_id:
+        metadata = metadata.model_copy(update={"reply_to": str(message.reply_to_id)})
+    replay: list[frames.Frame] = [metadata]
     replay.extend(frames.Tool(**data) for data in message.tools)
     if message.content:
         replay.append(frames.Chunk(content=message.content))
@@ -601,10 +615,13 @@ class Reply:
         resumption: base.Resumption | None = None,
         created_at: datetime | None = None,
         early: Early | None = None,
+        reply_to: UUID | None = None,
     ) -> None:
         self.backend = backend
         self.early = early
         self.conversation_id: UUID = conversation.pk
+        # The user message it answers (None: taken over, found when stored).
+        self.reply_to = reply_to
         self.request = request
         self.started = started
         # What the reply holds until it is stored (the caller's stream slot).
@@ -921,6 +938,7 @@ class Reply:
             "files": list(self.files.values()),
             "created_at": self.created_at,
             "time_to_first_chunk_ms": self.ttfc_ms(),
+            "reply_to_id": self.reply_to,
         }
         try:
             await store.retrying(
@@ -964,6 +982,8 @@ class Reply:
                 "previous_thread_id": self.replaced_thread_id,
                 "notice": "the previous agent thread was gone; a new one was started",
             }
+        if self.reply_to is not None:
+            meta["reply_to"] = str(self.reply_to)
         return frames.Metadata(
             conversation_id=str(self.conversation_id),
             thread_id=self.thread_id,

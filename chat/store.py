@@ -40,6 +40,17 @@ class Busy(Exception):
     pass
 
 
+class NotLast(Exception):
+    """A regenerate or an edit whose message is not the conversation's last
+    (or a conversation without one)."""
+
+
+# What a turn does with the conversation's last user message.
+NEW = "new"  # a new message after it
+REGENERATE = "regenerate"  # another reply to it
+EDIT = "edit"  # a new message in its place
+
+
 class Retryable(Exception):
     """The database connection failed under a step; running it again may work."""
 
@@ -115,6 +126,49 @@ class TurnStart:
     conversation: Conversation
     user_message: Message
     history: list[Turn]
+    # The turn replaces the conversation's last (regenerate, edit): the agent's
+    # thread holds a turn the conversation no longer shows.
+    rewound: bool = False
+
+
+def transcript(messages: list[Message]) -> list[Message]:
+    """The conversation as it is shown and as the agent sees it, from its messages
+    in order: those no edit replaced, each user message followed by the latest
+    of its replies (earlier attempts are left out)."""
+    latest: dict[Any, Message] = {}
+    for message in messages:
+        if message.role == Message.Role.ASSISTANT and message.reply_to_id:
+            latest[message.reply_to_id] = message
+    return [
+        message
+        for message in messages
+        if not message.superseded
+        and (
+            message.role != Message.Role.ASSISTANT
+            or not message.reply_to_id
+            or latest[message.reply_to_id] is message
+        )
+    ]
+
+
+def _visible(conversation: Conversation) -> list[Message]:
+    return list(
+        conversation.messages.filter(superseded=False).order_by("created_at", "role")
+    )
+
+
+def _last_question(conversation_id: UUID) -> UUID | None:
+    """The user message a reply being stored now answers: the latest one."""
+    return (
+        Message.objects.filter(
+            conversation_id=conversation_id,
+            role=Message.Role.USER,
+            superseded=False,
+        )
+        .order_by("-created_at")
+        .values_list("pk", flat=True)
+        .first()
+    )
 
 
 def _stale_before(now: datetime) -> datetime:
@@ -136,12 +190,21 @@ def start_turn(
     user_message_id: UUID,
     new_conversation_id: UUID,
     reply_id: UUID,
+    mode: str = NEW,
+    edited_id: UUID | None = None,
     again: bool = False,
 ) -> TurnStart:
     """Finds or creates the caller's conversation, takes its one-active-run lock
     and stores the user message. Raises NotFound for anything not the caller's
     and Busy while another reply streams. Run again with the same `now` and ids
-    (its connection failed), it finds its own conversation, lock and message."""
+    (its connection failed), it finds its own conversation, lock and message.
+
+    REGENERATE answers the conversation's last user message again (`message` is
+    unused): no message is stored. EDIT stores `message` in place of the last
+    user message, `edited_id`, which with its replies is kept but superseded;
+    without a conversation or thread id, the conversation is that message's.
+    Either raises NotLast when there is no such message, and gives the history
+    before that message, whether or not `with_history`."""
     lock = {
         "active_since": now,
         "active_run_id": "",
@@ -160,6 +223,13 @@ def start_turn(
             conversation = owned.filter(upstream_thread_id=thread_id).first()
             if conversation is None:
                 raise NotFound
+        elif mode == EDIT:
+            # The conversation of the message to edit.
+            conversation = owned.filter(messages=edited_id).first()
+            if conversation is None:
+                raise NotLast
+        elif mode != NEW:
+            raise NotFound
         else:
             conversation = (
                 owned.filter(pk=new_conversation_id).first() if again else None
@@ -193,30 +263,90 @@ def start_turn(
                 conversation.backend = backend
                 conversation.upstream_thread_id = ""
                 conversation.save(update_fields=["backend", "upstream_thread_id"])
-        history = (
-            [
-                Turn(m.role, m.content)
-                for m in conversation.messages.exclude(pk=user_message_id).order_by(
-                    "created_at"
-                )
-            ]
-            if with_history
-            else []
-        )
-        fields = {
-            "conversation": conversation,
-            "role": Message.Role.USER,
-            "content": message,
-            "created_at": now,
-            "finished_at": now,
-        }
-        if again:
-            user_message, _ = Message.objects.get_or_create(
-                id=user_message_id, defaults=fields
+        if mode == NEW:
+            return _new_message(
+                conversation, message, now, user_message_id, with_history, again
             )
-        else:
-            user_message = Message.objects.create(id=user_message_id, **fields)
-    return TurnStart(conversation, user_message, history)
+        return _rewind(
+            conversation, message, now, user_message_id, mode, edited_id, again
+        )
+
+
+def _history(messages: list[Message]) -> list[Turn]:
+    return [Turn(m.role, m.content) for m in transcript(messages)]
+
+
+def _new_message(
+    conversation: Conversation,
+    message: str,
+    now: datetime,
+    user_message_id: UUID,
+    with_history: bool,
+    again: bool,
+) -> TurnStart:
+    history = (
+        _history([m for m in _visible(conversation) if m.pk != user_message_id])
+        if with_history
+        else []
+    )
+    return TurnStart(
+        conversation,
+        _store_question(conversation, message, now, user_message_id, again),
+        history,
+    )
+
+
+def _store_question(
+    conversation: Conversation,
+    message: str,
+    now: datetime,
+    user_message_id: UUID,
+    again: bool,
+) -> Message:
+    fields = {
+        "conversation": conversation,
+        "role": Message.Role.USER,
+        "content": message,
+        "created_at": now,
+        "finished_at": now,
+    }
+    if again:
+        user_message, _ = Message.objects.get_or_create(
+            id=user_message_id, defaults=fields
+        )
+        return user_message
+    return Message.objects.create(id=user_message_id, **fields)
+
+
+def _rewind(
+    conversation: Conversation,
+    message: str,
+    now: datetime,
+    user_message_id: UUID,
+    mode: str,
+    edited_id: UUID | None,
+    again: bool,
+) -> TurnStart:
+    """Regenerate or edit: the last user message is answered again, or replaced."""
+    visible = _visible(conversation)
+    if again and mode == EDIT:
+        # Run again after a lost answer, the edit may be stored already.
+        stored = next((m for m in visible if m.pk == user_message_id), None)
+        if stored is not None:
+            before = [m for m in visible if m.created_at < stored.created_at]
+            return TurnStart(conversation, stored, _history(before), rewound=True)
+    questions = [m for m in visible if m.role == Message.Role.USER]
+    if not questions:
+        raise NotLast
+    last = questions[-1]
+    before = visible[: visible.index(last)]
+    if mode == REGENERATE:
+        return TurnStart(conversation, last, _history(before), rewound=True)
+    if last.pk != edited_id:
+        raise NotLast
+    Message.objects.filter(Q(pk=last.pk) | Q(reply_to=last)).update(superseded=True)
+    question = _store_question(conversation, message, now, user_message_id, again)
+    return TurnStart(conversation, question, _history(before), rewound=True)
 
 
 def _lost_reply(conversation: Conversation) -> bool:
@@ -236,6 +366,7 @@ def _store_lost_reply(conversation: Conversation, now: datetime) -> None:
             "status": Message.Status.INTERRUPTED,
             "error_code": PRODUCER_LOST,
             "error_message": "the server writing this reply stopped",
+            "reply_to_id": _last_question(conversation.pk),
             "created_at": conversation.active_since + AFTER_QUESTION,
             "finished_at": now,
         },
@@ -262,6 +393,9 @@ def finish_turn(
         **fields,
     }
     with transaction.atomic():
+        if reply.get("reply_to_id") is None:
+            # Taken over from a process that died: the question is the latest.
+            reply["reply_to_id"] = _last_question(conversation_id)
         if again:
             Message.objects.update_or_create(id=message_id, defaults=reply)
         else:

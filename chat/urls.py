@@ -20,6 +20,11 @@ urlpatterns = [
         name="resume",
     ),
     path(
+        "api/conversations/<uuid:conversation_id>/regenerate",
+        views.regenerate,
+        name="regenerate",
+    ),
+    path(
         "api/conversations/<uuid:conversation_id>/files/<str:file_id>",
         views.file,
         name="file",

@@ -2,9 +2,13 @@ import re
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from django.conf import settings
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.http import content_disposition_header
@@ -13,7 +17,12 @@ from chat import files, frames, idempotency, lease, limits, relay, store
 from chat.backends import get_backend
 from chat.backends.base import THREAD_NOT_FOUND, BackendError
 from chat.models import Conversation, Message, Owner
-from chat.schemas import ChatRequest
+from chat.schemas import (
+    CURSOR_PATTERN,
+    ChatRequest,
+    ConversationPatch,
+    RegenerateRequest,
+)
 from chatsite import easyauth
 from chatsite.api import BadRequest, api_view, json_error, json_response, parse_body
 
@@ -29,6 +38,11 @@ STREAM_TYPES = {"text/event-stream", "*/*", "text/*"}
 RETRY_FIELD = b"retry: 2000\n"
 EVENT_ID = re.compile(r"[0-9]{1,9}")
 BUSY = "a reply is already streaming in this conversation; stop it or wait"
+# The conversation list: a page holds at most this many; a search at most this long.
+MAX_LIST_LIMIT = 200
+MAX_QUERY_CHARS = 200
+INTEGER = re.compile(r"[0-9]{1,4}")
+CURSOR = re.compile(CURSOR_PATTERN)
 
 
 async def _owner(request: HttpRequest, *, create: bool) -> Owner:
@@ -47,7 +61,7 @@ async def _owner(request: HttpRequest, *, create: bool) -> Owner:
     return Owner(session_key=key or "")
 
 
-def _wants_json(request: HttpRequest, body: ChatRequest) -> bool:
+def _wants_json(request: HttpRequest, body: ChatRequest | RegenerateRequest) -> bool:
     """Stream unless the client asks for JSON alone: `"stream": false`, or an
     Accept that names application/json and nothing that takes a stream."""
     if body.stream is not None:
@@ -82,12 +96,52 @@ async def post_chat(request: HttpRequest) -> HttpResponse:
     body = parse_body(request, ChatRequest, text_plain=True)
     caller = limits.caller_of(request, owner)
     conversation_id, thread_id = _ids(body)
-    ids = (body.message, conversation_id, thread_id)
+    mode = store.NEW if body.edit is None else store.EDIT
+    ids: tuple[object, ...] = (body.message, conversation_id, thread_id)
+    if body.edit is not None:
+        ids += (store.EDIT, body.edit)
     async with idempotency.once(request.headers, caller.key, *ids) as retry:
         if retry.started is not None:
             return await _repeat(request, body, retry.started)
         await limits.check_message_rate(caller)
-        reply = await _start(owner, caller, body.message, ids[1:], started)
+        reply = await _start(
+            owner,
+            caller,
+            body.message,
+            (conversation_id, thread_id),
+            started,
+            mode=mode,
+            edited_id=body.edit,
+        )
+        await retry.record(reply.conversation_id, reply.message_id)
+    if _wants_json(request, body):
+        return _json_reply(await reply.collect())
+    return _event_stream(reply.sse())
+
+
+async def post_regenerate(
+    request: HttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
+    """Another reply to the conversation's last message, streamed as a chat
+    reply is: a new attempt, stored beside the earlier ones."""
+    started = time.perf_counter()
+    owner = await _owner(request, create=False)
+    # The body may be left out; one that is sent is read with its limits.
+    has_body = request.META.get("CONTENT_LENGTH") not in (None, "", "0")
+    body = (
+        parse_body(request, RegenerateRequest, text_plain=True)
+        if has_body
+        else RegenerateRequest()
+    )
+    caller = limits.caller_of(request, owner)
+    ids = (store.REGENERATE, conversation_id)
+    async with idempotency.once(request.headers, caller.key, *ids) as retry:
+        if retry.started is not None:
+            return await _repeat(request, body, retry.started)
+        await limits.check_message_rate(caller)
+        reply = await _start(
+            owner, caller, "", (conversation_id, None), started, mode=store.REGENERATE
+        )
         await retry.record(reply.conversation_id, reply.message_id)
     if _wants_json(request, body):
         return _json_reply(await reply.collect())
@@ -100,6 +154,9 @@ async def _start(
     message: str,
     ids: tuple[uuid.UUID | None, str | None],
     started: float,
+    *,
+    mode: str = store.NEW,
+    edited_id: uuid.UUID | None = None,
 ) -> relay.Reply:
     conversation_id, thread_id = ids
     try:
@@ -111,15 +168,26 @@ async def _start(
             conversation_id=conversation_id,
             thread_id=thread_id,
             started=started,
+            mode=mode,
+            edited_id=edited_id,
         )
     except store.NotFound:
         raise BadRequest("conversation not found", 404, code="not_found") from None
     except store.Busy:
         raise BadRequest(BUSY, 409, code="conversation_busy") from None
+    except store.NotLast:
+        problem = (
+            "edit must name the last message of one of your conversations"
+            if mode == store.EDIT
+            else "the conversation has no message to answer again"
+        )
+        raise BadRequest(problem, 409, code="not_last_message") from None
 
 
 async def _repeat(
-    request: HttpRequest, body: ChatRequest, started: idempotency.Started
+    request: HttpRequest,
+    body: ChatRequest | RegenerateRequest,
+    started: idempotency.Started,
 ) -> HttpResponse:
     """A retried POST: the reply its first POST started, attached to while it
     streams (after the client's Last-Event-ID), or as stored once finished."""
@@ -200,13 +268,98 @@ async def post_stop(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRes
     )
 
 
+def _single(request: HttpRequest, name: str) -> str | None:
+    values = request.GET.getlist(name)
+    if len(values) > 1:
+        raise _bad_parameter(name, "given twice")
+    return values[0] if values else None
+
+
+def _bad_parameter(name: str, problem: str) -> BadRequest:
+    return BadRequest(
+        "invalid query parameter", code="invalid_request", fields={name: [problem]}
+    )
+
+
+def _limit(request: HttpRequest) -> int:
+    raw = _single(request, "limit")
+    if raw is None or raw == "":
+        return MAX_LIST_LIMIT
+    if not INTEGER.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+        raise _bad_parameter("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return int(raw)
+
+
+def _search(request: HttpRequest) -> str:
+    query = (_single(request, "q") or "").strip()
+    if "\x00" in query:
+        raise _bad_parameter("q", "must not contain NUL characters")
+    if len(query) > MAX_QUERY_CHARS:
+        raise _bad_parameter("q", f"must be at most {MAX_QUERY_CHARS} characters")
+    return query
+
+
+def _cursor(request: HttpRequest) -> tuple[datetime, uuid.UUID] | None:
+    """Where a page starts: after the conversation the last page ended with,
+    written `<seconds>.<microseconds>-<id as 32 hex digits>` (CURSOR)."""
+    raw = _single(request, "cursor")
+    if not raw:
+        return None
+    match = CURSOR.fullmatch(raw)
+    if match is None:
+        raise _bad_parameter("cursor", "is not a cursor this list gave")
+    seconds, micro, conversation_id = match.groups()
+    when = datetime.fromtimestamp(int(seconds), UTC).replace(microsecond=int(micro))
+    return when, uuid.UUID(conversation_id)
+
+
+def _next_cursor(conversation: Conversation) -> str:
+    when = conversation.updated_at.astimezone(UTC)
+    seconds = int(when.replace(microsecond=0).timestamp())
+    return f"{seconds}.{when.microsecond:06d}-{conversation.pk.hex}"
+
+
+def _page_link(request: HttpRequest, cursor: str) -> str:
+    params = request.GET.copy()
+    params["cursor"] = cursor
+    return f"{request.path}?{urlencode(sorted(params.items()))}"
+
+
 async def list_conversations(request: HttpRequest) -> HttpResponse:
+    """The caller's conversations, newest first, a page (`limit`) at a time
+    from `cursor`; with `q`, those whose title or shown messages contain it."""
+    limit, query, cursor = _limit(request), _search(request), _cursor(request)
     owner = await _owner(request, create=False)
     if owner.user_id is None and not owner.session_key:
         # Cookie-less callers own conversations by their ids; there is no list.
-        return json_response({"results": []})
-    conversations = Conversation.objects.owned_by(owner)[:200]
-    return json_response({"results": [c.to_dict() async for c in conversations]})
+        return json_response({"results": [], "next": None})
+    owned = Conversation.objects.owned_by(owner)
+    conversations = owned.order_by("-updated_at", "-id")
+    if query:
+        # A semi-join the planner may answer from the trigram indexes
+        # (PostgreSQL) or conversation by conversation.
+        messages = Message.objects.filter(
+            conversation__in=owned.values("pk"),
+            superseded=False,
+            content__icontains=query,
+        )
+        conversations = conversations.filter(
+            Q(title__icontains=query) | Q(pk__in=messages.values("conversation_id"))
+        )
+    if cursor is not None:
+        when, after = cursor
+        conversations = conversations.filter(
+            Q(updated_at__lt=when) | Q(updated_at=when, id__lt=after)
+        )
+    page = [c async for c in conversations[: limit + 1]]
+    more = len(page) > limit
+    page = page[:limit]
+    return json_response(
+        {
+            "results": [c.to_dict() for c in page],
+            "next": _page_link(request, _next_cursor(page[-1])) if more else None,
+        }
+    )
 
 
 async def get_stream(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
@@ -244,10 +397,32 @@ async def _retrying(content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 async def get_conversation(
     request: HttpRequest, conversation_id: uuid.UUID
 ) -> HttpResponse:
+    """The conversation with its messages, as it is shown: without those an edit
+    replaced, with every attempt at each reply (`attempt` of `attempts`)."""
     conversation = await _owned_conversation(request, conversation_id)
     body = conversation.to_dict()
-    body["messages"] = [m.to_dict() async for m in conversation.messages.all()]
+    messages = [
+        m.to_dict() async for m in conversation.messages.filter(superseded=False)
+    ]
+    attempts = Counter(m["reply_to"] for m in messages if m["reply_to"])
+    seen: Counter[str] = Counter()
+    for message in messages:
+        if question := message["reply_to"]:
+            seen[question] += 1
+            message["attempt"], message["attempts"] = seen[question], attempts[question]
+    body["messages"] = messages
     return json_response(body)
+
+
+async def patch_conversation(
+    request: HttpRequest, conversation_id: uuid.UUID
+) -> HttpResponse:
+    """Renames the conversation; its place in the list stays."""
+    changes = parse_body(request, ConversationPatch)
+    conversation = await _owned_conversation(request, conversation_id)
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(title=changes.title)
+    conversation.title = changes.title
+    return json_response(conversation.to_dict())
 
 
 async def delete_conversation(
@@ -336,6 +511,9 @@ async def page(request: HttpRequest) -> HttpResponse:
 chat = api_view(POST=post_chat)
 stop = api_view(POST=post_stop)
 conversations = api_view(GET=list_conversations)
-conversation = api_view(GET=get_conversation, DELETE=delete_conversation)
+conversation = api_view(
+    GET=get_conversation, PATCH=patch_conversation, DELETE=delete_conversation
+)
 resume = api_view(GET=get_stream)
+regenerate = api_view(POST=post_regenerate)
 file = api_view(GET=get_file)

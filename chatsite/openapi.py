@@ -12,12 +12,23 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from chat.frames import FRAME_MODELS
-from chat.schemas import ChatRequest
+from chat.schemas import (
+    CURSOR_PATTERN,
+    ChatRequest,
+    ConversationPatch,
+    RegenerateRequest,
+)
 from chatsite.api import Text
 from posts.schemas import PostInput, PostPatch
 
 REF = "#/components/schemas/{model}"
-REQUEST_MODELS = (PostInput, PostPatch, ChatRequest)
+REQUEST_MODELS = (
+    PostInput,
+    PostPatch,
+    ChatRequest,
+    ConversationPatch,
+    RegenerateRequest,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -176,6 +187,18 @@ RESPONSES: dict[str, Any] = {
             "error_message": {"type": "string"},
             "usage": {"type": ["object", "null"]},
             "annotations": {"type": "array", "items": {"type": "object"}},
+            "reply_to": {
+                "type": ["string", "null"],
+                "format": "uuid",
+                "description": "A reply: the user message it answers",
+            },
+            "attempt": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "A reply: which attempt at answering `reply_to` "
+                "(regenerate adds one); the latest is the one the agent sees",
+            },
+            "attempts": {"type": "integer", "minimum": 1},
             "tools": {
                 "type": "array",
                 "description": "Each tool call's last `tool` frame, without type",
@@ -188,6 +211,17 @@ RESPONSES: dict[str, Any] = {
             },
             "created_at": {"type": "string", "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "ConversationPage": {
+        "type": "object",
+        "required": ["results", "next"],
+        "properties": {
+            "results": {"type": "array", "items": _ref("Conversation")},
+            "next": {
+                "type": ["string", "null"],
+                "description": "The next page's URL (with its `cursor`), or null",
+            },
         },
     },
     "Conversation": {
@@ -258,13 +292,15 @@ def _links(target: str, *operations: str) -> dict[str, Any]:
 
 
 # A created post can then be read, replaced, patched and deleted; a listed
-# conversation read, stopped and deleted.
+# conversation read, renamed, stopped and deleted.
 POST_LINKS = _links(
     "$response.body#/id", "getPost", "replacePost", "patchPost", "deletePost"
 )
 CONVERSATION_LINKS = _links(
     "$response.body#/results/0/id",
     "getConversation",
+    "renameConversation",
+    "regenerateReply",
     "stopChat",
     "deleteConversation",
 )
@@ -272,12 +308,18 @@ CONVERSATION_LINKS = _links(
 SSE_DESCRIPTION = """\
 Server-Sent Events, one JSON object per `data:` line, every frame with an `id:`
 (monotonic per reply). Frame types: `metadata` (first: conversation_id, thread_id,
-message_id, backend), `chunk` (`content`: text delta), `annotation` (a citation),
-`done` (`full_response`, `timestamp`, `message_id`, `usage`, `status`: complete or
-cancelled) and `error` (`code`, `message`, optional `retry_after`). Comment frames
-`: keep-alive` are sent while the upstream is silent. Error codes: upstream_auth,
-rate_limited, upstream_unavailable, run_failed, upstream_disconnected, incomplete,
-timeout, server_shutdown."""
+message_id, backend; reply_to, the user message answered), `chunk` (`content`:
+text delta), `annotation` (a citation), `tool` (a tool call of the agent's),
+`done` (`full_response`, `timestamp`, `message_id`, `usage`, `status`: complete
+or cancelled) and `error` (`code`, `message`, optional `retry_after`). Comment
+frames `: keep-alive` are sent while the upstream is silent. Error codes:
+upstream_auth, rate_limited, upstream_unavailable, run_failed,
+upstream_disconnected, incomplete, timeout, server_shutdown.
+
+`edit: <id of the conversation's last user message>` replaces that message and
+its replies (kept, superseded) with `message`: the agent then sees the
+conversation as it is shown. POST /api/conversations/{id}/regenerate answers
+the last message again instead."""
 
 
 @cache
@@ -422,7 +464,10 @@ def openapi_document() -> dict[str, Any]:
                         },
                         **_errors("400", "401", "403", "404", "413", "415"),
                         "409": _error(
-                            "A reply is already streaming in this conversation"
+                            "A reply is already streaming in this conversation "
+                            "(conversation_busy), or `edit` does not name the "
+                            "last message of one of the caller's conversations "
+                            "(not_last_message)"
                         ),
                         "429": _error("Rate limited (see Retry-After)"),
                     },
@@ -443,22 +488,39 @@ def openapi_document() -> dict[str, Any]:
             "/api/conversations": {
                 "get": {
                     "operationId": "listConversations",
-                    "summary": "The caller's conversations, newest first",
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "results": {
-                                        "type": "array",
-                                        "items": _ref("Conversation"),
-                                    }
+                    "summary": "The caller's conversations, newest first, a "
+                    "page at a time",
+                    "description": "`q` keeps those whose title or shown "
+                    "messages contain it (case-insensitive); `next` is the "
+                    "following page's URL.",
+                    # An empty value counts as absent, as for posts.
+                    "parameters": [
+                        {"name": n, "in": "query", "schema": s, "allowEmptyValue": True}
+                        for n, s in (
+                            (
+                                "limit",
+                                {"type": "integer", "minimum": 1, "maximum": 200},
+                            ),
+                            (
+                                "q",
+                                TypeAdapter(
+                                    Annotated[str, Text(max_length=200)]
+                                ).json_schema(),
+                            ),
+                            (
+                                "cursor",
+                                {
+                                    "type": "string",
+                                    "pattern": f"^{CURSOR_PATTERN}$",
+                                    "description": "From a page's `next` link",
                                 },
-                            },
-                            "Conversations",
+                            ),
                         )
+                    ],
+                    "responses": {
+                        "200": _json(_ref("ConversationPage"), "Conversations")
                         | {"links": CONVERSATION_LINKS},
-                        **_errors("401"),
+                        **_errors("400", "401"),
                     },
                 }
             },
@@ -471,11 +533,52 @@ def openapi_document() -> dict[str, Any]:
                         **_errors("401", "404"),
                     },
                 },
+                "patch": {
+                    "operationId": "renameConversation",
+                    "summary": "Rename the conversation",
+                    "requestBody": json_body("ConversationPatch"),
+                    "responses": {
+                        "200": _json(_ref("Conversation"), "Renamed"),
+                        **_errors("400", "401", "403", "404", "413", "415"),
+                    },
+                },
                 "delete": {
                     "operationId": "deleteConversation",
                     "responses": {
                         "204": {"description": "Deleted"},
                         **_errors("401", "403", "404"),
+                    },
+                },
+            },
+            "/api/conversations/{conversation_id}/regenerate": {
+                "parameters": [CONVERSATION_ID],
+                "post": {
+                    "operationId": "regenerateReply",
+                    "summary": "Another reply to the conversation's last message",
+                    "description": "Streams as POST /api/chat does (the same "
+                    "frames, Idempotency-Key and limits). The reply is stored as "
+                    "another attempt beside the earlier ones; the latest is the "
+                    "one the agent sees from then on.",
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {"schema": _ref("RegenerateRequest")}
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The reply: an SSE stream, or one JSON "
+                            "body when the request prefers application/json",
+                            "content": {
+                                "text/event-stream": {"schema": _ref("ChatEvent")},
+                                "application/json": {"schema": _ref("ChatReply")},
+                            },
+                        },
+                        **_errors("400", "401", "403", "404", "413", "415"),
+                        "409": _error(
+                            "A reply is already streaming in this conversation"
+                        ),
+                        "429": _error("Rate limited (see Retry-After)"),
                     },
                 },
             },

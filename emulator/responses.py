@@ -1,10 +1,11 @@
 """The OpenAI Responses API of new Foundry agents, with its conversations.
 
 azure-ai-projects 2.x's `get_openai_client()` points the openai client at
-``{endpoint}/openai/v1``; served there: ``POST /conversations``, ``GET|DELETE
-/conversations/{id}``, ``POST /responses`` (``"stream": true`` answers SSE),
-``GET /responses/{id}`` (with ``?stream=true&starting_after=N``, SSE), ``POST
-/responses/{id}/cancel`` and ``POST /conversations/{id}/items``.
+``{endpoint}/openai/v1``; served there: ``POST /conversations`` (with up to 20
+initial ``items``), ``GET|DELETE /conversations/{id}``, ``POST /responses``
+(``"stream": true`` answers SSE), ``GET /responses/{id}`` (with
+``?stream=true&starting_after=N``, SSE), ``POST /responses/{id}/cancel`` and
+``POST /conversations/{id}/items`` (up to 20 items a call).
 
 Function calls (`function_calls`): a response ends with its function_call items
 and the conversation waits for their outputs. The next response in it must give
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
     from .server import AgentsEmulator
 
 FOUNDRY_AGENT_NAME = "emulator-agent"
+# The most items one call adds to a conversation, as on the service.
+MAX_ITEMS = 20
 FOUNDRY_AGENT_VERSION = "1"
 
 
@@ -114,6 +117,9 @@ class ResponsesApi:
 
     async def _create_conversation(self, request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
+        items = body.get("items")
+        if isinstance(items, list) and len(items) > MAX_ITEMS:
+            raise bad_request(f"'items' may hold at most {MAX_ITEMS} items.")
         conversation = Conversation(metadata=metadata(body))
         conversation.messages = _input_messages(conversation.id, body.get("items"))
         self.emulator.conversations[conversation.id] = conversation
@@ -136,6 +142,8 @@ class ResponsesApi:
         waits for, without a response."""
         conversation = self._conversation(request.match_info["conversation_id"])
         items = (await read_json(request)).get("items")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_ITEMS:
+            raise bad_request(f"'items' must hold 1 to {MAX_ITEMS} items.")
         messages = _input_messages(conversation.id, items)
         outputs = _call_outputs(items)
         for call_id in outputs:
@@ -148,10 +156,7 @@ class ResponsesApi:
             del conversation.pending_calls[call_id]
             conversation.tool_outputs[call_id] = output
         conversation.messages.extend(messages)
-        added = [
-            {"id": m.id, "type": "message", "role": m.role, "status": "completed"}
-            for m in messages
-        ] + [
+        added = [_item(m) for m in messages] + [
             {
                 "id": new_id("fco"),
                 "type": "function_call_output",
@@ -376,6 +381,18 @@ def _input_messages(conversation_id: str, raw: Any) -> list[Message]:
         text = content_text(item.get("content"))
         messages.append(Message(thread_id=conversation_id, role=role, text=text))
     return messages
+
+
+def _item(message: Message) -> dict[str, Any]:
+    """A message as a conversation item."""
+    kind = "output_text" if message.role == "assistant" else "input_text"
+    return {
+        "type": "message",
+        "id": message.id,
+        "status": "completed",
+        "role": message.role,
+        "content": [{"type": kind, "text": message.text}],
+    }
 
 
 def _call_outputs(raw: Any) -> dict[str, str]:

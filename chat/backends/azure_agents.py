@@ -7,6 +7,11 @@ follow-up passes the message as `additional_messages` on the run. Events are spl
 and parsed here (one JSON parse each) instead of through the SDK's per-event model
 classes.
 
+A regenerate or an edit of the last message (`ReplyRequest.rewind`) cannot take
+the replaced turn out of the thread (the service deletes no messages): the reply
+is written in a new thread seeded with the conversation as it is shown, and the
+old thread is deleted.
+
 A run goes on upstream when its stream is lost, but nothing streams it again:
 `resume_reply` polls the run until it ends and then reads the rest of the reply
 from the run's message, the only text the service vouches for.
@@ -470,7 +475,17 @@ class AzureAgentsBackend(ChatBackend):
             self._name_task = asyncio.create_task(self._load_agent_name())
         message = {"role": "user", "content": request.message}
         thread_id = request.thread_id
-        replaced = None
+        replaced = forked = None
+        seed: list[dict[str, str]] = []
+        if request.rewind:
+            # The thread holds a turn the conversation no longer shows: a new
+            # thread with what it does show, and the old one is deleted.
+            seed = [
+                {"role": turn.role, "content": turn.content}
+                for turn in request.history
+                if turn.content
+            ]
+            forked, thread_id = thread_id, None
         try:
             if thread_id is not None:
                 try:
@@ -485,7 +500,7 @@ class AzureAgentsBackend(ChatBackend):
                     # and say so in the metadata.
                     replaced, thread_id = thread_id, None
             if thread_id is None:
-                stream = await self._thread_and_run(client, message)
+                stream = await self._thread_and_run(client, [*seed, message])
         except ResourceNotFoundError as exc:
             # On a thread that exists (new, or just replaced): the agent is missing.
             raise BackendError(
@@ -496,6 +511,9 @@ class AzureAgentsBackend(ChatBackend):
             raise map_error(exc) from exc
         if thread_id is not None:
             yield base.ThreadReady(thread_id)
+        if forked:
+            # The new thread exists once its run streams.
+            self._forget(forked)
         tools: set[str] = set()
         # `done` events of streams that a submission of tool outputs continued.
         continued = 0
@@ -548,9 +566,9 @@ class AzureAgentsBackend(ChatBackend):
         )
 
     async def _thread_and_run(
-        self, client: AgentsClient, message: dict[str, str]
+        self, client: AgentsClient, messages: list[dict[str, str]]
     ) -> AsyncAgentRunStream[RawEvents]:
-        """Creates a thread holding `message` and streams its run, in one request.
+        """Creates a thread holding `messages` and streams its run, in one request.
 
         azure-ai-agents has no streaming form of `create_thread_and_run` (its
         keyword form turns `stream` off), but its JSON-body form sends the body as
@@ -560,7 +578,7 @@ class AzureAgentsBackend(ChatBackend):
         event."""
         body = {
             "assistant_id": self.agent_id,
-            "thread": {"messages": [message]},
+            "thread": {"messages": messages},
             "stream": True,
         }
         chunks = await client.create_thread_and_run(body, stream=True)
@@ -694,6 +712,12 @@ class AzureAgentsBackend(ChatBackend):
     async def delete_thread(self, thread_id: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
             await self.client().threads.delete(thread_id)
+
+    def _forget(self, thread_id: str) -> None:
+        """Deletes a thread a rewind replaced, without holding the reply up."""
+        base.in_background(
+            self.delete_thread(thread_id), f"deleting thread {thread_id}"
+        )
 
     async def aclose(self) -> None:
         await base.close_each(self._client, self._credential, self._session)

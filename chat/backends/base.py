@@ -11,6 +11,11 @@ A backend turns one user message into an async iterator of typed events:
     FileOutput    a file the agent made, that `file_content` serves; any number
     Completed     the reply finished normally (with token usage when known)
 
+A regenerate or an edit of the last message replaces the conversation's last turn
+(`ReplyRequest.rewind`): the request's `history` is then the conversation as it is
+shown before `message`, and a backend whose service keeps the conversation must
+answer from exactly that, not from the thread that still holds the replaced turn.
+
 A reply whose process died can be finished by another one: `resume_reply` gives
 the events of the same upstream run after what the reply's log already holds
 (its `Resumption`), for backends whose service keeps the run (`resumable`).
@@ -33,12 +38,16 @@ billing). Backends are created once per process and event loop, used by many
 concurrent streams, and closed with `aclose()`.
 """
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from chat.tools import ToolBox
+
+logger = logging.getLogger(__name__)
 
 # Stable error codes (also documented in the README and the OpenAPI description).
 UPSTREAM_AUTH = "upstream_auth"
@@ -158,6 +167,11 @@ class ReplyRequest:
     history: list[Turn] = field(default_factory=list)
     # The site's function tools, for the caller; None: the reply may call none.
     tools: "ToolBox | None" = None
+    # The message replaces the conversation's last turn (a regenerate, or an
+    # edit of the last message): the thread holds a turn the conversation no
+    # longer shows. `history` is then what it shows before `message`, and a
+    # backend that keeps threads starts from that, not from `thread_id`.
+    rewind: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,3 +243,20 @@ async def close_each(*resources: Any) -> None:
     for resource in resources:
         if resource is not None:
             await resource.close()
+
+
+# Work a backend does after a reply's events (deleting the thread a rewind
+# replaced): kept referenced until done, its failure logged.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def in_background(work: Coroutine[Any, Any, None], what: str) -> None:
+    async def run() -> None:
+        try:
+            await work
+        except Exception:
+            logger.warning("%s failed", what, exc_info=True)
+
+    task = asyncio.create_task(run())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)

@@ -8,6 +8,11 @@ through azure-core, whose bearer policy refuses plain http. A new chat creates a
 conversation (``conv_…``, kept where a classic thread id is); each message is one
 streamed `responses.create` naming the agent.
 
+A regenerate or an edit of the last message (`ReplyRequest.rewind`) is answered in
+a new conversation seeded with the conversation as the page shows it (the earlier
+turns as message items), and the old conversation is deleted: the agent sees
+exactly what the page shows.
+
 Responses run in background mode: the service generates a response whether or not
 its stream is open, and keeps its events. Each event's `sequence_number` is the
 cursor of the deltas and citations it carries, so that `resume_reply` can follow
@@ -62,6 +67,10 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "the agent service"
 TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
+# The most items the service takes in one call that adds them to a conversation.
+ITEMS_PER_CALL = 20
+# Output items that wait for the client to act: chatsite runs no tools.
+CLIENT_ACTIONS = frozenset({"function_call", "mcp_approval_request"})
 # Output items that wait for the client to act, other than function calls.
 CLIENT_ACTIONS = frozenset({"mcp_approval_request"})
 
@@ -308,10 +317,31 @@ class FoundryBackend(ChatBackend):
             extra_body={"agent_reference": self._agent_reference()},
         )
 
-    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
+    async def _new_conversation(self, history: list[base.Turn]) -> str:
+        """A conversation holding `history`, as the service takes items: at most
+        ITEMS_PER_CALL a call."""
         client = self.client()
+        items = [
+            {"type": "message", "role": turn.role, "content": turn.content}
+            for turn in history
+            if turn.content
+        ]
+        first, rest = items[:ITEMS_PER_CALL], items[ITEMS_PER_CALL:]
+        conversation = await client.conversations.create(items=first or omit)
+        for start in range(0, len(rest), ITEMS_PER_CALL):
+            await client.conversations.items.create(
+                conversation.id, items=rest[start : start + ITEMS_PER_CALL]
+            )
+        return conversation.id
+
+    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[Event]:
+        self.client()  # a configuration problem fails here, before anything
         conversation_id = request.thread_id
-        replaced = stream = None
+        replaced = stream = forked = None
+        if request.rewind:
+            # The conversation holds a turn that is no longer shown: a new one
+            # with what is shown, and the old one is deleted.
+            forked, conversation_id = conversation_id, None
         try:
             if conversation_id is not None:
                 try:
@@ -321,11 +351,16 @@ class FoundryBackend(ChatBackend):
                     # a new one and say so in the metadata.
                     replaced, conversation_id = conversation_id, None
             if conversation_id is None:
-                conversation_id = (await client.conversations.create()).id
+                history = request.history if request.rewind else []
+                conversation_id = await self._new_conversation(history)
         except Exception as exc:
             raise api_error(exc, SERVICE) from exc
         # Known before the response starts, so a failed first reply keeps it.
         yield base.ThreadReady(conversation_id, replaced)
+        if forked:
+            base.in_background(
+                self.delete_thread(forked), f"deleting conversation {forked}"
+            )
         if stream is None:
             try:
                 stream = await self._respond(conversation_id, request.message)

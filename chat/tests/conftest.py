@@ -5,6 +5,11 @@ from django.core.cache import cache
 
 from chat.backends import aclose_all
 from emulator import AgentsEmulator
+from testing.browser import (  # noqa: F401  (the browser tests')
+    chat,
+    chromium,
+    collected_static,
+)
 from testing.upstream import answer_through
 
 

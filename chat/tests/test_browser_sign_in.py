@@ -16,13 +16,7 @@ import pytest
 from playwright.async_api import BrowserContext, Route, expect
 
 from chat.models import Conversation
-from chat.tests.test_browser import (  # noqa: F401  (the shared browser fixtures)
-    CHROMIUM,
-    ChatPage,
-    chat,
-    chromium,
-    collected_static,
-)
+from testing.browser import CHROMIUM, ChatPage
 from testing.easyauth import principal_headers
 from testing.live import LiveServer
 
@@ -91,7 +85,7 @@ def signing_server(uvicorn_server_factory: Callable[..., LiveServer]) -> LiveSer
 
 
 async def test_signing_in_takes_the_conversation_along_and_signing_out_leaves_it(
-    chat: ChatPage,  # noqa: F811
+    chat: ChatPage,
     signing_server: LiveServer,
 ) -> None:
     page = chat.page
@@ -125,7 +119,7 @@ async def test_signing_in_takes_the_conversation_along_and_signing_out_leaves_it
 
 
 async def test_sign_in_required_goes_through_the_ingress_and_back(
-    chat: ChatPage,  # noqa: F811
+    chat: ChatPage,
     uvicorn_server_factory: Callable[..., LiveServer],
 ) -> None:
     server = uvicorn_server_factory(

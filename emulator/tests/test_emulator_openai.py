@@ -149,6 +149,29 @@ async def test_it_creates_gets_and_deletes_conversations(
     assert emulator.requests[0].headers["Authorization"] == "Bearer dev-token"
 
 
+async def test_it_adds_items_to_a_conversation_twenty_at_a_time(
+    emulator: AgentsEmulator, project: AsyncOpenAI
+) -> None:
+    def said(role: str, text: str) -> dict[str, str]:
+        return {"type": "message", "role": role, "content": text}
+
+    items = [said("user", f"q{i}") for i in range(21)]
+    with pytest.raises(BadRequestError):
+        await project.conversations.create(items=items)
+    conversation = await project.conversations.create(items=items[:20])
+    added = await project.conversations.items.create(
+        conversation.id, items=[items[20], said("assistant", "a20")]
+    )
+    assert [(item.role, item.content[0].text) for item in added.data] == [
+        ("user", "q20"),
+        ("assistant", "a20"),
+    ]
+    messages = emulator.conversations[conversation.id].messages
+    assert [m.text for m in messages] == [f"q{i}" for i in range(21)] + ["a20"]
+    with pytest.raises(BadRequestError):
+        await project.conversations.items.create(conversation.id, items=items)
+
+
 async def test_it_streams_a_response_the_client_parses(
     emulator: AgentsEmulator, project: AsyncOpenAI
 ) -> None:

@@ -68,6 +68,21 @@ resource allowAzureServices 'Microsoft.DBforPostgreSQL/flexibleServers/firewallR
   ]
 }
 
+// Lets the migrations create pg_trgm, whose trigram indexes serve the conversation
+// search (without it the search works, unindexed). After the firewall rule, for the
+// same reason as that rule.
+resource extensions 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
+  parent: server
+  name: 'azure.extensions'
+  properties: {
+    value: 'PG_TRGM'
+    source: 'user-override'
+  }
+  dependsOn: [
+    allowAzureServices
+  ]
+}
+
 output name string = server.name
 output fullyQualifiedDomainName string = server.properties.fullyQualifiedDomainName
 output databaseName string = database.name

@@ -80,7 +80,17 @@ async function request(url, options = {}) {
 // proxy, the browser, or the page with the same `key`) never runs twice: it gets
 // the reply the first one started.
 export async function streamChat(body, { signal, onEvent, key = newKey() }) {
-  const response = await request("/api/chat", {
+  await streamReplyTo("/api/chat", body, { signal, onEvent, key });
+}
+
+// Another reply to the conversation's last message, as streamChat gives one.
+export async function streamRegenerate(conversationId, { signal, onEvent, key = newKey() }) {
+  const url = `/api/conversations/${conversationId}/regenerate`;
+  await streamReplyTo(url, {}, { signal, onEvent, key });
+}
+
+async function streamReplyTo(url, body, { signal, onEvent, key }) {
+  const response = await request(url, {
     method: "POST",
     signal,
     headers: headers({
@@ -150,9 +160,28 @@ export async function stopChat(conversationId) {
   return response.json();
 }
 
-export async function listConversations() {
-  const response = await request("/api/conversations");
-  return (await response.json()).results;
+// A page of the caller's conversations, newest first: {results, next}, where
+// next is the URL of the following page (or null). `query` keeps those whose
+// title or messages contain it; `url` is a page's `next`.
+export async function listConversations({ query = "", limit = 50, url = null } = {}) {
+  let target = url;
+  if (!target) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (query) params.set("q", query);
+    target = `/api/conversations?${params}`;
+  }
+  const response = await request(target);
+  const body = await response.json();
+  return { results: body.results, next: body.next ?? null };
+}
+
+export async function renameConversation(conversationId, title) {
+  const response = await request(`/api/conversations/${conversationId}`, {
+    method: "PATCH",
+    headers: headers({ "Content-Type": "application/json" }),
+    body: JSON.stringify({ title }),
+  });
+  return response.json();
 }
 
 export async function getConversation(conversationId) {

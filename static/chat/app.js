@@ -1,8 +1,13 @@
-// The chat page: sending, streaming, stopping, retrying, and the conversation list.
+// The chat page: sending, streaming, stopping, retrying, regenerating and
+// editing, copying, and the conversation list (search, pages, rename).
 //
 // A reply is shown as it streams whichever way it reaches the page: the POST
 // that sent the message, or the conversation's stream after a dropped
 // connection, a reload, or in another tab. Stop works from any of them.
+//
+// The log is a list of turns: a user message and the attempts at its reply
+// (a regenerate adds one), of which one is shown at a time, the latest unless
+// its pager says otherwise. Only the last turn can be regenerated or edited.
 
 import {
   ApiError,
@@ -10,9 +15,12 @@ import {
   getConversation,
   listConversations,
   newKey,
+  renameConversation,
   stopChat,
   streamChat,
+  streamRegenerate,
 } from "./api.js";
+import { codeOf } from "./code.js";
 import { renderMarkdown, StreamingMarkdown } from "./markdown.js";
 import { followReply, whileOnline } from "./resume.js";
 
@@ -32,6 +40,14 @@ const ui = {
   input: document.getElementById("composer-input"),
   send: document.getElementById("send"),
   stop: document.getElementById("stop"),
+  editing: document.getElementById("editing"),
+  editCancel: document.getElementById("edit-cancel"),
+  announcer: document.getElementById("announcer"),
+  search: document.getElementById("search"),
+  searchInput: document.getElementById("conversation-search"),
+  more: document.getElementById("conversations-more"),
+  shortcuts: document.getElementById("shortcuts"),
+  shortcutsOpen: document.getElementById("shortcuts-open"),
 };
 
 const STATUS_LABELS = {
@@ -56,7 +72,17 @@ const state = {
   // Counts this page's own changes, so that a list fetched before one of them
   // is not taken for news from another tab.
   changes: 0,
+  // The open conversation's turns, in order (Turn).
+  turns: [],
+  // The turn whose question the composer is editing, if any.
+  editing: null,
 };
+
+// How many conversations the list asks for at a time.
+const PAGE_SIZE = 50;
+// How long the Copy button says "Copied".
+const COPIED_MS = 2000;
+const SEARCH_DELAY_MS = 250;
 
 // --- small DOM helpers --------------------------------------------------------------
 
@@ -69,6 +95,21 @@ function element(tag, className, text) {
 
 function showNotice(text) {
   ui.notice.textContent = text || "";
+}
+
+// Says `text` to screen readers (the polite status region), even twice in a row.
+function announce(text) {
+  ui.announcer.textContent = "";
+  setTimeout(() => {
+    ui.announcer.textContent = text;
+  }, 50);
+}
+
+function button(className, text, label = null) {
+  const node = element("button", `button button-small ${className}`, text);
+  node.type = "button";
+  if (label) node.setAttribute("aria-label", label);
+  return node;
 }
 
 function isNearBottom() {
@@ -255,7 +296,7 @@ function codeBlock(label, text) {
 let anchorCounter = 0;
 
 class MessageView {
-  constructor(role, { agent = "" } = {}) {
+  constructor(role, { agent = "", after = null } = {}) {
     this.role = role;
     this.node = element("article", `message message-${role}`);
     const who = role === "user" ? "You" : agent || ui.agent.textContent.trim();
@@ -266,10 +307,53 @@ class MessageView {
     this.statusNode = null;
     this.errorNode = null;
     this.tools = null;
+    this.turn = null;
+    // The text as written (Markdown for a reply): what Copy copies.
+    this.source = "";
     this.files = null;
     if (role === "assistant") this.node.append(this.citations.section);
+    this.actions = this.makeActions();
+    this.node.append(this.actions);
     ui.emptyHint.hidden = true;
-    ui.log.append(this.node);
+    if (after) after.after(this.node);
+    else ui.log.append(this.node);
+  }
+
+  // Copy, Regenerate and the attempts pager under a reply; Edit under a question.
+  makeActions() {
+    const actions = element("div", "message-actions");
+    if (this.role === "user") {
+      this.editButton = button("action-edit", "Edit", "Edit your last message");
+      this.editButton.addEventListener("click", () => startEdit());
+      this.editButton.hidden = true;
+      actions.hidden = true;
+      actions.append(this.editButton);
+      return actions;
+    }
+    actions.setAttribute("aria-label", "Reply actions");
+    actions.setAttribute("role", "group");
+    const copy = button("copy-button action-copy", "Copy", "Copy reply");
+    copy.addEventListener("click", () => copyFrom(copy, this.source, "Copy reply"));
+    this.regenerateButton = button("action-regenerate", "Regenerate", "Regenerate reply");
+    this.regenerateButton.addEventListener("click", () => regenerate());
+    this.regenerateButton.hidden = true;
+    this.pager = element("span", "attempts");
+    this.pager.hidden = true;
+    this.previous = button("attempt-previous", "‹", "Previous attempt");
+    this.next = button("attempt-next", "›", "Next attempt");
+    this.attemptLabel = element("span", "attempt-label");
+    this.attemptLabel.setAttribute("aria-hidden", "true");
+    this.attemptSpoken = element("span", "visually-hidden");
+    this.previous.addEventListener("click", () => this.turn?.step(this, -1));
+    this.next.addEventListener("click", () => this.turn?.step(this, 1));
+    this.pager.append(this.previous, this.attemptLabel, this.attemptSpoken, this.next);
+    actions.append(copy, this.regenerateButton, this.pager);
+    return actions;
+  }
+
+  // Puts a status or error line above the actions.
+  place(node) {
+    this.node.insertBefore(node, this.actions);
   }
 
   showTool(tool) {
@@ -281,10 +365,12 @@ class MessageView {
   }
 
   setText(text) {
+    this.source = text;
     this.body.textContent = text;
   }
 
   setMarkdown(text) {
+    this.source = text;
     this.body.replaceChildren(renderMarkdown(this.citations.transform(text)));
   }
 
@@ -322,10 +408,13 @@ class MessageView {
 
   endStreaming(fullText = null) {
     if (this.renderer && !this.renderer.finished) this.renderer.finish(fullText);
+    if (this.renderer) this.source = this.renderer.text;
     this.tools?.settle();
     ui.log.removeAttribute("aria-busy");
     this.node.removeAttribute("aria-busy");
     this.node.classList.remove("streaming");
+    // Its actions show now: keep the end of the log in view, if it was.
+    if (this.stick) scrollToBottom();
   }
 
   setStatus(status) {
@@ -335,7 +424,7 @@ class MessageView {
     this.node.dataset.status = status;
     if (!this.statusNode) {
       this.statusNode = element("p", "message-status");
-      this.node.append(this.statusNode);
+      this.place(this.statusNode);
     }
     this.statusNode.textContent = label;
   }
@@ -379,9 +468,90 @@ class MessageView {
       box.append(hint, button);
     }
     this.errorNode = box;
-    this.node.append(box);
+    this.place(box);
     return box;
   }
+}
+
+// A user message and the attempts at its reply, one of them shown.
+class Turn {
+  constructor(question, questionId = null) {
+    this.question = question; // a MessageView, or null for a reply without one
+    this.questionId = questionId;
+    this.attempts = [];
+    this.shown = -1;
+    if (question) question.turn = this;
+  }
+
+  // The node a new attempt goes after.
+  get end() {
+    return this.attempts.at(-1)?.node || this.question?.node || null;
+  }
+
+  add(view, { show = true } = {}) {
+    view.turn = this;
+    this.attempts.push(view);
+    if (show) this.show(this.attempts.length - 1);
+  }
+
+  drop(view) {
+    const index = this.attempts.indexOf(view);
+    if (index === -1) return;
+    this.attempts.splice(index, 1);
+    view.turn = null;
+    if (this.attempts.length) this.show(this.attempts.length - 1);
+  }
+
+  setQuestionId(id) {
+    this.questionId = id;
+    if (this.question) this.question.node.dataset.messageId = id;
+    updateTurns();
+  }
+
+  show(index) {
+    this.shown = index;
+    const count = this.attempts.length;
+    this.attempts.forEach((view, i) => {
+      view.node.hidden = i !== index;
+      view.pager.hidden = count < 2;
+      view.attemptLabel.textContent = `${i + 1} / ${count}`;
+      view.attemptSpoken.textContent = `Attempt ${i + 1} of ${count}`;
+      view.previous.disabled = i === 0;
+      view.next.disabled = i === count - 1;
+    });
+  }
+
+  // Shows the attempt before or after `view`'s, keeping the focus in the pager.
+  step(view, by) {
+    const index = this.attempts.indexOf(view) + by;
+    if (index < 0 || index >= this.attempts.length) return;
+    this.show(index);
+    const shown = this.attempts[index];
+    const same = by < 0 ? shown.previous : shown.next;
+    (same.disabled ? (by < 0 ? shown.next : shown.previous) : same).focus();
+  }
+
+  remove() {
+    this.question?.node.remove();
+    for (const view of this.attempts) view.node.remove();
+  }
+}
+
+function lastTurn() {
+  return state.turns.at(-1) || null;
+}
+
+// Only the last turn offers Edit and Regenerate.
+function updateTurns() {
+  state.turns.forEach((turn, i) => {
+    const last = i === state.turns.length - 1;
+    if (turn.question) {
+      const hide = !last || !turn.questionId;
+      turn.question.editButton.hidden = hide;
+      turn.question.actions.hidden = hide;
+    }
+    for (const view of turn.attempts) view.regenerateButton.hidden = !last || !state.conversationId;
+  });
 }
 
 // A reply shown as it streams. Its frames may come over several connections
@@ -393,6 +563,8 @@ class LiveReply {
     this.conversationId = conversationId;
     this.retry = retry; // what Retry does after an error frame
     this.reconnect = null; // ... and after a connection lost before the reply began
+    this.retryRefused = null; // ... and after the server refused the request, if not retry
+    this.refused = null; // when the server says the conversation moved on (409)
     this.controller = new AbortController();
     this.lastId = -1;
     this.messageId = null;
@@ -449,6 +621,9 @@ class LiveReply {
         }
         if (typeof event.offline === "boolean") ui.offline.hidden = !event.offline;
         if (event.notice) message.addNote(event.notice);
+        if (event.reply_to && message.turn && !message.turn.questionId) {
+          message.turn.setQuestionId(event.reply_to);
+        }
         this.onMetadata?.(event);
         break;
       case "chunk":
@@ -505,6 +680,7 @@ function renderStoredMessage(message) {
     view.setText(message.content);
     return view;
   }
+  if (message.reply_to) view.node.dataset.replyTo = message.reply_to;
   for (const tool of message.tools || []) view.showTool(tool);
   view.tools?.settle();
   for (const annotation of message.annotations || []) view.citations.add(annotation);
@@ -520,59 +696,177 @@ function renderStoredMessage(message) {
 
 // --- the conversation list ----------------------------------------------------------
 
-let listKey = "";
+// What the list shows: the first pages loaded so far (newest first), the URL of
+// the next one, the search it is for, and the conversation being renamed.
+const list = { items: [], next: null, query: "", key: "", renaming: null, searchTimer: 0 };
 
-// Fetches the list and redraws it when it changed; `quiet` for the periodic
-// look, which says nothing when it fails.
+// Newer first: by updated_at, then id, as the server pages them.
+function isOlder(a, b) {
+  return a.updated_at < b.updated_at || (a.updated_at === b.updated_at && a.id < b.id);
+}
+
+// Fetches the list's first page and redraws it when it changed; `quiet` for
+// the periodic look, which says nothing when it fails. Older pages already
+// shown stay, but for those the first page now holds.
 async function refreshConversations({ quiet = false } = {}) {
   const changes = state.changes;
-  let conversations;
+  const query = list.query;
+  let page;
   try {
-    conversations = await listConversations();
+    page = await listConversations({ query, limit: PAGE_SIZE });
   } catch (error) {
     if (!quiet) showNotice(`Could not load your conversations: ${error.message}`);
     return;
   }
-  showConversations(conversations);
-  if (changes === state.changes) catchUp(conversations);
+  if (query !== list.query) return; // the search changed meanwhile
+  const first = page.results;
+  if (list.items.length <= first.length || first.length === 0) {
+    list.items = first;
+    list.next = page.next;
+  } else {
+    const ids = new Set(first.map((c) => c.id));
+    const last = first.at(-1);
+    const older = list.items.filter((c) => !ids.has(c.id) && isOlder(c, last));
+    list.items = [...first, ...older];
+  }
+  showConversations();
+  if (changes === state.changes) catchUp(list.items);
 }
 
-function showConversations(conversations) {
-  // Redrawing an unchanged list would move the focus off a button in it.
-  const key = JSON.stringify(conversations.map((c) => [c.id, c.title]));
-  if (key === listKey) return;
-  listKey = key;
+async function loadOlder() {
+  if (!list.next) return;
+  const query = list.query;
+  let page;
+  try {
+    page = await listConversations({ url: list.next });
+  } catch (error) {
+    showNotice(`Could not load more conversations: ${error.message}`);
+    return;
+  }
+  if (query !== list.query) return;
+  const ids = new Set(list.items.map((c) => c.id));
+  const first = ui.list.children.length;
+  list.items = [...list.items, ...page.results.filter((c) => !ids.has(c.id))];
+  list.next = page.next;
+  showConversations();
+  // Keyboard users carry on from the first conversation that was added.
+  const added = ui.list.children[first]?.querySelector(".conversation-open");
+  if (added) added.focus();
+  else ui.searchInput.focus();
+}
+
+function showConversations() {
+  // Redrawing an unchanged list would move the focus off a button in it, and a
+  // redraw would end a rename in progress.
+  const key = JSON.stringify([list.query, list.next, list.items.map((c) => [c.id, c.title])]);
+  if (key === list.key || list.renaming) return;
+  list.key = key;
   const focused = ui.list.contains(document.activeElement) ? document.activeElement : null;
   const refocus = focused && {
     id: focused.closest(".conversation").dataset.conversationId,
     button: focused.classList[0],
   };
-  const items = conversations.map((conversation) => {
-    const title = conversation.title || "Untitled conversation";
-    const item = element("li", "conversation");
-    item.dataset.conversationId = conversation.id;
-    const open = element("button", "conversation-open", title);
-    open.type = "button";
-    open.title = title;
-    if (conversation.id === state.conversationId) open.setAttribute("aria-current", "page");
-    open.addEventListener("click", () => {
-      closeSidebar();
-      openConversation(conversation.id);
-    });
-    const remove = element("button", "conversation-delete", "×");
-    remove.type = "button";
-    remove.setAttribute("aria-label", `Delete conversation: ${title}`);
-    remove.title = "Delete";
-    remove.addEventListener("click", () => removeConversation(conversation.id, title));
-    item.append(open, remove);
-    return item;
-  });
+  const items = list.items.map((conversation) => conversationItem(conversation));
   ui.list.replaceChildren(...items);
   ui.listEmpty.hidden = items.length > 0;
+  ui.listEmpty.textContent = list.query
+    ? `No conversation matches “${list.query}”.`
+    : "No conversations yet.";
+  ui.more.hidden = !list.next;
+  const current = list.items.find((c) => c.id === state.conversationId);
+  if (current?.title && current.title !== ui.title.textContent) ui.title.textContent = current.title;
   if (refocus) {
     const item = ui.list.querySelector(`[data-conversation-id="${refocus.id}"]`);
     item?.querySelector(`.${refocus.button}`)?.focus();
   }
+}
+
+function conversationItem(conversation) {
+  const title = conversation.title || "Untitled conversation";
+  const item = element("li", "conversation");
+  item.dataset.conversationId = conversation.id;
+  const open = element("button", "conversation-open", title);
+  open.type = "button";
+  open.title = title;
+  if (conversation.id === state.conversationId) open.setAttribute("aria-current", "page");
+  open.addEventListener("click", () => {
+    closeSidebar();
+    openConversation(conversation.id);
+  });
+  const rename = element("button", "conversation-rename", "✎");
+  rename.type = "button";
+  rename.setAttribute("aria-label", `Rename conversation: ${title}`);
+  rename.title = "Rename";
+  rename.addEventListener("click", () => startRename(item, conversation));
+  const remove = element("button", "conversation-delete", "×");
+  remove.type = "button";
+  remove.setAttribute("aria-label", `Delete conversation: ${title}`);
+  remove.title = "Delete";
+  remove.addEventListener("click", () => removeConversation(conversation.id, title));
+  item.append(open, rename, remove);
+  return item;
+}
+
+// The title becomes a text field: Enter (or leaving it) saves, Esc cancels.
+function startRename(item, conversation) {
+  if (list.renaming) return;
+  list.renaming = conversation.id;
+  const open = item.querySelector(".conversation-open");
+  const input = element("input", "conversation-title-input");
+  input.type = "text";
+  input.value = conversation.title;
+  input.maxLength = 200;
+  input.setAttribute("aria-label", "Conversation title");
+  open.replaceWith(input);
+  input.focus();
+  input.select();
+  let done = false;
+  const finish = async (save) => {
+    if (done) return;
+    done = true;
+    const title = input.value.trim();
+    if (save && !title) {
+      showNotice("A conversation needs a title; the old one stays.");
+    } else if (save && title !== conversation.title) {
+      try {
+        const renamed = await renameConversation(conversation.id, title);
+        conversation.title = renamed.title;
+        if (conversation.id === state.conversationId) ui.title.textContent = renamed.title;
+        announce(`Renamed to ${renamed.title}`);
+      } catch (error) {
+        showNotice(`Could not rename the conversation: ${error.message}`);
+      }
+    }
+    list.renaming = null;
+    list.key = "";
+    showConversations();
+    const again = ui.list.querySelector(`[data-conversation-id="${conversation.id}"]`);
+    again?.querySelector(".conversation-rename")?.focus();
+  };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.isComposing) {
+      event.preventDefault();
+      finish(true);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      finish(false);
+    }
+  });
+  input.addEventListener("blur", () => finish(true));
+}
+
+function search(now = false) {
+  clearTimeout(list.searchTimer);
+  const run = () => {
+    const query = ui.searchInput.value.trim();
+    if (query === list.query) return;
+    list.query = query;
+    list.items = [];
+    list.next = null;
+    refreshConversations();
+  };
+  if (now) run();
+  else list.searchTimer = setTimeout(run, SEARCH_DELAY_MS);
 }
 
 // The open conversation changed in another tab: a reply is being written in it,
@@ -614,6 +908,7 @@ async function removeConversation(conversationId, title) {
   }
   showNotice(`Deleted “${title}”.`);
   if (conversationId === state.conversationId) startNewConversation({ focus: false });
+  list.items = list.items.filter((c) => c.id !== conversationId);
   await refreshConversations();
   ui.newChat.focus();
 }
@@ -628,11 +923,34 @@ function setConversation(conversationId, title) {
   }
   ui.title.textContent = title || "New conversation";
   markCurrentInList();
+  updateTurns();
 }
 
 function clearLog() {
   ui.log.replaceChildren(ui.emptyHint);
   ui.emptyHint.hidden = false;
+  state.turns = [];
+  cancelEdit({ focus: false });
+}
+
+// The stored messages as turns: each reply among the attempts at its question.
+function showMessages(messages) {
+  let turn = null;
+  for (const message of messages) {
+    const view = renderStoredMessage(message);
+    if (message.role === "user") {
+      turn = new Turn(view, message.id);
+      state.turns.push(turn);
+    } else {
+      if (!turn || (message.reply_to && message.reply_to !== turn.questionId)) {
+        turn = new Turn(null);
+        state.turns.push(turn);
+      }
+      turn.add(view, { show: false });
+    }
+  }
+  for (const each of state.turns) if (each.attempts.length) each.show(each.attempts.length - 1);
+  updateTurns();
 }
 
 function startNewConversation({ focus = true } = {}) {
@@ -667,7 +985,7 @@ async function openConversation(conversationId, { focus = true } = {}) {
   setConversation(conversation.id, conversation.title);
   state.seen = conversation.updated_at;
   showNotice("");
-  for (const message of conversation.messages) renderStoredMessage(message);
+  showMessages(conversation.messages);
   // A reply still being written (in another tab, or by the request a reload
   // cut off) is not stored yet: follow it from its start.
   if (conversation.streaming) follow(conversation.id);
@@ -694,36 +1012,139 @@ function describeError(error) {
 
 function send(text, { echo = true, key = newKey() } = {}) {
   if (state.reply) return;
-  if (echo) new MessageView("user").setText(text);
-  state.loadToken += 1; // a conversation still loading must not replace this
-  const message = new MessageView("assistant");
+  let turn = lastTurn();
+  if (echo || !turn) {
+    const question = new MessageView("user");
+    question.setText(text);
+    turn = new Turn(question);
+    state.turns.push(turn);
+  }
+  const body = { message: text, thread_id: null, conversation_id: state.conversationId };
+  const connect = (signal, onEvent) => streamChat(body, { signal, key, onEvent });
   // After a failed reply, Retry asks for a new one. After a connection lost
   // before the reply began, it sends the same key: the server may be writing
   // the reply already, and then answers with it instead of starting another.
-  const resend = (again) => () => {
+  ask(turn, connect, {
+    key,
+    title: text,
+    again: (sameKey) => send(text, { echo: false, key: sameKey }),
+  });
+}
+
+// Another reply to the last message, shown as its latest attempt.
+function regenerate({ key = newKey() } = {}) {
+  const turn = lastTurn();
+  if (state.reply || !state.conversationId || !turn) return;
+  cancelEdit({ focus: false });
+  const conversationId = state.conversationId;
+  const connect = (signal, onEvent) => streamRegenerate(conversationId, { signal, key, onEvent });
+  ask(turn, connect, { key, again: (sameKey) => regenerate({ key: sameKey }) });
+}
+
+// The composer takes the last message to edit; sending replaces it.
+function startEdit() {
+  const turn = lastTurn();
+  if (state.reply || !turn?.question || !turn.questionId) return false;
+  state.editing = turn;
+  ui.editing.hidden = false;
+  ui.app.classList.add("is-editing");
+  ui.input.value = turn.question.source;
+  ui.input.focus();
+  ui.input.setSelectionRange(ui.input.value.length, ui.input.value.length);
+  return true;
+}
+
+function cancelEdit({ focus = true } = {}) {
+  if (!state.editing) return;
+  state.editing = null;
+  ui.editing.hidden = true;
+  ui.app.classList.remove("is-editing");
+  ui.input.value = "";
+  if (focus) ui.input.focus();
+}
+
+// Sends `text` in place of the turn's message: the turn goes, a new one comes.
+function sendEdit(turn, text) {
+  if (state.reply) return;
+  turn.remove();
+  state.turns = state.turns.filter((each) => each !== turn);
+  editAs(turn.questionId, text, newKey());
+}
+
+function editAs(edited, text, key, replacing = null) {
+  if (replacing) {
+    replacing.remove();
+    state.turns = state.turns.filter((each) => each !== replacing);
+  }
+  const question = new MessageView("user");
+  question.setText(text);
+  const turn = new Turn(question);
+  state.turns.push(turn);
+  const body = { message: text, conversation_id: state.conversationId, edit: edited };
+  const connect = (signal, onEvent) => streamChat(body, { signal, key, onEvent });
+  ask(turn, connect, {
+    key,
+    // Lost before the reply began: the same request again. Once the reply
+    // began the edit is stored, and Retry is another attempt at its reply;
+    // refused before it began, the edit is sent again.
+    again: (sameKey) => (sameKey ? editAs(edited, text, sameKey, turn) : regenerate()),
+    againRefused: () => editAs(edited, text, newKey(), turn),
+    refused: async () => {
+      await openConversation(state.conversationId);
+      showNotice("The edit was not sent: the conversation has changed since. Here it is now.");
+    },
+  });
+}
+
+// Streams the reply `connect(signal, onEvent)` asks for (with `key`) into a new
+// attempt of `turn`. `again(key)` is what Retry does: with the same key after a
+// connection lost before the reply began, with none after a failed reply;
+// `againRefused()` after the server refused the request, when that differs.
+// `refused()` runs on 409 not_last_message (the conversation moved on).
+function ask(
+  turn,
+  connect,
+  { key = newKey(), title = "", again, againRefused = null, refused = null },
+) {
+  state.loadToken += 1; // a conversation still loading must not replace this
+  const message = new MessageView("assistant", { after: turn.end });
+  turn.add(message);
+  updateTurns();
+  const resend = (sameKey) => () => {
+    turn.drop(message);
     message.node.remove();
-    send(text, { echo: false, key: again });
+    again(sameKey);
   };
   const reply = new LiveReply(message, {
     conversationId: state.conversationId,
     retry: resend(undefined),
   });
   reply.reconnect = resend(key);
+  if (againRefused) {
+    reply.retryRefused = () => {
+      turn.drop(message);
+      message.node.remove();
+      againRefused();
+    };
+  }
+  reply.refused = refused;
   reply.onMetadata = (event) => {
     const id = event.conversation_id;
     if (id && id !== reply.conversationId) {
       reply.conversationId = id;
-      if (id !== state.conversationId) setConversation(id, text.trim().slice(0, 80));
+      if (id !== state.conversationId) setConversation(id, title.trim().slice(0, 80));
       refreshConversations();
     }
   };
-  const body = { message: text, thread_id: null, conversation_id: state.conversationId };
-  showReply(reply, (signal) => streamChat(body, { signal, key, onEvent: reply.handle }));
+  showReply(reply, (signal) => connect(signal, reply.handle));
 }
 
-// Shows the reply being written in the conversation, from its start.
+// Shows the reply being written in the conversation, from its start: the next
+// attempt at the last turn's reply (the first, or one a regenerate started).
 function follow(conversationId) {
-  const message = new MessageView("assistant");
+  const turn = lastTurn();
+  const message = new MessageView("assistant", { after: turn?.end || null });
+  turn?.add(message);
   const reply = new LiveReply(message, { conversationId });
   showReply(reply, null);
 }
@@ -764,6 +1185,7 @@ async function showReply(reply, connect) {
   } catch (error) {
     message.endStreaming();
     if (reply.abandoned) {
+      message.turn?.drop(message);
       message.node.remove();
     } else if (reply.signal.aborted) {
       if (reply.stopping && !reply.finished) message.setStatus("cancelled");
@@ -774,11 +1196,14 @@ async function showReply(reply, connect) {
       message.showError(text, { retry: gone ? null : () => openConversation(conversationId) });
     } else {
       if (error instanceof ApiError && error.status === 404) setConversation(null);
-      if (error instanceof ApiError && error.status === 400 && error.fields?.message) {
+      if (error instanceof ApiError && error.code === "not_last_message" && reply.refused) {
+        message.showError(error.message);
+        reply.refused();
+      } else if (error instanceof ApiError && error.status === 400 && error.fields?.message) {
         message.showError(error.message); // retrying the same text cannot help
       } else {
         message.showError(describeError(error), {
-          retry: error instanceof ApiError ? reply.retry : reply.reconnect,
+          retry: error instanceof ApiError ? reply.retryRefused || reply.retry : reply.reconnect,
           retryAfter: error.retryAfter ?? null,
         });
       }
@@ -791,6 +1216,7 @@ async function showReply(reply, connect) {
       state.changes += 1;
       state.seen = null;
       setStreaming(false);
+      updateTurns();
     }
     if (!reply.detached) {
       if (document.activeElement === document.body || document.activeElement === ui.stop) {
@@ -854,29 +1280,130 @@ ui.sidebarToggle.addEventListener("click", () => {
   if (open) ui.newChat.focus();
 });
 
+// --- copying ------------------------------------------------------------------------
+
+// Copies `text`: the Clipboard API, else the older way through a selection.
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const focused = document.activeElement;
+    const area = element("textarea", "clipboard-helper");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.setAttribute("aria-hidden", "true");
+    document.body.append(area);
+    area.select();
+    let copied = false;
+    try {
+      copied = document.execCommand("copy");
+    } catch {
+      copied = false;
+    }
+    area.remove();
+    focused?.focus();
+    return copied;
+  }
+}
+
+// Copies, then says so on the button for a moment, and to screen readers.
+async function copyFrom(target, text, label) {
+  const copied = await copyText(text);
+  const said = copied ? "Copied" : "Copy failed";
+  target.textContent = said;
+  target.setAttribute("aria-label", said);
+  target.classList.toggle("copied", copied);
+  announce(copied ? "Copied to the clipboard" : "Could not copy to the clipboard");
+  clearTimeout(target.copiedTimer);
+  target.copiedTimer = setTimeout(() => {
+    target.textContent = "Copy";
+    target.setAttribute("aria-label", label);
+    target.classList.remove("copied");
+  }, COPIED_MS);
+}
+
+// Code blocks get their Copy buttons as they are finished (code.js), also
+// while the reply streams: one listener serves them all.
+ui.log.addEventListener("click", (event) => {
+  const target = event.target.closest?.(".copy-code");
+  if (target) copyFrom(target, codeOf(target), target.dataset.label);
+});
+
+// --- keyboard shortcuts -------------------------------------------------------------
+
+let beforeShortcuts = null;
+
+function openShortcuts() {
+  if (ui.shortcuts.open) return;
+  beforeShortcuts = document.activeElement;
+  ui.shortcuts.showModal();
+}
+
+ui.shortcuts.addEventListener("close", () => {
+  (beforeShortcuts && document.contains(beforeShortcuts) ? beforeShortcuts : ui.input).focus();
+});
+
+ui.shortcutsOpen.addEventListener("click", openShortcuts);
+
+function inTextField(target) {
+  return target instanceof HTMLElement && (target.isContentEditable || target.matches("input, textarea, select"));
+}
+
 // --- wiring -------------------------------------------------------------------------
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = ui.input.value;
   if (!text.trim() || state.reply) return;
+  const editing = state.editing;
   ui.input.value = "";
   ui.input.focus();
-  send(text);
+  if (editing) {
+    cancelEdit({ focus: false });
+    sendEdit(editing, text);
+  } else {
+    send(text);
+  }
 });
 
 ui.input.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     ui.form.requestSubmit();
+  } else if (
+    event.key === "ArrowUp" &&
+    !ui.input.value &&
+    !(event.shiftKey || event.altKey || event.ctrlKey || event.metaKey || event.isComposing)
+  ) {
+    if (startEdit()) event.preventDefault();
   }
 });
 
+ui.editCancel.addEventListener("click", () => cancelEdit());
+
 ui.stop.addEventListener("click", () => stopReply());
 
+// Esc stops the reply being written (else cancels an edit); ? lists the
+// shortcuts. A dialog, and the rename field, handle their own Esc.
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && state.reply) stopReply();
+  if (event.defaultPrevented || ui.shortcuts.open) return;
+  if (event.key === "Escape") {
+    if (state.reply) stopReply();
+    else if (state.editing) cancelEdit();
+  } else if (event.key === "?" && !inTextField(event.target) && !event.ctrlKey && !event.metaKey) {
+    event.preventDefault();
+    openShortcuts();
+  }
 });
+
+ui.search.addEventListener("submit", (event) => {
+  event.preventDefault();
+  search(true);
+});
+ui.searchInput.addEventListener("input", () => search());
+
+ui.more.addEventListener("click", () => loadOlder());
 
 ui.newChat.addEventListener("click", async () => {
   if (state.reply) await detachReply();

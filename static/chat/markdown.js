@@ -6,6 +6,7 @@
 
 import DOMPurify from "../vendor/dompurify-3.4.18/purify.es.mjs";
 import { Marked } from "../vendor/marked-18.2.1/marked.esm.js";
+import { decorateCode } from "./code.js";
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
@@ -45,9 +46,9 @@ export function sanitize(html) {
   return DOMPurify.sanitize(html, PURIFY);
 }
 
-// The whole text as a sanitised DocumentFragment.
+// The whole text as a sanitised DocumentFragment, its code blocks highlighted.
 export function renderMarkdown(text) {
-  return sanitize(marked.parse(text));
+  return decorateCode(sanitize(marked.parse(text)));
 }
 
 const GROUP_SIZE = 64;
@@ -76,7 +77,8 @@ function cursorHost(root) {
 // Re-parsing the whole reply per token costs O(n) each time, O(n^2) in total.
 // Instead the text is split into finished blocks, rendered once and then left
 // alone, and the open block at the end, the only part re-rendered per frame.
-// A block is finished once another block has started after it. When the reply
+// A block is finished once another block has started after it: then, once, its
+// code is highlighted and gets its Copy button (code.js). When the reply
 // ends, one full render fixes what block-wise rendering cannot know (link
 // reference definitions used before they appear, citation markers).
 export class StreamingMarkdown {
@@ -161,7 +163,7 @@ export class StreamingMarkdown {
       this.group.className = "md-group";
       this.frozen.append(this.group);
     }
-    this.group.append(fragment);
+    this.group.append(decorateCode(fragment));
   }
 
   showTail(fragment) {
