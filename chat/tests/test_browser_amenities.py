@@ -203,12 +203,15 @@ async def test_it_edits_the_last_message_from_the_keyboard(
     await expect(chat.input).to_be_focused()
 
     # The shortcut list: from its button, or ? outside a text field.
-    await chat.page.get_by_role("button", name="Keyboard shortcuts").click()
+    opener = chat.page.get_by_role("button", name="Keyboard shortcuts")
+    await opener.click()
     dialog = chat.page.get_by_role("dialog", name="Keyboard shortcuts")
     await expect(dialog).to_be_visible()
     await expect(dialog).to_contain_text("Edit your last message")
     await keyboard.press("Escape")
     await expect(dialog).to_be_hidden()
+    # Focus goes back to what opened the list.
+    await expect(opener).to_be_focused()
     await chat.log.focus()
     await keyboard.press("?")
     await expect(dialog).to_be_visible()
