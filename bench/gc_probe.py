@@ -30,26 +30,35 @@ if os.environ.get("BENCH_EXPERIMENTS"):
     experiments.apply()
 
 _pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+# The same collections' CPU time (the collector's own work, without the time
+# the process waited for a core), and whether the app serves yet: the full
+# collection of start-up (chat.lifecycle) is not a pause any request sees.
+_cpu: dict[int, list[float]] = {0: [], 1: [], 2: []}
+_serving = [False]
 # Redis commands by their first argument as the app passed it, and bytes sent.
 _redis_calls: Counter[Any] = Counter()
 _redis_bytes = [0]
 REDIS_PATH = "/_bench/redis"
 _started = 0.0
+_started_cpu = 0.0
 
 
 def _record(phase: str, info: dict[str, Any]) -> None:
-    global _started
+    global _started, _started_cpu
     if phase == "start":
-        _started = time.perf_counter()
-    else:
+        _started, _started_cpu = time.perf_counter(), time.thread_time()
+    elif _serving[0]:
         _pauses[info["generation"]].append(time.perf_counter() - _started)
+        _cpu[info["generation"]].append(time.thread_time() - _started_cpu)
 
 
 def _write() -> None:
     stats = {}
     for generation, pauses in _pauses.items():
         pauses.sort()
+        cpu = sorted(_cpu[generation])
         stats[f"gen{generation}"] = {
+            "cpu_max_ms": round(cpu[-1] * 1000, 2) if cpu else None,
             "collections": len(pauses),
             "total_ms": round(sum(pauses) * 1000, 1),
             "p99_ms": round(pauses[int(len(pauses) * 0.99)] * 1000, 2)
@@ -105,6 +114,7 @@ async def _send_redis_counts(send: Any) -> None:
 
 async def application(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] != "lifespan":
+        _serving[0] = True
         if scope["type"] == "http" and scope["path"] == REDIS_PATH:
             await _send_redis_counts(send)
             return
