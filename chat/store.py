@@ -10,8 +10,10 @@ Steps that may run twice are idempotent: storing a reply is keyed by its id.
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -95,11 +97,26 @@ def _reply_step[**P, R](
     return on_a_shared_thread
 
 
+# SQLite has one writer at a time, and a writer that finds the file locked
+# sleeps in SQLite's busy handler (1, 2, 5, 10 ms and longer) before it looks
+# again: a burst of new chats on the sync threads would wait out those sleeps.
+# Within the process they queue here instead, and each goes when the last ends.
+_SQLITE_WRITER = threading.RLock()
+
+
 def _fresh_connection_on_failure[**P, R](step: Callable[P, R]) -> Callable[P, R]:
+    """A write step: a failed connection is closed and the step `Retryable`."""
+
     @functools.wraps(step)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        one_writer = (
+            _SQLITE_WRITER
+            if connection.vendor == "sqlite"
+            else contextlib.nullcontext()
+        )
         try:
-            return step(*args, **kwargs)
+            with one_writer:
+                return step(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
             connection.close()
             raise Retryable(str(exc)) from exc
