@@ -64,6 +64,19 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: ERRORS[code] for code in codes}
 
 
+def _streamed_reply() -> dict[str, Any]:
+    """The 200 of an operation that starts a reply (a message, a regenerate)."""
+    return {
+        "description": "The reply: an SSE stream, or one JSON body when the "
+        "request prefers application/json",
+        "content": {
+            # OpenAPI 3.1: the schema of one event.
+            "text/event-stream": {"schema": _ref("ChatEvent")},
+            "application/json": {"schema": _ref("ChatReply")},
+        },
+    }
+
+
 POST_ID = {
     "name": "post_id",
     "in": "path",
@@ -453,15 +466,7 @@ def openapi_document() -> dict[str, Any]:
                     "description": SSE_DESCRIPTION,
                     "requestBody": json_body("ChatRequest"),
                     "responses": {
-                        "200": {
-                            "description": "The reply: an SSE stream, or one JSON "
-                            "body when the request prefers application/json",
-                            "content": {
-                                # OpenAPI 3.1: the schema of one event.
-                                "text/event-stream": {"schema": _ref("ChatEvent")},
-                                "application/json": {"schema": _ref("ChatReply")},
-                            },
-                        },
+                        "200": _streamed_reply(),
                         **_errors("400", "401", "403", "404", "413", "415"),
                         "409": _error(
                             "A reply is already streaming in this conversation "
@@ -566,14 +571,7 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": {
-                            "description": "The reply: an SSE stream, or one JSON "
-                            "body when the request prefers application/json",
-                            "content": {
-                                "text/event-stream": {"schema": _ref("ChatEvent")},
-                                "application/json": {"schema": _ref("ChatReply")},
-                            },
-                        },
+                        "200": _streamed_reply(),
                         **_errors("400", "401", "403", "404", "413", "415"),
                         "409": _error(
                             "A reply is already streaming in this conversation"
