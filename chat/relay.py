@@ -646,12 +646,9 @@ class Reply:
                 self.tools[frame.id] = _kept_tool(frame)
             elif isinstance(frame, frames.File):
                 # The frame has no container: a Responses file is not served.
-                self.files[frame.file_id] = {
-                    "file_id": frame.file_id,
-                    "kind": frame.kind,
-                    "name": frame.name,
-                    "container_id": None,
-                }
+                self.files[frame.file_id] = files.stored(
+                    base.FileOutput(frame.file_id, frame.kind, frame.name)
+                )
         self.usage: dict[str, Any] | None = None
         self.status = Message.Status.COMPLETE
         self.error: BackendError | None = None
