@@ -104,8 +104,9 @@ def _reply_step[**P, R](
 _SQLITE_WRITER = threading.RLock()
 
 
-def _fresh_connection_on_failure[**P, R](step: Callable[P, R]) -> Callable[P, R]:
-    """A write step: a failed connection is closed and the step `Retryable`."""
+def _write_step[**P, R](step: Callable[P, R]) -> Callable[P, R]:
+    """A write step: on SQLite it waits for the process's other writes (above); a
+    failed connection is closed and the step `Retryable`."""
 
     @functools.wraps(step)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -194,7 +195,7 @@ def _stale_before(now: datetime) -> datetime:
 
 
 @sync_to_async
-@_fresh_connection_on_failure
+@_write_step
 def start_turn(
     *,
     owner: Owner,
@@ -391,7 +392,7 @@ def _store_lost_reply(conversation: Conversation, now: datetime) -> None:
 
 
 @_reply_step
-@_fresh_connection_on_failure
+@_write_step
 def finish_turn(
     *,
     conversation_id: UUID,
@@ -424,14 +425,14 @@ def finish_turn(
 
 
 @_reply_step
-@_fresh_connection_on_failure
+@_write_step
 def release(conversation_id: UUID, again: bool = False) -> None:
     """Releases the conversation's lock without storing a reply."""
     Conversation.objects.filter(pk=conversation_id).update(**UNLOCKED)
 
 
 @_reply_step
-@_fresh_connection_on_failure
+@_write_step
 def record_run(
     conversation_id: UUID, run_id: str, thread_id: str, again: bool = False
 ) -> None:
@@ -442,7 +443,7 @@ def record_run(
 
 
 @_reply_step
-@_fresh_connection_on_failure
+@_write_step
 def claim(
     conversation_id: UUID, message_id: UUID, holder: str, again: bool = False
 ) -> bool:
