@@ -15,6 +15,7 @@ bench/README.md explains each figure.
 import argparse
 import asyncio
 import bisect
+import functools
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1060,26 +1062,17 @@ def check_targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, An
                 found["kib_per_open_stream"],
                 96,
             )
-    checks += round_2_checks(results)
+    round_2_checks(results, pick, functools.partial(check, group=ROUND_2_TARGETS))
     return checks
 
 
-def round_2_checks(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Issue 15's targets; ratios are to the reference relay of the same run."""
-
-    def pick(name: str, target: str) -> dict[str, Any] | None:
-        return next((r for r in results.get(name, []) if r["target"] == target), None)
-
-    checks: list[dict[str, Any]] = []
-
-    def check(label: str, value: Any, limit: float, *, at_least: bool = False):
-        if value is None:
-            return
-        met = value >= limit if at_least else value <= limit
-        checks.append(
-            {"group": ROUND_2_TARGETS, "target": label, "measured": value, "met": met}
-        )
-
+def round_2_checks(
+    results: dict[str, list[dict[str, Any]]],
+    pick: Callable[[str, str], dict[str, Any] | None],
+    check: Callable[..., None],
+) -> None:
+    """Issue 15's targets, through `check_targets`' `pick` and `check`; ratios are
+    to the reference relay of the same run."""
     for target in (OURS, REDIS):
         for scenario in ("single", "c100"):
             mine, ref = pick(scenario, target), pick(scenario, REFERENCE)
@@ -1140,7 +1133,6 @@ def round_2_checks(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, A
             last,
             1.0,
         )
-    return checks
 
 
 # --- main -------------------------------------------------------------------------
