@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import redis.asyncio as redis
 from django.conf import settings
@@ -47,6 +47,7 @@ from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
 from chat.replylog import RemoteLog, ReplyLog
 from chatsite import requestlog
+from chatsite.ids import uuid4
 
 logger = logging.getLogger(__name__)
 # No-ops unless telemetry is configured (chatsite/telemetry.py).

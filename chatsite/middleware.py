@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +27,7 @@ from opentelemetry import metrics
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chatsite import easyauth, requestlog
+from chatsite import easyauth, ids, requestlog
 from chatsite.api import json_error
 
 
@@ -159,9 +158,7 @@ class RequestLogMiddleware(AsyncMiddleware):
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
-        request.request_id = (
-            incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        )
+        request.request_id = incoming if REQUEST_ID.match(incoming) else ids.hex_id()
         fields = requestlog.begin()
         response = await self.get_response(request)
         response["X-Request-ID"] = request.request_id
