@@ -84,6 +84,8 @@ _ACTIVE: dict[UUID, "Reply"] = {}
 _FINISHED: dict[UUID, tuple[float, "Reply"]] = {}
 MAX_FINISHED = 1000
 INTERRUPTED_MESSAGE = "the reply stopped when its client left"
+# A reply's span while traces are not exported (chatsite.telemetry).
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
 
 UPSTREAM_CANCEL_TIMEOUT = 5.0
 CLEANUP_TIMEOUT = 10.0
@@ -371,7 +373,7 @@ def _keep_finished(reply: "Reply") -> None:
     if ttl <= 0:
         return
     _forget_expired()
-    reply.request.history = []  # not needed once the reply is written
+    reply.shed()
     _FINISHED.pop(reply.conversation_id, None)
     _FINISHED[reply.conversation_id] = (time.monotonic() + ttl, reply)
     while len(_FINISHED) > MAX_FINISHED:
@@ -695,6 +697,18 @@ class Reply:
         if self._producing and self.task is not None and not self.task.done():
             self.task.cancel()
 
+    def shed(self) -> None:
+        """Lets go of what only writing the reply needed. Up to MAX_FINISHED
+        finished replies are kept for late readers, which need its frames and
+        what `collect` reports; the upstream request and response, the tools,
+        the history and the finished helper tasks were about a hundred objects
+        more each, all of them walked by every collection of the generations
+        they sit in."""
+        self.early = None
+        self.request = ReplyRequest(message="", thread_id=self.request.thread_id)
+        self._record_run = None
+        self._watchdog = None
+
     @property
     def text(self) -> str:
         return self.log.text
@@ -736,14 +750,7 @@ class Reply:
     # --- producer ------------------------------------------------------------------
 
     async def _produce(self, parent: otel_context.Context) -> None:
-        with tracer.start_as_current_span(
-            "chat.reply",
-            context=parent,
-            attributes={
-                "chat.backend": self.backend.alias,
-                "chat.conversation_id": str(self.conversation_id),
-            },
-        ) as span:
+        with self._span(parent) as span:
             try:
                 await self._relay_upstream()
             finally:
@@ -755,6 +762,23 @@ class Reply:
                 replies_counter.add(1, attributes)
                 if self.first_chunk_at is not None:
                     ttfc_histogram.record(self.ttfc_ms() or 0.0, attributes)
+
+    def _span(
+        self, parent: otel_context.Context
+    ) -> contextlib.AbstractContextManager[trace.Span]:
+        """The reply's `chat.reply` span when traces are exported. Otherwise
+        none: a span that records nothing still costs a dozen objects for the
+        reply's whole life."""
+        if not settings.APPLICATIONINSIGHTS_CONNECTION_STRING:
+            return _NO_SPAN
+        return tracer.start_as_current_span(
+            "chat.reply",
+            context=parent,
+            attributes={
+                "chat.backend": self.backend.alias,
+                "chat.conversation_id": str(self.conversation_id),
+            },
+        )
 
     async def _relay_upstream(self) -> None:
         log = self.log
@@ -790,6 +814,7 @@ class Reply:
                             self._record_run = asyncio.create_task(
                                 self._record(run_id, self.thread_id, self._record_run)
                             )
+                            self._record_run.add_done_callback(self._recorded)
                     case base.Citation(data=data, cursor=cursor):
                         self.citations.append(data)
                         self._send_metadata()
@@ -886,6 +911,11 @@ class Reply:
             # Lost before the service named its run: nothing to re-attach to.
             return ChatBackend.resume_reply(self.backend, resumption)
         return self.backend.resume_reply(resumption)
+
+    def _recorded(self, task: asyncio.Task[None]) -> None:
+        # Done: nothing waits for it any more (a stream holds it for minutes).
+        if self._record_run is task:
+            self._record_run = None
 
     async def _record(
         self, run_id: str, thread_id: str, after: asyncio.Task[None] | None
