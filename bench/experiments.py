@@ -7,6 +7,10 @@ BENCH_EXPERIMENTS names the ones to apply, comma-separated:
   out of the collector's view and the gen-0 threshold goes from 2,000 to 20,000
   allocations, so a full collection with 1,000 open streams walks far fewer
   objects and young collections run a tenth as often.
+- `census` (diagnostic): the objects the collector tracks, by type, with the
+  open replies, written every second to CENSUS_OUTPUT.NNN.
+- `garbage` (diagnostic): what the collector finds in reference cycles, by type,
+  written to GARBAGE_OUTPUT every 2 s.
 - `tracemalloc` (diagnostic, slows the app): traces allocations from startup;
   SIGUSR2 writes the live Python memory by file and line to TRACEMALLOC_OUTPUT.
 """
@@ -56,7 +60,72 @@ def trace_memory() -> None:
     signal.signal(signal.SIGUSR2, dump)
 
 
+def garbage_census() -> None:
+    """Keeps what the collector finds unreachable (`gc.DEBUG_SAVEALL`) and, every
+    2 s, writes the kinds of object found so far to GARBAGE_OUTPUT, most common
+    first, then lets them go: what is left in reference cycles, by type."""
+    import gc
+    import threading
+    import time
+    from collections import Counter
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    found: Counter[str] = Counter()
+    rounds = [0]
+
+    def census() -> None:
+        while True:
+            time.sleep(2.0)
+            kinds = Counter(
+                f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage
+            )
+            gc.garbage.clear()
+            found.update(kinds)
+            rounds[0] += 1
+            lines = [f"{n:9d}  {kind}" for kind, n in found.most_common(60)]
+            with open(os.environ["GARBAGE_OUTPUT"], "w") as out:
+                out.write(f"{sum(found.values())} objects in {rounds[0]} rounds\n")
+                out.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=census, daemon=True, name="garbage-census").start()
+
+
+def tracked_census() -> None:
+    """Every second, writes the objects the collector tracks (`gc.get_objects()`,
+    the frozen ones left out) by type to CENSUS_OUTPUT, with the number of
+    open replies: a young or middle collection walks these, so their number per
+    open stream sets its pause."""
+    import gc
+    import threading
+    import time
+    from collections import Counter
+
+    def census() -> None:
+        from chat import relay
+
+        n = 0
+        while True:
+            time.sleep(1.0)
+            n += 1
+            kinds = Counter(
+                f"{type(o).__module__}.{type(o).__qualname__}"
+                for o in gc.get_objects()
+            )
+            lines = [f"{c:9d}  {kind}" for kind, c in kinds.most_common()]
+            path = f"{os.environ['CENSUS_OUTPUT']}.{n:03d}"
+            with open(path, "w") as out:
+                out.write(
+                    f"{sum(kinds.values())} tracked, "
+                    f"{len(relay.open_replies())} open replies\n"
+                )
+                out.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=census, daemon=True, name="tracked-census").start()
+
+
 PATCHES = {
+    "census": tracked_census,
     "gc": gc_tuning,
     "tracemalloc": trace_memory,
+    "garbage": garbage_census,
 }
