@@ -55,6 +55,9 @@ POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/12"  # the cluster's own database
 LEASE_SECONDS = "2"
 STOP_SECONDS = 20.0
+# Every replica's environment names the test process that started it, so that
+# replicas a killed test run left behind are found and stopped (`kill_orphans`).
+OWNER_VARIABLE = "CHATSITE_TEST_CLUSTER_OWNER"
 
 NGINX_CONF = """\
 {user}worker_processes 1;
@@ -173,6 +176,41 @@ def postgres_url() -> str:
     return urlunsplit(
         urlsplit(database_url_for_subprocess())._replace(path="/postgres")
     )
+
+
+def kill_orphans() -> list[int]:
+    """Kills the replicas of earlier test runs whose test process is gone (a
+    killed pytest leaves them running, beating into the cluster's Redis
+    database, where they would count as live replicas of this run), and
+    returns their pids."""
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        prefix = f"{OWNER_VARIABLE}=".encode()
+        owner = next((v[len(prefix) :] for v in environ if v.startswith(prefix)), None)
+        if owner is None or not owner.isdigit() or _alive(int(owner)):
+            continue
+        try:
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed.append(int(entry.name))
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def missing_services() -> list[str]:
@@ -318,6 +356,7 @@ class Cluster:
     # -- lifecycle --------------------------------------------------------------
 
     def start(self) -> Self:
+        kill_orphans()
         try:
             self._start_emulator()
             self._start_redis()
@@ -331,6 +370,7 @@ class Cluster:
                 CHAT_ON_DISCONNECT="continue",
                 CHAT_LEASE_SECONDS=LEASE_SECONDS,
                 TRUSTED_PROXY_HOPS="1",
+                **{OWNER_VARIABLE: str(os.getpid())},
                 **self.extra_env,
             )
             self.manage("migrate", "--noinput", "-v", "0")

@@ -2,13 +2,21 @@
 spread over both, a reply streams through nginx as it is written, and a replica
 killed with SIGKILL leaves the other answering."""
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from testing.cluster import Cluster, require_cluster_services
+from testing.cluster import (
+    OWNER_VARIABLE,
+    Cluster,
+    kill_orphans,
+    require_cluster_services,
+)
 from testing.sse import chunks_text, iter_data, read_until_text
 from testing.upstream import token_text
 
@@ -96,3 +104,25 @@ def test_it_answers_from_the_other_replica_when_one_is_killed(
         for _ in range(2 * cluster.size)
     }
     assert served_by == set(range(cluster.size))
+
+
+def test_replicas_a_killed_run_left_behind_are_stopped_and_no_others():
+    """A replica whose test process died is killed when the next cluster starts;
+    a process whose owner lives (this run's) is left alone."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid nobody holds any more: a killed test run
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    orphan = subprocess.Popen(
+        sleeper, env={**os.environ, OWNER_VARIABLE: str(gone.pid)}
+    )
+    ours = subprocess.Popen(
+        sleeper, env={**os.environ, OWNER_VARIABLE: str(os.getpid())}
+    )
+    try:
+        assert orphan.pid in kill_orphans()
+        assert orphan.wait(10) == -signal.SIGKILL
+        assert ours.poll() is None
+    finally:
+        for process in (orphan, ours):
+            process.kill()
+            process.wait()
