@@ -18,6 +18,7 @@ import gc
 import importlib
 import json
 import os
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -43,13 +44,36 @@ _started = 0.0
 _started_cpu = 0.0
 
 
+# The slowest collections (by CPU), with what each walked: the objects in the
+# generations it collected, and the thread that ran it.
+_slowest: list[dict[str, Any]] = []
+_walked = [0]
+
+
 def _record(phase: str, info: dict[str, Any]) -> None:
     global _started, _started_cpu
+    generation = info["generation"]
     if phase == "start":
+        if _serving[0]:
+            _walked[0] = sum(len(gc.get_objects(g)) for g in range(generation + 1))
         _started, _started_cpu = time.perf_counter(), time.thread_time()
     elif _serving[0]:
-        _pauses[info["generation"]].append(time.perf_counter() - _started)
-        _cpu[info["generation"]].append(time.thread_time() - _started_cpu)
+        wall = time.perf_counter() - _started
+        cpu = time.thread_time() - _started_cpu
+        _pauses[generation].append(wall)
+        _cpu[generation].append(cpu)
+        _slowest.append(
+            {
+                "generation": generation,
+                "cpu_ms": round(cpu * 1000, 2),
+                "wall_ms": round(wall * 1000, 2),
+                "objects_walked": _walked[0],
+                "collected": info["collected"],
+                "thread": threading.current_thread().name,
+            }
+        )
+        _slowest.sort(key=lambda c: -c["cpu_ms"])
+        del _slowest[10:]
 
 
 def _write() -> None:
@@ -67,6 +91,7 @@ def _write() -> None:
             "max_ms": round(pauses[-1] * 1000, 2) if pauses else None,
         }
     stats["objects_tracked_at_exit"] = len(gc.get_objects())
+    stats["slowest"] = _slowest
     with open(os.environ["GC_PROBE_OUTPUT"], "w") as out:
         json.dump(stats, out)
 
