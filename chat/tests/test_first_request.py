@@ -3,15 +3,17 @@ thread with the message and streams its run, and it goes out while the turn is
 being stored. When storing fails, the thread that request made goes again, with
 its run, and the caller gets the error: nothing is left behind upstream."""
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from django.db import connection
 from django.test import AsyncClient
 
+from chat import relay
 from chat.models import Conversation, Message
 from emulator import AgentsEmulator
-from testing.sse import chat, reply_of
+from testing.sse import chat, parse_sse, reply_of
 from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,3 +93,19 @@ async def test_a_turn_that_cannot_be_stored_takes_its_thread_and_run_away_again(
     assert len(azure.cancelled_runs) == 1
     assert await Conversation.objects.acount() == 0
     assert await Message.objects.acount() == 0
+
+
+async def test_a_finished_reply_keeps_its_frames_for_late_readers_and_nothing_upstream(
+    azure: AgentsEmulator,
+) -> None:
+    """Finished replies are kept for a while (up to MAX_FINISHED), for a retry
+    or a reconnect: each keeps its frames, not its upstream request, response
+    and tools."""
+    sent = await reply_of(AsyncClient(), "hi")
+    assert sent[-1]["type"] == "done"
+    reply = relay.find(uuid.UUID(sent[0]["conversation_id"]))
+    assert reply is not None and reply.log.ended
+    assert reply.early is None
+    assert reply.request.tools is None and reply.request.history == []
+    replayed = b"".join([part async for part in reply.sse(owner=False)])
+    assert [f["data"] for f in parse_sse(replayed) if "data" in f] == sent
