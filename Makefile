@@ -132,7 +132,7 @@ test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	@if $(PY) -c "import psycopg,sys; psycopg.connect('$(PG_TEST_URL)', connect_timeout=3).close()" 2>/dev/null; then \
 	  echo "== PostgreSQL: $(PG_TEST_URL)"; \
-	  DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -m "not browser and not deploy and not cluster" $(PYTEST_ARGS); \
+	  DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -m "not browser and not deploy and not cluster and not no_database" $(PYTEST_ARGS); \
 	elif [ "$${CI:-}" = "true" ]; then \
 	  echo "PostgreSQL at $(PG_TEST_URL) is not reachable, and CI=true requires it." >&2; exit 1; \
 	else \

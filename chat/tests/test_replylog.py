@@ -2,11 +2,14 @@
 
 import asyncio
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from chat import frames
 from chat.replylog import ReplyLog
+
+pytestmark = pytest.mark.no_database
 
 OTHER = frames.Error(code="c", message="m", message_id="x")
 

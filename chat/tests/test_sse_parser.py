@@ -51,7 +51,10 @@ process.stdout.write(JSON.stringify(results));
 
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="needs node")
+pytestmark = [
+    pytest.mark.no_database,
+    pytest.mark.skipif(NODE is None, reason="needs node"),
+]
 
 
 def as_bytes(read: str | list[int]) -> bytes:

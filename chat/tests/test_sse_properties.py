@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from chat import frames
 from testing.sse import events_of, reply_frames
 
+pytestmark = pytest.mark.no_database
+
 VECTORS = json.loads((Path(__file__).parent / "sse_vectors.json").read_text())
 DIGITS = re.compile(r"^\d+$")
 

@@ -3,6 +3,10 @@
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_database
+
 BASE_DIR = Path(__file__).resolve().parents[2]
 ENV_READ = re.compile(
     r'env_(?:str|bool|int|float|list|origins|choice)\(\s*"([A-Z0-9_]+)"'

@@ -5,9 +5,12 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 from django.conf import settings
 
 from chatsite import ids
+
+pytestmark = pytest.mark.no_database
 
 
 def test_ids_are_version_4_uuids_and_never_repeat_across_fills():

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.no_database
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_PACKAGES = ("chat", "chatsite", "posts")
 FORBIDDEN = frozenset(

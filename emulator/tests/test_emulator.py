@@ -47,6 +47,8 @@ from azure.core.pipeline.policies import (
 
 from emulator import AgentsEmulator, EmulatorConfig, EmulatorThread
 
+pytestmark = pytest.mark.no_database
+
 SCOPE = "https://ai.azure.com/.default"
 TERMINAL = ("thread.run.completed", "thread.run.failed", "thread.run.cancelled")
 

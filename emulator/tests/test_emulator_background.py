@@ -12,6 +12,8 @@ from openai import APIConnectionError, AsyncOpenAI, BadRequestError
 from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 from testing.waiting import await_until
 
+pytestmark = pytest.mark.no_database
+
 AGENT = {"agent_reference": {"name": FOUNDRY_AGENT_NAME, "type": "agent_reference"}}
 DELTA = "response.output_text.delta"
 

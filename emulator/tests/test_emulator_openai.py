@@ -37,6 +37,8 @@ from openai.types.responses import (
 from chat.backends._azure import DevTokenCredential
 from emulator import FOUNDRY_AGENT_NAME, AgentsEmulator
 
+pytestmark = pytest.mark.no_database
+
 AGENT = {"agent_reference": {"name": FOUNDRY_AGENT_NAME, "type": "agent_reference"}}
 RESPONSE_EVENTS = [
     "response.created",

@@ -16,6 +16,8 @@ from emulator import AgentsEmulator
 from emulator.tests.test_emulator import make_client, new_thread
 from testing.waiting import await_until
 
+pytestmark = pytest.mark.no_database
+
 
 @pytest.fixture
 async def client(emulator: AgentsEmulator) -> AsyncIterator[AgentsClient]:
