@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -102,6 +103,35 @@ def _reply_step[**P, R](
 # again: a burst of new chats on the sync threads would wait out those sleeps.
 # Within the process they queue here instead, and each goes when the last ends.
 _SQLITE_WRITER = threading.RLock()
+# Steps called from the event loop queue on the loop first (`_queued`), so that
+# no shared thread sits blocked on the lock above while the requests bound to
+# it (Django's request signals, their reads) wait behind it.
+_SQLITE_QUEUES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]"
+_SQLITE_QUEUES = weakref.WeakKeyDictionary()
+
+
+def _on_sqlite() -> bool:
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
+
+def _queued[**P, R](
+    step: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A write step called from the event loop: on SQLite it waits there for the
+    process's other writes before it takes a thread."""
+
+    @functools.wraps(step)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not _on_sqlite():
+            return await step(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        queue = _SQLITE_QUEUES.get(loop)
+        if queue is None:
+            queue = _SQLITE_QUEUES[loop] = asyncio.Lock()
+        async with queue:
+            return await step(*args, **kwargs)
+
+    return run
 
 
 def _write_step[**P, R](step: Callable[P, R]) -> Callable[P, R]:
@@ -194,6 +224,7 @@ def _stale_before(now: datetime) -> datetime:
     return now - timedelta(seconds=settings.CHAT_MAX_STREAM_SECONDS + 60)
 
 
+@_queued
 @sync_to_async
 @_write_step
 def start_turn(
@@ -391,6 +422,7 @@ def _store_lost_reply(conversation: Conversation, now: datetime) -> None:
     )
 
 
+@_queued
 @_reply_step
 @_write_step
 def finish_turn(
@@ -424,6 +456,7 @@ def finish_turn(
         Conversation.objects.filter(pk=conversation_id).update(**update)
 
 
+@_queued
 @_reply_step
 @_write_step
 def release(conversation_id: UUID, again: bool = False) -> None:
@@ -431,6 +464,7 @@ def release(conversation_id: UUID, again: bool = False) -> None:
     Conversation.objects.filter(pk=conversation_id).update(**UNLOCKED)
 
 
+@_queued
 @_reply_step
 @_write_step
 def record_run(
@@ -442,6 +476,7 @@ def record_run(
     )
 
 
+@_queued
 @_reply_step
 @_write_step
 def claim(

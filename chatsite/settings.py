@@ -217,6 +217,10 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     )
     # A file, not memory, so a server subprocess started by a test shares it.
     _db["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
+    # Each of the few shared threads (chatsite.threads) keeps its connection:
+    # closed at the end of every request, it was opened again by the next reply
+    # step on that thread, and connecting runs a dozen statements.
+    _db["CONN_MAX_AGE"] = None
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
