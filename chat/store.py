@@ -14,8 +14,8 @@ import contextlib
 import functools
 import logging
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,7 +78,8 @@ def _reply_step[**P, R](
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """A step a reply's producer takes, which may outlive the request that
     started it (and that request's thread): it runs on one of the shared
-    threads (chatsite.threads) and gives a pooled connection back when done."""
+    threads (chatsite.threads), or SQLite's writer thread, and gives a pooled
+    connection back when done."""
 
     @functools.wraps(step)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -90,9 +91,8 @@ def _reply_step[**P, R](
             # SQLite keeps its file open; reopening costs more than it holds.
 
     async def on_a_shared_thread(*args: P.args, **kwargs: P.kwargs) -> R:
-        call = sync_to_async(
-            run, thread_sensitive=False, executor=threads.next_executor()
-        )
+        executor = _sqlite_writer() or threads.next_executor()
+        call = sync_to_async(run, thread_sensitive=False, executor=executor)
         return await call(*args, **kwargs)
 
     return on_a_shared_thread
@@ -103,33 +103,37 @@ def _reply_step[**P, R](
 # again: a burst of new chats on the sync threads would wait out those sleeps.
 # Within the process they queue here instead, and each goes when the last ends.
 _SQLITE_WRITER = threading.RLock()
-# Steps called from the event loop queue on the loop first (`_queued`), so that
-# no shared thread sits blocked on the lock above while the requests bound to
-# it (Django's request signals, their reads) wait behind it.
-_SQLITE_QUEUES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]"
-_SQLITE_QUEUES = weakref.WeakKeyDictionary()
+# Called from the event loop, SQLite's write steps all run on one thread of
+# their own (`_sqlite_writer`): they queue there, each starting as soon as the
+# last ends, and none of the shared threads sits blocked on the lock above
+# while the requests bound to it (Django's request signals, their reads) wait
+# behind it. Queued on the event loop instead, each write waited for the loop's
+# next turns, and under a thousand streams the writes fell behind.
+_SQLITE_WRITER_THREAD: ThreadPoolExecutor | None = None
 
 
-def _on_sqlite() -> bool:
-    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+def _sqlite_writer() -> ThreadPoolExecutor | None:
+    """The thread SQLite's write steps run on; None on another database."""
+    global _SQLITE_WRITER_THREAD
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+        return None
+    if _SQLITE_WRITER_THREAD is None:
+        _SQLITE_WRITER_THREAD = ThreadPoolExecutor(1, "sqlite-writer")
+    return _SQLITE_WRITER_THREAD
 
 
-def _queued[**P, R](
-    step: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """A write step called from the event loop: on SQLite it waits there for the
-    process's other writes before it takes a thread."""
+def _turn_step[**P, R](step: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A step of the request that starts a turn: on the request's own thread
+    (asgiref's thread-sensitive context), or SQLite's writer thread."""
 
     @functools.wraps(step)
     async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        if not _on_sqlite():
-            return await step(*args, **kwargs)
-        loop = asyncio.get_running_loop()
-        queue = _SQLITE_QUEUES.get(loop)
-        if queue is None:
-            queue = _SQLITE_QUEUES[loop] = asyncio.Lock()
-        async with queue:
-            return await step(*args, **kwargs)
+        writer = _sqlite_writer()
+        if writer is None:
+            call = sync_to_async(step)
+        else:
+            call = sync_to_async(step, thread_sensitive=False, executor=writer)
+        return await call(*args, **kwargs)
 
     return run
 
@@ -224,8 +228,7 @@ def _stale_before(now: datetime) -> datetime:
     return now - timedelta(seconds=settings.CHAT_MAX_STREAM_SECONDS + 60)
 
 
-@_queued
-@sync_to_async
+@_turn_step
 @_write_step
 def start_turn(
     *,
@@ -422,7 +425,6 @@ def _store_lost_reply(conversation: Conversation, now: datetime) -> None:
     )
 
 
-@_queued
 @_reply_step
 @_write_step
 def finish_turn(
@@ -456,7 +458,6 @@ def finish_turn(
         Conversation.objects.filter(pk=conversation_id).update(**update)
 
 
-@_queued
 @_reply_step
 @_write_step
 def release(conversation_id: UUID, again: bool = False) -> None:
@@ -464,7 +465,6 @@ def release(conversation_id: UUID, again: bool = False) -> None:
     Conversation.objects.filter(pk=conversation_id).update(**UNLOCKED)
 
 
-@_queued
 @_reply_step
 @_write_step
 def record_run(
@@ -476,7 +476,6 @@ def record_run(
     )
 
 
-@_queued
 @_reply_step
 @_write_step
 def claim(
