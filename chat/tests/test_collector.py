@@ -59,6 +59,7 @@ async def test_survivors_are_frozen_and_wait_for_a_full_collection_while_none_st
     collections: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lifecycle, "FULL_COLLECTION_SECONDS", 0.0)
+    monkeypatch.setattr(lifecycle, "IDLE_SECONDS", 1.0)
     streaming = [object()]
     monkeypatch.setattr(relay, "open_replies", lambda: list(streaming))
     lifecycle.tune_garbage_collector()
