@@ -108,8 +108,7 @@ def tracked_census() -> None:
             time.sleep(1.0)
             n += 1
             kinds = Counter(
-                f"{type(o).__module__}.{type(o).__qualname__}"
-                for o in gc.get_objects()
+                f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects()
             )
             lines = [f"{c:9d}  {kind}" for kind, c in kinds.most_common()]
             path = f"{os.environ['CENSUS_OUTPUT']}.{n:03d}"
