@@ -10,10 +10,8 @@ Steps that may run twice are idempotent: storing a reply is keyed by its id.
 """
 
 import asyncio
-import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,15 +98,12 @@ def _reply_step[**P, R](
 
 # SQLite has one writer at a time, and a writer that finds the file locked
 # sleeps in SQLite's busy handler (1, 2, 5, 10 ms and longer) before it looks
-# again: a burst of new chats on the sync threads would wait out those sleeps.
-# Within the process they queue here instead, and each goes when the last ends.
-_SQLITE_WRITER = threading.RLock()
-# Called from the event loop, SQLite's write steps all run on one thread of
-# their own (`_sqlite_writer`): they queue there, each starting as soon as the
-# last ends, and none of the shared threads sits blocked on the lock above
-# while the requests bound to it (Django's request signals, their reads) wait
-# behind it. Queued on the event loop instead, each write waited for the loop's
-# next turns, and under a thousand streams the writes fell behind.
+# again. So SQLite's write steps all run on one thread of their own
+# (`_sqlite_writer`): they queue there, each starting as soon as the last ends,
+# and none of the shared threads sits blocked on the file while the requests
+# bound to it (Django's request signals, their reads) wait behind it. Queued on
+# the event loop instead, each write waited for the loop's next turns, and under
+# a thousand streams the writes fell behind.
 _SQLITE_WRITER_THREAD: ThreadPoolExecutor | None = None
 
 
@@ -139,19 +134,12 @@ def _turn_step[**P, R](step: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, 
 
 
 def _write_step[**P, R](step: Callable[P, R]) -> Callable[P, R]:
-    """A write step: on SQLite it waits for the process's other writes (above); a
-    failed connection is closed and the step `Retryable`."""
+    """A write step: a failed connection is closed and the step `Retryable`."""
 
     @functools.wraps(step)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        one_writer = (
-            _SQLITE_WRITER
-            if connection.vendor == "sqlite"
-            else contextlib.nullcontext()
-        )
         try:
-            with one_writer:
-                return step(*args, **kwargs)
+            return step(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
             connection.close()
             raise Retryable(str(exc)) from exc
