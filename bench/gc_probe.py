@@ -45,7 +45,9 @@ _started_cpu = 0.0
 
 
 # The slowest collections (by CPU), with what each walked: the objects in the
-# generations it collected, and the thread that ran it.
+# generations it collected (counted only with GC_PROBE_WALKED=1: counting lists
+# them, CPU the benchmark would charge to the app), and the thread that ran it.
+_COUNT_WALKED = os.environ.get("GC_PROBE_WALKED") == "1"
 _slowest: list[dict[str, Any]] = []
 _walked = [0]
 
@@ -54,7 +56,7 @@ def _record(phase: str, info: dict[str, Any]) -> None:
     global _started, _started_cpu
     generation = info["generation"]
     if phase == "start":
-        if _serving[0]:
+        if _serving[0] and _COUNT_WALKED:
             _walked[0] = sum(len(gc.get_objects(g)) for g in range(generation + 1))
         _started, _started_cpu = time.perf_counter(), time.thread_time()
     elif _serving[0]:

@@ -455,7 +455,11 @@ def main() -> int:
     gc_output = log_dir / f"soak-gc-{port}.json"
     # The log keeps WARNING and up: the SIGUSR1 count line, and any traceback.
     env = servers.app_env(f"{emulator_base}/api/projects/emulator", database_url)
-    env.update(GC_PROBE_APP="chatsite.asgi:application", GC_PROBE_OUTPUT=str(gc_output))
+    env.update(
+        GC_PROBE_APP="chatsite.asgi:application",
+        GC_PROBE_OUTPUT=str(gc_output),
+        GC_PROBE_WALKED="1",
+    )
     server = servers.Process(
         f"soak-{port}",
         argv,
