@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
-from django.core.management import call_command
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -45,12 +44,6 @@ document.addEventListener("securitypolicyviolation", (event) => {
   window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
 });
 """
-
-
-@pytest.fixture(scope="session")
-def collected_static() -> None:
-    # The server runs with DEBUG off and serves STATIC_ROOT through ServeStatic.
-    call_command("collectstatic", interactive=False, verbosity=0)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 from django.db import connections
 
 from testing.live import LiveServer, start_server
@@ -45,9 +46,16 @@ def _servers(log_dir: Path) -> Iterator[Callable[..., LiveServer]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def collected_static() -> None:
+    """STATIC_ROOT, collected once: servers run with DEBUG off, where pages name
+    static files by the manifest that collectstatic writes."""
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+
 @pytest.fixture
 def uvicorn_server_factory(
-    transactional_db: None, tmp_path: Path
+    collected_static: None, transactional_db: None, tmp_path: Path
 ) -> Iterator[Callable[..., LiveServer]]:
     """Starts uvicorn subprocesses on the test database; stops them afterwards."""
     yield from _servers(tmp_path)
@@ -55,7 +63,9 @@ def uvicorn_server_factory(
 
 @pytest.fixture(scope="module")
 def module_server_factory(
-    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+    collected_static: None,
+    django_db_setup: None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., LiveServer]]:
     """Starts uvicorn subprocesses that serve a whole module on the test database,
     whose tests flush it after each (transactional_db)."""

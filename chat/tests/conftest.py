@@ -8,7 +8,6 @@ from emulator import AgentsEmulator
 from testing.browser import (  # noqa: F401  (the browser tests')
     chat,
     chromium,
-    collected_static,
 )
 from testing.upstream import answer_through
 

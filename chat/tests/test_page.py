@@ -8,7 +8,6 @@ from urllib.parse import urljoin
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
 from django.http import HttpResponse
 from django.test import AsyncClient
 
@@ -24,11 +23,10 @@ IMPORT = re.compile(r"""\bimport\s*(?:[\w*{}\s,]+from\s*)?["'](\.{0,2}/[^"']+)["
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def collected_static() -> None:
-    # Tests run with DEBUG off: {% static %} needs the manifest, and ServeStatic
-    # serves STATIC_ROOT, so both need collectstatic first.
-    call_command("collectstatic", interactive=False, verbosity=0)
+@pytest.fixture(autouse=True)
+def _collected(collected_static: None) -> None:
+    """Tests run with DEBUG off: {% static %} needs the manifest, and ServeStatic
+    serves STATIC_ROOT, so both need collectstatic first (once a session)."""
 
 
 @pytest.fixture
