@@ -20,7 +20,6 @@ from the run's message, the only text the service vouches for.
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -36,6 +35,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
 from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy
 from azure.core.pipeline.transport import AioHttpTransport
@@ -83,12 +83,12 @@ class RawEvents(BaseAsyncAgentEventHandler[tuple[str, Any]]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._events: deque[bytes] = deque()
+        # The events of the last read not yet taken, last first.
+        self._events: list[bytes] = []
         self._tail = b""
 
     async def __anext__(self) -> tuple[str, Any]:
-        events = self._events
-        while not events:
+        while not self._events:
             if self.response_iterator is None:
                 raise ValueError("The response handler was not initialized.")
             chunk = await anext(self.response_iterator, None)
@@ -99,21 +99,99 @@ class RawEvents(BaseAsyncAgentEventHandler[tuple[str, Any]]):
                 raise StopAsyncIteration
             pieces = (self._tail + chunk).split(b"\n\n")
             self._tail = pieces.pop()
-            events.extend(piece for piece in pieces if piece.strip())
-        return _parse_event(events.popleft())
+            self._events = [piece for piece in reversed(pieces) if piece.strip()]
+        return _parse_event(self._events.pop())
+
+
+# The names an event stream repeats, decoded once.
+EVENT_NAMES = {
+    name.encode(): name
+    for name in (
+        "thread.message.delta",
+        "thread.message.created",
+        "thread.message.in_progress",
+        "thread.message.completed",
+        "thread.run.created",
+        "thread.run.queued",
+        "thread.run.in_progress",
+        "thread.run.completed",
+        "thread.run.step.created",
+        "thread.run.step.in_progress",
+        "thread.run.step.delta",
+        "thread.run.step.completed",
+        "thread.created",
+        "done",
+    )
+}
+
+
+class UpstreamBody:
+    """An event stream's bytes as they arrive, read from the aiohttp response.
+
+    The SDK hands a streamed response back as `iter_bytes()`, azure-core's
+    generator over its download generator: per read, two generator layers, a
+    backwards-compatible attribute lookup and a header lookup, and a read of a
+    fixed block size. The operations' `cls` keyword (azure-core's hook for what
+    an operation returns) passes the response here instead, once the pipeline
+    has sent the request and checked its status. Each read takes what has
+    arrived; read errors become azure-core's, as its generator raises them. The
+    backend's aiohttp session decompresses a compressed body itself (aiohttp's
+    default, which azure-core then leaves alone). `close()`, which the SDK's
+    stream calls on leaving, closes the connection of a body not read to its
+    end."""
+
+    __slots__ = ("_content", "_response")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self._content = response.content
+
+    @classmethod
+    def of(cls, pipeline_response: Any, _deserialized: Any, _: Any) -> "UpstreamBody":
+        """The `cls` hook of a streamed operation."""
+        return cls(pipeline_response.http_response.internal_response)
+
+    def __aiter__(self) -> "UpstreamBody":
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.readany()
+        except aiohttp.ClientPayloadError as err:
+            self._response.close()
+            raise IncompleteReadError(err, error=err) from err
+        except aiohttp.ClientResponseError as err:
+            raise ServiceResponseError(err, error=err) from err
+        except TimeoutError as err:
+            raise ServiceResponseTimeoutError(err, error=err) from err
+        except aiohttp.ClientError as err:
+            raise ServiceRequestError(err, error=err) from err
+        if not chunk:
+            self._response.close()
+            raise StopAsyncIteration
+        return chunk
+
+    async def close(self) -> None:
+        self._response.close()
 
 
 def _parse_event(event: bytes) -> tuple[str, Any]:
-    name = data = b""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            data = line[5:].strip()
-        elif line.startswith(b"event:"):
-            name = line[6:].strip()
+    head, _, data = event.partition(b"\n")
+    if head.startswith(b"event:") and data.startswith(b"data:") and b"\n" not in data:
+        # The service's shape: one event line, one data line.
+        name, data = head[6:].strip(), data[5:].strip()
+    else:
+        name = data = b""
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+            elif line.startswith(b"event:"):
+                name = line[6:].strip()
+    text = EVENT_NAMES.get(name) or name.decode()
     try:
-        return name.decode(), orjson.loads(data)
+        return text, orjson.loads(data)
     except orjson.JSONDecodeError:
-        return name.decode(), data.decode(errors="replace")
+        return text, data.decode(errors="replace")
 
 
 async def _no_tool_outputs(*_: Any) -> None:
@@ -494,6 +572,7 @@ class AzureAgentsBackend(ChatBackend):
                         agent_id=self.agent_id,
                         additional_messages=[message],
                         event_handler=RawEvents(),
+                        cls=UpstreamBody.of,
                     )
                 except ResourceNotFoundError:
                     # The thread is gone upstream (deleted, expired): start a new one
@@ -549,6 +628,9 @@ class AzureAgentsBackend(ChatBackend):
                         if not continued:
                             break
                         continued -= 1
+                    # Not held while the next event is awaited: a stream's
+                    # life, for every open stream.
+                    data = event = None
         except BackendError:
             raise
         except (IncompleteReadError, ServiceResponseError, aiohttp.ClientError) as exc:
@@ -581,7 +663,9 @@ class AzureAgentsBackend(ChatBackend):
             "thread": {"messages": messages},
             "stream": True,
         }
-        chunks = await client.create_thread_and_run(body, stream=True)
+        chunks = await client.create_thread_and_run(
+            body, stream=True, cls=UpstreamBody.of
+        )
         return AsyncAgentRunStream(chunks, _no_tool_outputs, RawEvents())
 
     async def _call_functions(
