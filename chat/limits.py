@@ -77,19 +77,24 @@ def _counted(caller: Caller, limit: int, ceiling: int) -> list[tuple[str, int]]:
     return counted
 
 
-@contextlib.asynccontextmanager
-async def stream_slot(caller: Caller) -> AsyncIterator[None]:
+def stream_slot(caller: Caller) -> contextlib.AbstractAsyncContextManager[None] | None:
     """Holds one of the caller's concurrent-stream slots for the life of a reply
-    (and one of its address's, for a session).
+    (and one of its address's, for a session); None when no limit applies.
 
     Entering raises the 429 when none is left; leaving gives the slots back,
     whatever ended the reply."""
+    counted = _counted(
+        caller,
+        settings.CHAT_MAX_CONCURRENT_STREAMS,
+        settings.CHAT_MAX_CONCURRENT_STREAMS_PER_IP,
+    )
+    return _slots(counted) if counted else None
+
+
+@contextlib.asynccontextmanager
+async def _slots(counted: list[tuple[str, int]]) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as slots:
-        for key, limit in _counted(
-            caller,
-            settings.CHAT_MAX_CONCURRENT_STREAMS,
-            settings.CHAT_MAX_CONCURRENT_STREAMS_PER_IP,
-        ):
+        for key, limit in counted:
             await slots.enter_async_context(_slot(f"chat:streams:{key}", limit))
         yield
 

@@ -29,7 +29,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -136,8 +136,10 @@ async def start(
     reply_id = uuid4()
     toolbox = tools.ToolBox(tools.registry(), owner)
     early = None
+    slot = limits.stream_slot(caller)
     async with contextlib.AsyncExitStack() as resources:
-        await resources.enter_async_context(limits.stream_slot(caller))
+        if slot is not None:
+            await resources.enter_async_context(slot)
         if mode == store.NEW and conversation_id is None and thread_id is None:
             # A new conversation waits on nothing upstream: its request goes out
             # while its turn is stored, and the first event is on its way sooner.
@@ -179,7 +181,7 @@ async def start(
             conversation=turn.conversation,
             request=request,
             started=started,
-            resources=resources.pop_all(),
+            resources=resources.pop_all() if slot is not None else None,
             message_id=reply_id,
             early=early,
             reply_to=turn.user_message.pk,
@@ -523,9 +525,18 @@ async def wait_closed(replies: list["Reply"], timeout: float) -> int:
 # --- one reply ------------------------------------------------------------------------
 
 
+# An Early's buffer once the reply took its events over: nothing reads it again.
+_HANDED_OVER: collections.deque[base.Event] = collections.deque(maxlen=0)
+
+
+async def _no_events() -> AsyncIterator[base.Event]:
+    return
+    yield
+
+
 class Early:
     """A backend's events, read from now on while the turn is being stored; the
-    reply takes them over with `events()`.
+    reply takes them over with `handed_over()`, then reads `rest()`.
 
     Until then a task of its own reads them into a buffer: an upstream that
     sends its reply and closes meanwhile loses nothing (aiohttp drops what it
@@ -556,8 +567,9 @@ class Early:
         finally:
             answered.set()
 
-    async def events(self) -> AsyncIterator[base.Event]:
-        """Every event: the buffered ones, then the rest as they come."""
+    async def handed_over(self) -> AsyncIterator[base.Event]:
+        """The events read so far, and those the reader reads until it sees
+        that the reply has taken over; `rest()` has the others."""
         self._taken = True
         while True:
             while self._buffered:
@@ -570,11 +582,14 @@ class Early:
             await asyncio.wait({self._reader})
         self._reader.result()  # its error, if it failed
         # Only the hand-over needed these; the reply holds its events for long.
-        self._buffered.clear()
+        self._buffered = _HANDED_OVER
         self._answered = None
-        if not self._ended:
-            async for event in self._events:
-                yield event
+
+    def rest(self) -> AsyncIterator[base.Event]:
+        """The events after `handed_over()`'s: the backend's iterator itself, so
+        that no generator of ours sits between it and the reply for every event
+        of its life."""
+        return _no_events() if self._ended else self._events
 
     async def thread_id(self) -> str | None:
         """The upstream thread the request made, once it answered."""
@@ -605,6 +620,42 @@ class Early:
 
 
 class Reply:
+    # More than 30 attributes: without slots, each reply (open, or kept for late
+    # readers) would carry a dictionary of its own, 1.5 KiB.
+    __slots__ = (
+        "_deadline",
+        "_last_event",
+        "_producing",
+        "_record_run",
+        "_sent_metadata",
+        "_watchdog",
+        "backend",
+        "citations",
+        "conversation_id",
+        "created_at",
+        "delta_count",
+        "early",
+        "error",
+        "files",
+        "first_chunk_at",
+        "log",
+        "message_id",
+        "mirror",
+        "replaced_thread_id",
+        "reply_to",
+        "request",
+        "resources",
+        "resumption",
+        "run_id",
+        "started",
+        "status",
+        "stop_reason",
+        "task",
+        "thread_id",
+        "tools",
+        "usage",
+    )
+
     def __init__(
         self,
         *,
@@ -628,7 +679,7 @@ class Reply:
         self.request = request
         self.started = started
         # What the reply holds until it is stored (the caller's stream slot).
-        self.resources = resources or contextlib.AsyncExitStack()
+        self.resources = resources
         self.created_at: datetime = created_at or timezone.now()
         self.message_id = message_id or uuid4()
         self.thread_id: str | None = request.thread_id
@@ -789,66 +840,71 @@ class Reply:
         try:
             if self.stop_reason is not None:
                 raise asyncio.CancelledError  # stopped before it began
-            async for event in self._events():
-                self._last_event = clock()
-                match event:
-                    case base.Delta(text=text, cursor=cursor):
-                        if self.first_chunk_at is None:
-                            self.first_chunk_at = time.perf_counter()
+            for events in self._event_sources():
+                async for event in events:
+                    self._last_event = clock()
+                    match event:
+                        case base.Delta(text=text, cursor=cursor):
+                            if self.first_chunk_at is None:
+                                self.first_chunk_at = time.perf_counter()
+                                self._send_metadata()
+                            self.delta_count += 1
+                            log.append_chunk(text)
+                            if cursor is not None:
+                                log.cursor = cursor
+                        case base.ThreadReady():
+                            self.thread_id = event.thread_id
+                            self.replaced_thread_id = event.replaced_thread_id
                             self._send_metadata()
-                        self.delta_count += 1
-                        log.append_chunk(text)
-                        if cursor is not None:
-                            log.cursor = cursor
-                    case base.ThreadReady():
-                        self.thread_id = event.thread_id
-                        self.replaced_thread_id = event.replaced_thread_id
-                        self._send_metadata()
-                    case base.RunStarted(run_id=run_id, cursor=cursor):
-                        self.run_id = log.run_id = run_id
-                        if cursor is not None:
-                            log.cursor = cursor
-                        if not self.backend.offline and self.thread_id:
-                            # After the reply's previous run (function calls
-                            # start another), so the last one is recorded.
-                            self._record_run = asyncio.create_task(
-                                self._record(run_id, self.thread_id, self._record_run)
+                        case base.RunStarted(run_id=run_id, cursor=cursor):
+                            self.run_id = log.run_id = run_id
+                            if cursor is not None:
+                                log.cursor = cursor
+                            if not self.backend.offline and self.thread_id:
+                                # After the reply's previous run (function calls
+                                # start another), so the last one is recorded.
+                                self._record_run = asyncio.create_task(
+                                    self._record(
+                                        run_id, self.thread_id, self._record_run
+                                    )
+                                )
+                                self._record_run.add_done_callback(self._recorded)
+                        case base.Citation(data=data, cursor=cursor):
+                            self.citations.append(data)
+                            self._send_metadata()
+                            log.append(frames.Annotation(**data))
+                            if cursor is not None:
+                                log.cursor = cursor
+                        case base.ToolProgress(cursor=cursor):
+                            self._send_metadata()
+                            tool = frames.Tool(
+                                id=event.id,
+                                kind=event.kind,
+                                name=event.name,
+                                status=event.status,
+                                input=event.input,
+                                output=event.output,
                             )
-                            self._record_run.add_done_callback(self._recorded)
-                    case base.Citation(data=data, cursor=cursor):
-                        self.citations.append(data)
-                        self._send_metadata()
-                        log.append(frames.Annotation(**data))
-                        if cursor is not None:
-                            log.cursor = cursor
-                    case base.ToolProgress(cursor=cursor):
-                        self._send_metadata()
-                        tool = frames.Tool(
-                            id=event.id,
-                            kind=event.kind,
-                            name=event.name,
-                            status=event.status,
-                            input=event.input,
-                            output=event.output,
-                        )
-                        self.tools[event.id] = _kept_tool(tool)
-                        log.append(tool)
-                        if cursor is not None:
-                            log.cursor = cursor
-                    case base.FileOutput(cursor=cursor):
-                        self._send_metadata()
-                        kept = files.stored(event)
-                        if event.file_id not in self.files:
-                            self.files[event.file_id] = kept
-                            log.append(files.file_frame(self.conversation_id, kept))
-                        if cursor is not None:
-                            log.cursor = cursor
-                    case base.Completed():
-                        self.usage = event.usage
-                        if event.cancelled:
-                            self.status = Message.Status.CANCELLED
-                        completed = True
-                        break
+                            self.tools[event.id] = _kept_tool(tool)
+                            log.append(tool)
+                            if cursor is not None:
+                                log.cursor = cursor
+                        case base.FileOutput(cursor=cursor):
+                            self._send_metadata()
+                            kept = files.stored(event)
+                            if event.file_id not in self.files:
+                                self.files[event.file_id] = kept
+                                log.append(files.file_frame(self.conversation_id, kept))
+                            if cursor is not None:
+                                log.cursor = cursor
+                        case base.Completed():
+                            self.usage = event.usage
+                            if event.cancelled:
+                                self.status = Message.Status.CANCELLED
+                            completed = True
+                            break
+                if completed:
+                    break
             if not completed:
                 raise BackendError(
                     base.INCOMPLETE, "the agent's reply ended before the run finished"
@@ -894,17 +950,27 @@ class Reply:
                 self.early.close()
             try:
                 await asyncio.shield(self._persist())
-                await asyncio.shield(self.resources.aclose())
+                if self.resources is not None:
+                    await asyncio.shield(self.resources.aclose())
             finally:
                 _ACTIVE.pop(self.conversation_id, None)
                 self._send_metadata()
                 log.append(self.final_frame(), final=True)
                 _keep_finished(self)
 
+    def _event_sources(self) -> Iterator[AsyncIterator[base.Event]]:
+        """Where the reply's events come from, in turn. A new conversation's
+        come from the request sent while its turn was stored: those read so far,
+        then the backend's own iterator, read directly."""
+        early = self.early
+        if early is not None:
+            yield early.handed_over()
+            yield early.rest()
+            return
+        yield self._events()
+
     def _events(self) -> AsyncIterator[base.Event]:
         resumption = self.resumption
-        if self.early is not None:
-            return self.early.events()
         if resumption is None:
             return self.backend.stream_reply(self.request)
         if not (resumption.thread_id and resumption.run_id):
