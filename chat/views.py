@@ -24,7 +24,14 @@ from chat.schemas import (
     RegenerateRequest,
 )
 from chatsite import easyauth
-from chatsite.api import BadRequest, api_view, json_error, json_response, parse_body
+from chatsite.api import (
+    BadRequest,
+    api_view,
+    json_error,
+    json_response,
+    parse_body,
+)
+from chatsite.responses import EventStreamResponse
 
 SESSION_OWNER_KEY = "chat_owner"
 
@@ -239,10 +246,8 @@ def _json_reply(whole: dict) -> HttpResponse:
     return json_response(whole, status=status)
 
 
-def _event_stream(content: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    return StreamingHttpResponse(
-        content, content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
-    )
+def _event_stream(content: AsyncIterator[bytes]) -> EventStreamResponse:
+    return EventStreamResponse(content, headers=SSE_HEADERS)
 
 
 async def _owned_conversation(

@@ -26,7 +26,7 @@ shutdown, stops open chat streams and waits for them to store what they have.
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import closing
+from contextlib import aclosing, closing
 from typing import Any
 
 import django
@@ -41,6 +41,7 @@ from django.http.response import HttpResponseBase
 from django.urls import set_script_prefix
 
 from chatsite import telemetry, threads
+from chatsite.responses import EventStreamResponse
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -131,6 +132,39 @@ class SharedThreadsASGIHandler(ASGIHandler):
         if aborted and isinstance(listener.exception(), AssertionError):
             raise listener.exception()
         return response
+
+    async def send_response(self, response: HttpResponseBase, send: Send) -> None:
+        """Django's, but an event stream's items go out as they are: Django maps
+        every item of a streaming response through a generator of its own and
+        splits it again into chunks, a generator more per event."""
+        if not isinstance(response, EventStreamResponse):
+            await super().send_response(response, send)
+            return
+        await send(_response_start(response))
+        async with aclosing(response.events) as events:
+            async for part in events:
+                await send(
+                    {"type": "http.response.body", "body": part, "more_body": True}
+                )
+        await send({"type": "http.response.body"})
+
+
+def _response_start(response: HttpResponseBase) -> dict[str, Any]:
+    """The `http.response.start` message, as Django builds it (the headers in
+    their case, then the cookies)."""
+    headers = [
+        (header.encode("ascii"), value.encode("latin1"))
+        for header, value in response.items()
+    ]
+    headers += [
+        (b"Set-Cookie", cookie.OutputString().encode("ascii"))
+        for cookie in response.cookies.values()
+    ]
+    return {
+        "type": "http.response.start",
+        "status": response.status_code,
+        "headers": headers,
+    }
 
 
 # Browsers send about 20; proxies add about 10.

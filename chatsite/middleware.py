@@ -7,6 +7,7 @@ so they run inline; the one hook that does I/O, saving the session, is awaited
 through the session's async API.
 """
 
+import functools
 import ipaddress
 import logging
 import re
@@ -29,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatsite import easyauth, ids, requestlog
 from chatsite.api import json_error
+from chatsite.responses import EventStreamResponse
 
 
 class InlineHooksMixin:
@@ -164,18 +166,24 @@ class RequestLogMiddleware(AsyncMiddleware):
         response["X-Request-ID"] = request.request_id
         # What the line needs, not the request: a stream outlives its use.
         seen = (request.method or "", request.path, request.request_id)
-        if response.streaming and response.is_async:
+        status = response.status_code
+        if isinstance(response, EventStreamResponse):
+            # Logged when the server closes it, with no layer around its body.
+            response.on_close(
+                functools.partial(self._log, seen, status, started, fields)
+            )
+        elif response.streaming and response.is_async:
             response.streaming_content = self._logged(
-                seen, response, started, fields, response.streaming_content
+                seen, status, started, fields, response.streaming_content
             )
         else:
-            self._log(seen, response, started, fields)
+            self._log(seen, status, started, fields)
         return response
 
     async def _logged(
         self,
         seen: tuple[str, str, str],
-        response: HttpResponseBase,
+        status: int,
         started: float,
         fields: dict[str, Any],
         content: AsyncIterator[bytes],
@@ -184,12 +192,12 @@ class RequestLogMiddleware(AsyncMiddleware):
             async for part in content:
                 yield part
         finally:
-            self._log(seen, response, started, fields)
+            self._log(seen, status, started, fields)
 
     def _log(
         self,
         seen: tuple[str, str, str],
-        response: HttpResponseBase,
+        status: int,
         started: float,
         fields: dict[str, Any],
     ) -> None:
@@ -198,12 +206,12 @@ class RequestLogMiddleware(AsyncMiddleware):
             "%s %s %s",
             method,
             path,
-            response.status_code,
+            status,
             extra={
                 "request_id": request_id,
                 "method": method,
                 "path": path,
-                "status": response.status_code,
+                "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 **fields,
             },
