@@ -1,9 +1,15 @@
 """One structured log line per request, with a request id and no content."""
 
+import json
 import logging
+from collections.abc import Callable
 
+import httpx
 import pytest
 from django.test import AsyncClient
+
+from testing.live import LiveServer
+from testing.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,3 +59,37 @@ async def test_it_logs_streams_when_they_end_without_their_content(
     assert record.ttfc_ms > 0
     assert record.backend == "local"
     assert "hunter2" not in caplog.text
+
+
+def test_a_server_logs_a_stream_once_it_has_sent_it(
+    uvicorn_server_factory: Callable[..., LiveServer],
+) -> None:
+    """Under uvicorn an event stream's items go out unwrapped; its log line is
+    written when the server closes the response, with what the reply added."""
+    server = uvicorn_server_factory({"LOG_LEVEL": "INFO"})
+    secret = "my password is hunter2"
+    with httpx.stream(
+        "POST", f"{server.url}/api/chat", json={"message": secret}, timeout=30
+    ) as response:
+        request_id = response.headers["X-Request-ID"]
+        body = b"".join(response.iter_bytes())
+    assert b'"type":"done"' in body
+
+    def logged() -> list[dict]:
+        lines = [
+            json.loads(line) for line in server.log().splitlines() if line[:1] == "{"
+        ]
+        return [
+            line
+            for line in lines
+            if line.get("logger") == "chatsite.request"
+            and line.get("request_id") == request_id
+        ]
+
+    wait_until(logged, timeout=10, interval=0.05)
+    (line,) = logged()
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/api/chat", 200)
+    assert line["reply_status"] == "complete"
+    assert line["chunks"] == body.count(b'"type":"chunk"') > 0
+    assert line["ttfc_ms"] > 0
+    assert "hunter2" not in server.log()
