@@ -126,13 +126,19 @@ format: install-dev
 	$(VENV)/bin/ruff check --fix .
 
 # The suite runs on SQLite, then on PostgreSQL when it answers. Under CI=true a
-# missing PostgreSQL fails the run instead of being skipped.
+# missing PostgreSQL fails the run instead of being skipped. Two pytest-xdist
+# workers take a module at a time each (most tests wait on servers they started);
+# the cluster tests, which share one Redis database and a PostgreSQL server's
+# scratch databases, run after them on their own. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 .PHONY: test
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not cluster" $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
 	@if $(PY) -c "import psycopg,sys; psycopg.connect('$(PG_TEST_URL)', connect_timeout=3).close()" 2>/dev/null; then \
 	  echo "== PostgreSQL: $(PG_TEST_URL)"; \
-	  DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -m "not browser and not deploy and not cluster and not no_database" $(PYTEST_ARGS); \
+	  DATABASE_URL=$(PG_TEST_URL) $(VENV)/bin/pytest -m "not browser and not deploy and not cluster and not no_database" $(XDIST) $(PYTEST_ARGS); \
 	elif [ "$${CI:-}" = "true" ]; then \
 	  echo "PostgreSQL at $(PG_TEST_URL) is not reachable, and CI=true requires it." >&2; exit 1; \
 	else \

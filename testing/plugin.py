@@ -1,10 +1,13 @@
 """Fixtures every app's tests share, loaded with `-p testing.plugin`."""
 
+import fcntl
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
 
@@ -48,9 +51,23 @@ def _servers(log_dir: Path) -> Iterator[Callable[..., LiveServer]]:
 
 @pytest.fixture(scope="session")
 def collected_static() -> None:
-    """STATIC_ROOT, collected once: servers run with DEBUG off, where pages name
-    static files by the manifest that collectstatic writes."""
-    call_command("collectstatic", interactive=False, verbosity=0)
+    """STATIC_ROOT, collected once a run: servers run with DEBUG off, where pages
+    name static files by the manifest that collectstatic writes. Under
+    pytest-xdist the first worker collects (under a lock) and the others find its
+    run's id in the lock file: collecting again would rewrite the manifest under
+    the first worker's servers."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    root = Path(settings.STATIC_ROOT)
+    Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
+    with open(Path(settings.VAR_DIR) / "collectstatic-run", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        if run and lock.read() == run and (root / "staticfiles.json").exists():
+            return
+        call_command("collectstatic", interactive=False, verbosity=0)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(run)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_DB = 11
+REDIS_DB = 9  # this module's own database
 DEAD = "a-host:1:dead"  # a process id with no lease: it died
 TOKENS = 8
 BEFORE = 3  # deltas the dead writer logged
