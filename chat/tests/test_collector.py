@@ -1,5 +1,5 @@
 """The garbage collector on a clock (chat.lifecycle.tune_garbage_collector): the
-young generation every half second, survivors frozen, everything only while no
+young generation every quarter second, survivors frozen, everything only while no
 reply streams."""
 
 import asyncio
