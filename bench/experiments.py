@@ -12,7 +12,16 @@ BENCH_EXPERIMENTS names the ones to apply, comma-separated:
 - `garbage` (diagnostic): what the collector finds in reference cycles, by type,
   written to GARBAGE_OUTPUT every 2 s.
 - `tracemalloc` (diagnostic, slows the app): traces allocations from startup;
-  SIGUSR2 writes the live Python memory by file and line to TRACEMALLOC_OUTPUT.
+  SIGUSR2 writes the live Python memory by file and line to TRACEMALLOC_OUTPUT,
+  and the snapshot beside it (TRACEMALLOC_OUTPUT.N.snapshot); TRACEMALLOC_FRAMES
+  frames are kept per allocation (1).
+- `cprofile` (diagnostic, slows the app): the first SIGUSR2 starts cProfile
+  (on Python 3.12 and later it sees every thread's calls), the next writes its
+  statistics to CPROFILE_OUTPUT (pstats) and stops it.
+- `timeline` (diagnostic): when each reply's steps happened (the view called,
+  its turn stored, the first upstream event, the first chunk handed to the
+  server), on the clock of `time.monotonic`; SIGUSR2 writes them as JSON to
+  TIMELINE_OUTPUT.
 """
 
 import os
@@ -38,8 +47,9 @@ def trace_memory() -> None:
     import signal
     import tracemalloc
 
-    tracemalloc.start(1)
+    tracemalloc.start(int(os.environ.get("TRACEMALLOC_FRAMES", "1")))
     baseline = tracemalloc.take_snapshot()
+    dumps = [0]
 
     def dump(signum: int, frame: Any) -> None:
         snapshot = tracemalloc.take_snapshot()
@@ -56,6 +66,8 @@ def trace_memory() -> None:
             lines.append("")
         with open(os.environ["TRACEMALLOC_OUTPUT"], "w") as out:
             out.write("\n".join(lines))
+        dumps[0] += 1
+        snapshot.dump(f"{os.environ['TRACEMALLOC_OUTPUT']}.{dumps[0]}.snapshot")
 
     signal.signal(signal.SIGUSR2, dump)
 
@@ -122,7 +134,97 @@ def tracked_census() -> None:
     threading.Thread(target=census, daemon=True, name="tracked-census").start()
 
 
+def timeline() -> None:
+    import json
+    import signal
+    import time
+    from collections.abc import AsyncIterator
+    from typing import Any
+
+    from chat import relay, store, views
+    from chat.backends import azure_agents
+
+    now = time.monotonic
+    steps: dict[str, list[float]] = {
+        "view": [],
+        "turn_begun": [],
+        "turn_stored": [],
+        "upstream_first_event": [],
+        "first_chunk_out": [],
+    }
+    start, start_turn = relay.start, store.start_turn
+    stream_reply = azure_agents.AzureAgentsBackend.stream_reply
+    event_stream = views._event_stream
+
+    async def timed_start(*args: Any, **kwargs: Any) -> Any:
+        # `started` is the view's perf_counter(): CLOCK_MONOTONIC on Linux.
+        steps["view"].append(kwargs["started"])
+        return await start(*args, **kwargs)
+
+    async def timed_turn(*args: Any, **kwargs: Any) -> Any:
+        steps["turn_begun"].append(now())
+        try:
+            return await start_turn(*args, **kwargs)
+        finally:
+            steps["turn_stored"].append(now())
+
+    async def timed_reply(self: Any, request: Any) -> AsyncIterator[Any]:
+        first = True
+        async for event in stream_reply(self, request):
+            if first:
+                steps["upstream_first_event"].append(now())
+                first = False
+            yield event
+
+    async def timed_events(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        first = True
+        async for item in events:
+            if first and b'"chunk"' in item:
+                steps["first_chunk_out"].append(now())
+                first = False
+            yield item
+
+    def event_stream_of(events: AsyncIterator[Any]) -> Any:
+        return event_stream(timed_events(events))
+
+    relay.start = timed_start
+    store.start_turn = timed_turn
+    azure_agents.AzureAgentsBackend.stream_reply = timed_reply
+    views._event_stream = event_stream_of
+
+    def dump(signum: int, frame: Any) -> None:
+        path = os.environ["TIMELINE_OUTPUT"]
+        with open(f"{path}.tmp", "w") as out:
+            json.dump(steps, out)
+        os.replace(f"{path}.tmp", path)
+        for times in steps.values():
+            times.clear()
+
+    signal.signal(signal.SIGUSR2, dump)
+
+
+def loop_profile() -> None:
+    import cProfile
+    import signal
+    from typing import Any
+
+    profiles: list[cProfile.Profile] = []
+
+    def toggle(signum: int, frame: Any) -> None:
+        if not profiles:
+            profiles.append(cProfile.Profile())
+            profiles[0].enable()
+        else:
+            profile = profiles.pop()
+            profile.disable()
+            profile.dump_stats(os.environ["CPROFILE_OUTPUT"])
+
+    signal.signal(signal.SIGUSR2, toggle)
+
+
 PATCHES = {
+    "cprofile": loop_profile,
+    "timeline": timeline,
     "census": tracked_census,
     "gc": gc_tuning,
     "tracemalloc": trace_memory,

@@ -1,0 +1,154 @@
+"""A burst of new chats, step by step: when each request was sent, reached the
+view, had its turn stored, got its first upstream event, sent and received its
+first chunk, all on one clock (`time.monotonic`, CLOCK_MONOTONIC, which the
+server's `perf_counter` shares on Linux).
+
+    .venv/bin/python bench/timeline.py [--streams 100] [--rounds 3]
+        [--tokens 100 --interval 0.05]
+
+Starts the emulator (on the load's CPU) and chatsite under uvicorn (on the app's
+CPU, SQLite in a temporary directory, or the PostgreSQL server of DATABASE_URL)
+with the `timeline` experiment (bench/experiments.py), sends `--streams` chats at
+once, `--rounds` times after a warm-up, and prints per step the milliseconds
+from the first request sent: min, p10, p50, p90, max. Where the first chunks of a
+burst wait shows there: on the turn's write, on the upstream, on the loop.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import servers
+from load import Stream, client_session, run_stream
+from servers import APP_CPU, BENCH, LOAD_CPU
+
+STEPS = (
+    "client_sent",
+    "view",
+    "turn_begun",
+    "turn_stored",
+    "upstream_first_event",
+    "headers_in",
+    "first_chunk_out",
+    "first_chunk_in",
+)
+
+
+def _ignore(stream: Stream) -> None:
+    pass
+
+
+async def _burst(url: str, streams: int) -> list[Stream]:
+    async with client_session(streams + 10) as session:
+        sent = [Stream() for _ in range(streams)]
+        await asyncio.gather(
+            *(run_stream(session, url, s, 120, _ignore, _ignore) for s in sent)
+        )
+    return sent
+
+
+async def _configure(base: str, tokens: int, interval: float) -> None:
+    config = {"tokens": tokens, "token_interval": interval, "first_token_delay": 0}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/_emulator/reset") as response:
+            response.raise_for_status()
+        async with session.post(f"{base}/_emulator/config", json=config) as response:
+            response.raise_for_status()
+
+
+def _server_steps(pid: int, output: Path) -> dict[str, Any]:
+    """What the server recorded since the last call (the experiment's SIGUSR2)."""
+    output.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR2)
+    for _ in range(200):
+        if output.exists():  # the experiment renames it into place, whole
+            return json.loads(output.read_text())
+        time.sleep(0.05)
+    raise RuntimeError("the server wrote no timeline")
+
+
+def _row(step: str, times: list[float], origin: float) -> str:
+    ms = sorted((t - origin) * 1000 for t in times)
+    n = len(ms)
+
+    def at(q: float) -> float:
+        return ms[min(n - 1, int(q * n))]
+
+    return (
+        f"  {step:22s} n={n:4d}  min {ms[0]:7.1f}  p10 {at(0.1):7.1f}  "
+        f"p50 {at(0.5):7.1f}  p90 {at(0.9):7.1f}  max {ms[-1]:7.1f}"
+    )
+
+
+async def measure(args: argparse.Namespace, log_dir: Path) -> None:
+    emulator, base = servers.start_emulator(log_dir, LOAD_CPU)
+    database = servers.prepare_database(os.environ.get("DATABASE_URL", ""))
+    output = log_dir / "timeline.json"
+    port = servers.free_port()
+    env = servers.app_env(f"{base}/api/projects/emulator", database.url, "")
+    env.update(
+        GC_PROBE_APP="chatsite.asgi:application",
+        GC_PROBE_OUTPUT=str(log_dir / "gc.json"),
+        BENCH_EXPERIMENTS="timeline",
+        TIMELINE_OUTPUT=str(output),
+    )
+    argv = servers.uvicorn_argv(
+        "gc_probe:application", port, loop="uvloop", app_dir=BENCH
+    )
+    app = servers.Process("app", argv, env=env, cpu=APP_CPU, log_dir=log_dir)
+    try:
+        servers.wait_http(f"http://127.0.0.1:{port}/api/health", app)
+        url = f"http://127.0.0.1:{port}/api/chat"
+        await _configure(base, args.tokens, args.interval)
+        await _burst(url, min(args.streams, 20))  # imports, connections, threads
+        await asyncio.to_thread(_server_steps, app.pid, output)
+        print(
+            f"{args.streams} chats at once, {args.tokens} tokens {args.interval:g} s "
+            f"apart, {database.label}; ms after the first request was sent"
+        )
+        for number in range(1, args.rounds + 1):
+            sent = await _burst(url, args.streams)
+            await asyncio.sleep(0.5)
+            steps: dict[str, Any] = await asyncio.to_thread(
+                _server_steps, app.pid, output
+            )
+            steps["client_sent"] = [s.started for s in sent]
+            steps["headers_in"] = [s.headers_at for s in sent if s.headers_at]
+            steps["first_chunk_in"] = [
+                s.first_chunk_at for s in sent if s.first_chunk_at
+            ]
+            failed = [s.error for s in sent if not s.ok]
+            print(f"round {number}: {len(sent) - len(failed)} ok, {len(failed)} failed")
+            if failed:
+                print(f"  first failure: {failed[0]}")
+            origin = min(s.started for s in sent)
+            for step in STEPS:
+                if steps.get(step):
+                    print(_row(step, steps[step], origin))
+    finally:
+        app.stop()
+        emulator.stop()
+        database.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=0.05)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="timeline-") as log_dir:
+        asyncio.run(measure(args, Path(log_dir)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
