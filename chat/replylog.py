@@ -51,7 +51,7 @@ class ReplyLog:
         "_part_starts",
         "_parts",
         "_size",
-        "_waiter",
+        "_waiters",
         "_watcher",
         "cursor",
         "run_id",
@@ -65,7 +65,9 @@ class ReplyLog:
         self._others: dict[int, frames.Frame] = {}
         self._other_ids: list[int] = []  # ascending
         self._ended = False
-        self._waiter: asyncio.Future[None] | None = None
+        # Each waiting reader's own future: True when a frame came, False when
+        # its wait timed out.
+        self._waiters: list[asyncio.Future[bool]] = []
         # Called at every append: the Redis copy's mark (chat.replylog.Mirror).
         self._watcher: Callable[[], None] | None = None
         # Where the upstream run is, for whoever must finish it elsewhere.
@@ -115,11 +117,12 @@ class ReplyLog:
         watcher = self._watcher
         if watcher is not None:
             watcher()
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
 
     # --- reading -------------------------------------------------------------------
 
@@ -174,15 +177,32 @@ class ReplyLog:
         return "".join(pieces)
 
     async def wait(self, last_id: int, timeout: float) -> bool:
-        """Waits until there is a frame after `last_id`; False on timeout."""
+        """Waits until there is a frame after `last_id`; False on timeout.
+
+        A reader waits once per frame while the reply streams, so a wait is one
+        future of the reader's own and one timer: `asyncio.wait` on a shared
+        future made a future, three sets and a callback more each time, and the
+        collector walked them."""
         if len(self) > last_id + 1:
             return True
-        waiter = self._waiter
-        if waiter is None:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-        # asyncio.wait leaves the shared future alone when this reader gives up.
-        await asyncio.wait((waiter,), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(timeout, _time_out, waiter)
+        woken = False
+        try:
+            woken = await waiter
+        finally:
+            timer.cancel()
+            if not woken:  # timed out or cancelled: may still be listed
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
         return len(self) > last_id + 1
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 # --- the Redis Stream copy ------------------------------------------------------------

@@ -82,6 +82,21 @@ async def test_readers_wake_when_a_frame_arrives_and_time_out_otherwise() -> Non
     assert await log.wait(0, 60)
 
 
+async def test_a_reader_that_gives_up_or_times_out_leaves_no_waiter_behind() -> None:
+    log = ReplyLog()
+    stays = asyncio.create_task(log.wait(-1, 60))
+    leaves = asyncio.create_task(log.wait(-1, 60))
+    await asyncio.sleep(0)
+    leaves.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaves
+    assert not await log.wait(-1, 0.01)  # timed out
+    assert len(log._waiters) == 1  # only the reader still waiting
+    log.append_chunk("hi")
+    assert await stays
+    assert log._waiters == []
+
+
 def test_a_long_reply_is_compacted_and_still_read_from_any_id() -> None:
     items = [None if i % 97 == 0 else f"t{i} " for i in range(1000)]
     log = written(items)
