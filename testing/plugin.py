@@ -70,6 +70,16 @@ def collected_static() -> None:
         lock.write(run)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _static_first_under_xdist(request: pytest.FixtureRequest) -> None:
+    """Under pytest-xdist every worker waits for STATIC_ROOT before its first
+    test: while one worker collects, a test in another that builds the
+    middleware (ServeStatic lists STATIC_ROOT and stats every file) found files
+    the collecting worker was replacing (FileNotFoundError)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        request.getfixturevalue("collected_static")
+
+
 @pytest.fixture
 def uvicorn_server_factory(
     collected_static: None, transactional_db: None, tmp_path: Path
