@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
@@ -196,6 +198,17 @@ def start_emulator(log_dir: Path, cpu: int | None) -> tuple[Process, str]:
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/_emulator/health", process)
     return process, base
+
+
+async def configure_emulator(base: str, tokens: int, interval: float) -> None:
+    """Empties the emulator and sets its replies: `tokens` tokens `interval`
+    seconds apart, the first at once."""
+    config = {"tokens": tokens, "token_interval": interval, "first_token_delay": 0}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/_emulator/reset") as response:
+            response.raise_for_status()
+        async with session.post(f"{base}/_emulator/config", json=config) as response:
+            response.raise_for_status()
 
 
 def uvicorn_argv(app: str, port: int, *, loop: str, app_dir: Path | None) -> list[str]:

@@ -160,15 +160,6 @@ def stored_replies(database_url: str) -> dict[str, tuple[str, str]]:
     return {conversation: (status, content) for conversation, status, content in rows}
 
 
-async def configure_emulator(base: str, tokens: int, interval: float) -> None:
-    config = {"tokens": tokens, "token_interval": interval, "first_token_delay": 0}
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{base}/_emulator/reset") as response:
-            response.raise_for_status()
-        async with session.post(f"{base}/_emulator/config", json=config) as response:
-            response.raise_for_status()
-
-
 async def soak(
     url: str, pid: int, *, streams: int, seconds: float, ramp: float
 ) -> tuple[list[Stream], Samples, Counter, float]:
@@ -471,7 +462,9 @@ def main() -> int:
     report: dict[str, Any] = {}
     try:
         servers.wait_http(f"{base}/api/health", server)
-        asyncio.run(configure_emulator(emulator_base, args.tokens, args.interval))
+        asyncio.run(
+            servers.configure_emulator(emulator_base, args.tokens, args.interval)
+        )
         expected = " ".join(f"tok{i}" for i in range(args.tokens))
         # Warm up (backend client, pool, sync threads), then measure idle.
         warm, _, _, _ = asyncio.run(

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import servers
 from load import Stream, client_session, run_stream
 from servers import APP_CPU, BENCH, LOAD_CPU
@@ -53,15 +52,6 @@ async def _burst(url: str, streams: int) -> list[Stream]:
             *(run_stream(session, url, s, 120, _ignore, _ignore) for s in sent)
         )
     return sent
-
-
-async def _configure(base: str, tokens: int, interval: float) -> None:
-    config = {"tokens": tokens, "token_interval": interval, "first_token_delay": 0}
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{base}/_emulator/reset") as response:
-            response.raise_for_status()
-        async with session.post(f"{base}/_emulator/config", json=config) as response:
-            response.raise_for_status()
 
 
 def _server_steps(pid: int, output: Path) -> dict[str, Any]:
@@ -107,7 +97,7 @@ async def measure(args: argparse.Namespace, log_dir: Path) -> None:
     try:
         servers.wait_http(f"http://127.0.0.1:{port}/api/health", app)
         url = f"http://127.0.0.1:{port}/api/chat"
-        await _configure(base, args.tokens, args.interval)
+        await servers.configure_emulator(base, args.tokens, args.interval)
         await _burst(url, min(args.streams, 20))  # imports, connections, threads
         await asyncio.to_thread(_server_steps, app.pid, output)
         print(
