@@ -1340,7 +1340,11 @@ function openShortcuts() {
   ui.shortcuts.showModal();
 }
 
+// "close" comes as a task of its own, after the browser has given the focus back
+// to what had it: focus moved since (by a click, by a script) stays where it is.
 ui.shortcuts.addEventListener("close", () => {
+  const active = document.activeElement;
+  if (active && active !== document.body && !ui.shortcuts.contains(active)) return;
   (beforeShortcuts && document.contains(beforeShortcuts) ? beforeShortcuts : ui.input).focus();
 });
 
