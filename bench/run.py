@@ -169,11 +169,7 @@ class Emulator:
         self.session = session
 
     async def prepare(self, tokens: int, interval: float) -> None:
-        async with self.session.post(f"{self.base}/_emulator/reset") as r:
-            r.raise_for_status()
-        config = {"tokens": tokens, "token_interval": interval, "first_token_delay": 0}
-        async with self.session.post(f"{self.base}/_emulator/config", json=config) as r:
-            r.raise_for_status()
+        await servers.configure_emulator(self.base, tokens, interval, self.session)
 
     async def deltas(self) -> list[dict[str, Any]]:
         async with self.session.get(f"{self.base}/_emulator/deltas") as r:

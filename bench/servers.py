@@ -200,11 +200,18 @@ def start_emulator(log_dir: Path, cpu: int | None) -> tuple[Process, str]:
     return process, base
 
 
-async def configure_emulator(base: str, tokens: int, interval: float) -> None:
+async def configure_emulator(
+    base: str,
+    tokens: int,
+    interval: float,
+    session: aiohttp.ClientSession | None = None,
+) -> None:
     """Empties the emulator and sets its replies: `tokens` tokens `interval`
-    seconds apart, the first at once."""
+    seconds apart, the first at once (through `session`, or one of its own)."""
     config = {"tokens": tokens, "token_interval": interval, "first_token_delay": 0}
-    async with aiohttp.ClientSession() as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if session is None:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
         async with session.post(f"{base}/_emulator/reset") as response:
             response.raise_for_status()
         async with session.post(f"{base}/_emulator/config", json=config) as response:

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import servers
-from load import Stream, client_session, run_stream
-from servers import APP_CPU, BENCH, LOAD_CPU
+from load import Load, Stream, client_session
+from run import EXPERIMENT, Emulator, start_server
+from servers import LOAD_CPU
 
 STEPS = (
     "client_sent",
@@ -41,17 +42,9 @@ STEPS = (
 )
 
 
-def _ignore(stream: Stream) -> None:
-    pass
-
-
 async def _burst(url: str, streams: int) -> list[Stream]:
     async with client_session(streams + 10) as session:
-        sent = [Stream() for _ in range(streams)]
-        await asyncio.gather(
-            *(run_stream(session, url, s, 120, _ignore, _ignore) for s in sent)
-        )
-    return sent
+        return await Load(url, streams, ramp=0, timeout=120).run(session)
 
 
 def _server_steps(pid: int, output: Path) -> dict[str, Any]:
@@ -79,37 +72,30 @@ def _row(step: str, times: list[float], origin: float) -> str:
 
 
 async def measure(args: argparse.Namespace, log_dir: Path) -> None:
-    emulator, base = servers.start_emulator(log_dir, LOAD_CPU)
+    emulator_process, base = servers.start_emulator(log_dir, LOAD_CPU)
     database = servers.prepare_database(os.environ.get("DATABASE_URL", ""))
     output = log_dir / "timeline.json"
-    port = servers.free_port()
-    env = servers.app_env(f"{base}/api/projects/emulator", database.url, "")
-    env.update(
-        GC_PROBE_APP="chatsite.asgi:application",
-        GC_PROBE_OUTPUT=str(log_dir / "gc.json"),
-        BENCH_EXPERIMENTS="timeline",
-        TIMELINE_OUTPUT=str(output),
-    )
-    argv = servers.uvicorn_argv(
-        "gc_probe:application", port, loop="uvloop", app_dir=BENCH
-    )
-    app = servers.Process("app", argv, env=env, cpu=APP_CPU, log_dir=log_dir)
+    # The server's environment is this process's (servers.app_env).
+    os.environ["TIMELINE_OUTPUT"] = str(output)
+    server = None
     try:
-        servers.wait_http(f"http://127.0.0.1:{port}/api/health", app)
-        url = f"http://127.0.0.1:{port}/api/chat"
-        await servers.configure_emulator(base, args.tokens, args.interval)
-        await _burst(url, min(args.streams, 20))  # imports, connections, threads
-        await asyncio.to_thread(_server_steps, app.pid, output)
+        async with client_session(4) as session:
+            emulator = Emulator(base, session)
+            server = start_server(
+                EXPERIMENT, "uvloop", emulator, database.url, True, "timeline"
+            )
+            await emulator.prepare(args.tokens, args.interval)
+        pid = server.process.pid
+        await _burst(server.url, min(args.streams, 20))  # imports, connections
+        await asyncio.to_thread(_server_steps, pid, output)
         print(
             f"{args.streams} chats at once, {args.tokens} tokens {args.interval:g} s "
             f"apart, {database.label}; ms after the first request was sent"
         )
         for number in range(1, args.rounds + 1):
-            sent = await _burst(url, args.streams)
+            sent = await _burst(server.url, args.streams)
             await asyncio.sleep(0.5)
-            steps: dict[str, Any] = await asyncio.to_thread(
-                _server_steps, app.pid, output
-            )
+            steps: dict[str, Any] = await asyncio.to_thread(_server_steps, pid, output)
             steps["client_sent"] = [s.started for s in sent]
             steps["headers_in"] = [s.headers_at for s in sent if s.headers_at]
             steps["first_chunk_in"] = [
@@ -124,8 +110,9 @@ async def measure(args: argparse.Namespace, log_dir: Path) -> None:
                 if steps.get(step):
                     print(_row(step, steps[step], origin))
     finally:
-        app.stop()
-        emulator.stop()
+        if server is not None:
+            server.process.stop()
+        emulator_process.stop()
         database.close()
 
 
