@@ -1302,7 +1302,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 f" {result['wall_s']} s",
                                 flush=True,
                             )
-                if args.profile and scenario.name in PROFILED:
+                if args.profile and (args.scenario or scenario.name in PROFILED):
                     for target in scenario.targets:
                         if target in targets:
                             print(f"-- {scenario.name}, profiled: {target}", flush=True)
@@ -1530,7 +1530,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="rerun the fast and c100 scenarios under py-spy (results/profile-*)",
+        help="rerun the scenarios named with --scenario (by default fast and c100) "
+        "under py-spy (results/profile-*)",
     )
     parser.add_argument(
         "--redis-url",

@@ -29,7 +29,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -523,6 +523,9 @@ async def wait_closed(replies: list["Reply"], timeout: float) -> int:
 
 
 # --- one reply ------------------------------------------------------------------------
+
+# What turns a frame and its id into the bytes of an event stream (`frames.encode`).
+Encoder = Callable[[int, frames.Frame], bytes]
 
 
 # An Early's buffer once the reply took its events over: nothing reads it again.
@@ -1109,9 +1112,7 @@ class Reply:
             usage=self.usage,
         )
 
-    async def frames(
-        self, last_id: int = -1, *, owner: bool = True
-    ) -> AsyncIterator[Event]:
+    def frames(self, last_id: int = -1, *, owner: bool = True) -> AsyncIterator[Event]:
         """The reply's frames after `last_id`, in order: metadata, chunks and
         citations, then one `done` or `error`; keep-alives (None) while nothing
         arrives. Chunks that queued up while the client was slow come as one.
@@ -1119,8 +1120,21 @@ class Reply:
         The owner is the request that started the reply: when it goes away
         before the end, the reply goes on without it (`CHAT_ON_DISCONNECT`
         continue) or stops (cancel). Other readers just stop reading."""
+        return self._read(last_id, owner, None)
+
+    def sse(self, last_id: int = -1, *, owner: bool = True) -> AsyncIterator[bytes]:
+        """The reply as the bytes of a `text/event-stream` body: `frames()`
+        encoded as it reads them, so that a delta passes one generator on its
+        way to the client, not two."""
+        return self._read(last_id, owner, frames.encode)
+
+    async def _read(
+        self,
+        last_id: int,
+        owner: bool,
+        encode: Encoder | None,
+    ) -> AsyncIterator[Any]:
         log = self.log
-        keepalive = settings.CHAT_KEEPALIVE_SECONDS
         chunk = frames.Chunk
         chunks = 0
         if last_id >= len(log):
@@ -1130,18 +1144,23 @@ class Reply:
             # A reader that has everything gets the final frame again, rather
             # than an empty stream that an EventSource would reopen for ever.
             last_id, ended = len(log) - 2, False
+        follower = replylog.Follower(log, settings.CHAT_KEEPALIVE_SECONDS)
         try:
             while not ended:
-                if not await log.wait(last_id, keepalive):
-                    yield (last_id, None)
+                waiter = follower.waiter(last_id)
+                if waiter is not None and not await waiter:
+                    yield (last_id, None) if encode is None else frames.KEEPALIVE
                     continue
                 for event_id, frame in log.after(last_id):
                     last_id = event_id
                     if type(frame) is chunk:
                         chunks += 1
-                    yield (event_id, frame)
+                    yield (
+                        (event_id, frame) if encode is None else encode(event_id, frame)
+                    )
                 ended = log.ended and last_id + 1 >= len(log)
         finally:
+            follower.close()
             task = self.task
             if owner and task is not None:
                 detached = not ended and settings.CHAT_ON_DISCONNECT == "continue"
@@ -1156,10 +1175,6 @@ class Reply:
                     chunks=chunks,
                     ttfc_ms=self.ttfc_ms(),
                 )
-
-    def sse(self, last_id: int = -1, *, owner: bool = True) -> AsyncIterator[bytes]:
-        """The reply as the bytes of a `text/event-stream` body."""
-        return _encoded(self.frames(last_id, owner=owner))
 
     async def collect(self, *, owner: bool = True) -> dict[str, Any]:
         """The whole reply as one JSON object (the non-streaming fallback)."""

@@ -177,32 +177,76 @@ class ReplyLog:
         return "".join(pieces)
 
     async def wait(self, last_id: int, timeout: float) -> bool:
-        """Waits until there is a frame after `last_id`; False on timeout.
-
-        A reader waits once per frame while the reply streams, so a wait is one
-        future of the reader's own and one timer: `asyncio.wait` on a shared
-        future made a future, three sets and a callback more each time, and the
-        collector walked them."""
-        if len(self) > last_id + 1:
-            return True
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(timeout, _time_out, waiter)
-        woken = False
+        """Waits until there is a frame after `last_id`; False on timeout."""
+        follower = Follower(self, timeout)
         try:
-            woken = await waiter
+            waiter = follower.waiter(last_id)
+            if waiter is not None:
+                await waiter
         finally:
-            timer.cancel()
-            if not woken:  # timed out or cancelled: may still be listed
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+            follower.close()
         return len(self) > last_id + 1
 
 
-def _time_out(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
+class Follower:
+    """One reader's waits on a log, for as long as it reads.
+
+    A reader waits once per frame while the reply streams. Each wait is one
+    future of the reader's own, which the next append sets to True. For the
+    quiet limit (the keep-alive) the reader has one timer, which moves only
+    when it fires before the limit: a timer per wait made a timer handle, a
+    context and a callback per frame, and the collector walked them.
+    """
+
+    __slots__ = ("_log", "_loop", "_quiet", "_since", "_timer", "_waiter")
+
+    def __init__(self, log: ReplyLog, quiet: float) -> None:
+        self._log = log
+        self._loop = asyncio.get_running_loop()
+        self._quiet = quiet
+        self._since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def waiter(self, last_id: int) -> "asyncio.Future[bool] | None":
+        """None when there is a frame after `last_id`; otherwise a future that
+        becomes True when one comes, or False after `quiet` seconds without."""
+        log = self._log
+        if len(log) > last_id + 1:
+            return None
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        log._waiters.append(waiter)
+        self._since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self._since + self._quiet, self._check)
+        return waiter
+
+    def _check(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait starts the timer again
+        due = self._since + self._quiet
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+            return
         waiter.set_result(False)
+        self._forget(waiter)
+
+    def _forget(self, waiter: "asyncio.Future[bool]") -> None:
+        with contextlib.suppress(ValueError):
+            self._log._waiters.remove(waiter)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and (not waiter.done() or waiter.cancelled()):
+            # The reader left while waiting: it may still be listed.
+            waiter.cancel()
+            self._forget(waiter)
 
 
 # --- the Redis Stream copy ------------------------------------------------------------

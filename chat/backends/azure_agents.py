@@ -89,9 +89,21 @@ class RawEvents(BaseAsyncAgentEventHandler[tuple[str, Any]]):
 
     async def __anext__(self) -> tuple[str, Any]:
         while not self._events:
-            if self.response_iterator is None:
+            body = self.response_iterator
+            if body is None:
                 raise ValueError("The response handler was not initialized.")
-            chunk = await anext(self.response_iterator, None)
+            if type(body) is UpstreamBody:
+                # Its bytes straight from aiohttp: a read is one await, not
+                # three (anext, the body's __anext__, readany).
+                try:
+                    chunk = await body.content.readany()
+                except (aiohttp.ClientError, TimeoutError) as err:
+                    raise body.failed(err) from err
+                if not chunk:
+                    body.ended()
+                    chunk = None
+            else:  # the SDK's own reader (a stream that tool outputs continue)
+                chunk = await anext(body, None)
             if chunk is None:
                 tail, self._tail = self._tail.strip(), b""
                 if tail:
@@ -140,11 +152,19 @@ class UpstreamBody:
     stream calls on leaving, closes the connection of a body not read to its
     end."""
 
-    __slots__ = ("_content", "_response")
+    __slots__ = ("_response", "content")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self._content = response.content
+        self.content = response.content
+        # aiohttp bounds the time between two reads of the socket by arming a
+        # new timer at every read: a timer handle, a context and a callback per
+        # delta. A streamed reply's silence is bounded by the relay instead
+        # (CHAT_UPSTREAM_TIMEOUT_SECONDS, from its last event), so the body
+        # is read without it; the request and its headers kept it.
+        connection = response.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None
 
     @classmethod
     def of(cls, pipeline_response: Any, _deserialized: Any, _: Any) -> "UpstreamBody":
@@ -156,20 +176,28 @@ class UpstreamBody:
 
     async def __anext__(self) -> bytes:
         try:
-            chunk = await self._content.readany()
-        except aiohttp.ClientPayloadError as err:
-            self._response.close()
-            raise IncompleteReadError(err, error=err) from err
-        except aiohttp.ClientResponseError as err:
-            raise ServiceResponseError(err, error=err) from err
-        except TimeoutError as err:
-            raise ServiceResponseTimeoutError(err, error=err) from err
-        except aiohttp.ClientError as err:
-            raise ServiceRequestError(err, error=err) from err
+            chunk = await self.content.readany()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise self.failed(err) from err
         if not chunk:
-            self._response.close()
+            self.ended()
             raise StopAsyncIteration
         return chunk
+
+    def failed(self, err: Exception) -> AzureError:
+        """A read's error as azure-core's generator raises it."""
+        if isinstance(err, aiohttp.ClientPayloadError):
+            self._response.close()
+            return IncompleteReadError(err, error=err)
+        if isinstance(err, aiohttp.ClientResponseError):
+            return ServiceResponseError(err, error=err)
+        if isinstance(err, TimeoutError):
+            return ServiceResponseTimeoutError(err, error=err)
+        return ServiceRequestError(err, error=err)
+
+    def ended(self) -> None:
+        """The body was read to its end."""
+        self._response.close()
 
     async def close(self) -> None:
         self._response.close()

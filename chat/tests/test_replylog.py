@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chat import frames
-from chat.replylog import ReplyLog
+from chat.replylog import Follower, ReplyLog
 
 pytestmark = pytest.mark.no_database
 
@@ -95,6 +95,44 @@ async def test_a_reader_that_gives_up_or_times_out_leaves_no_waiter_behind() -> 
     log.append_chunk("hi")
     assert await stays
     assert log._waiters == []
+
+
+async def test_a_followers_quiet_limit_counts_from_the_start_of_each_wait() -> None:
+    """Its one timer, armed at the first wait, fires while a later wait has
+    not lasted the limit yet: that wait goes on, and times out only once it
+    has lasted the limit itself."""
+    loop = asyncio.get_running_loop()
+    log = ReplyLog()
+    quiet = 0.3
+    follower = Follower(log, quiet)
+    first = follower.waiter(-1)
+    assert first is not None
+    await asyncio.sleep(quiet / 2)
+    log.append_chunk("a")
+    assert await first
+    assert follower.waiter(-1) is None  # a frame is there: no wait
+    second = follower.waiter(0)
+    assert second is not None
+    began = loop.time()
+    assert not await second  # nothing came
+    assert loop.time() - began >= quiet
+    assert log._waiters == []
+    third = follower.waiter(0)
+    assert third is not None
+    log.append_chunk("b")
+    assert await third
+    follower.close()
+
+
+async def test_a_follower_that_leaves_while_waiting_is_forgotten() -> None:
+    log = ReplyLog()
+    follower = Follower(log, 60)
+    waiter = follower.waiter(-1)
+    assert waiter is not None and log._waiters == [waiter]
+    follower.close()
+    assert waiter.cancelled()
+    assert log._waiters == []
+    log.append_chunk("a")  # wakes nobody, fails nothing
 
 
 def test_a_long_reply_is_compacted_and_still_read_from_any_id() -> None:
