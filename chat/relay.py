@@ -65,6 +65,7 @@ STOPPED = "stopped"  # the user pressed stop
 DISCONNECTED = "disconnected"  # the client went away
 SHUTDOWN = "shutdown"  # the server is stopping
 TIMED_OUT = "timed_out"  # the upstream was silent too long
+NOT_STORED = "not_stored"  # the turn it answers could not be stored
 
 # Errors after which the upstream run may still be generating.
 RUN_MAY_CONTINUE = {base.UPSTREAM_DISCONNECTED, base.INCOMPLETE}
@@ -74,6 +75,7 @@ _STATUS_FOR_REASON = {
     DISCONNECTED: Message.Status.INTERRUPTED,
     SHUTDOWN: Message.Status.INTERRUPTED,
     TIMED_OUT: Message.Status.FAILED,
+    NOT_STORED: Message.Status.FAILED,
 }
 
 # In-flight replies of this process, by conversation id: stop requests and
@@ -135,47 +137,43 @@ async def start(
     await bus.ensure_listening(_stop_here)
     reply_id = uuid4()
     toolbox = tools.ToolBox(tools.registry(), owner)
-    early = None
     slot = limits.stream_slot(caller)
     async with contextlib.AsyncExitStack() as resources:
         if slot is not None:
             await resources.enter_async_context(slot)
         if mode == store.NEW and conversation_id is None and thread_id is None:
-            # A new conversation waits on nothing upstream: its request goes out
-            # while its turn is stored, and the first event is on its way sooner.
-            request = ReplyRequest(message=message, tools=toolbox)
-            early = Early(backend.stream_reply(request))
-        try:
-            turn = await store.retrying(
-                functools.partial(
-                    store.start_turn,
-                    owner=owner,
-                    backend=backend.alias,
-                    message=message,
-                    conversation_id=conversation_id,
-                    thread_id=thread_id,
-                    with_history=backend.needs_history,
-                    now=timezone.now(),
-                    user_message_id=uuid4(),
-                    new_conversation_id=uuid4(),
-                    reply_id=reply_id,
-                    mode=mode,
-                    edited_id=edited_id,
-                ),
-                "starting a turn",
+            reply = _new_conversation(
+                backend, owner, message, toolbox, started, reply_id
             )
-        except BaseException:
-            if early is not None:
-                await asyncio.shield(early.abandon(backend))
-            raise
-        if early is None:
-            request = ReplyRequest(
-                message=turn.user_message.content,
-                thread_id=turn.conversation.upstream_thread_id or None,
-                history=turn.history,
-                tools=toolbox,
-                rewind=turn.rewound,
-            )
+            if slot is not None:
+                reply.resources = resources.pop_all()
+            reply.start()
+            return reply
+        turn = await store.retrying(
+            functools.partial(
+                store.start_turn,
+                owner=owner,
+                backend=backend.alias,
+                message=message,
+                conversation_id=conversation_id,
+                thread_id=thread_id,
+                with_history=backend.needs_history,
+                now=timezone.now(),
+                user_message_id=uuid4(),
+                new_conversation_id=uuid4(),
+                reply_id=reply_id,
+                mode=mode,
+                edited_id=edited_id,
+            ),
+            "starting a turn",
+        )
+        request = ReplyRequest(
+            message=turn.user_message.content,
+            thread_id=turn.conversation.upstream_thread_id or None,
+            history=turn.history,
+            tools=toolbox,
+            rewind=turn.rewound,
+        )
         reply = Reply(
             backend=backend,
             conversation=turn.conversation,
@@ -183,11 +181,61 @@ async def start(
             started=started,
             resources=resources.pop_all() if slot is not None else None,
             message_id=reply_id,
-            early=early,
             reply_to=turn.user_message.pk,
         )
     reply.start()
     return reply
+
+
+def _new_conversation(
+    backend: ChatBackend,
+    owner: Owner,
+    message: str,
+    toolbox: tools.ToolBox,
+    started: float,
+    reply_id: UUID,
+) -> "Reply":
+    """A reply in a new conversation, relayed while its turn is stored.
+
+    Nothing can make a new conversation's turn wait or fail but the database,
+    so nothing need wait for it: the request goes upstream at once (`Early`),
+    and the reply is relayed as it comes while the conversation and the user
+    message are written (on PostgreSQL a durable commit, a few milliseconds).
+    The reply stores itself, and records its run, once the turn is stored; a
+    turn that cannot be stored ends the reply with `not_saved`, and its
+    upstream thread is deleted."""
+    request = ReplyRequest(message=message, tools=toolbox)
+    early = Early(backend.stream_reply(request))
+    conversation = Conversation(id=uuid4(), backend=backend.alias)
+    user_message_id = uuid4()
+    turn = asyncio.create_task(
+        store.retrying(
+            functools.partial(
+                store.start_turn,
+                owner=owner,
+                backend=backend.alias,
+                message=message,
+                conversation_id=None,
+                thread_id=None,
+                with_history=False,
+                now=timezone.now(),
+                user_message_id=user_message_id,
+                new_conversation_id=conversation.pk,
+                reply_id=reply_id,
+            ),
+            "starting a turn",
+        )
+    )
+    return Reply(
+        backend=backend,
+        conversation=conversation,
+        request=request,
+        started=started,
+        message_id=reply_id,
+        early=early,
+        reply_to=user_message_id,
+        turn=turn,
+    )
 
 
 async def stop(conversation: Conversation, backend: ChatBackend) -> bool:
@@ -631,6 +679,7 @@ class Reply:
         "_producing",
         "_record_run",
         "_sent_metadata",
+        "_turn",
         "_watchdog",
         "backend",
         "citations",
@@ -673,9 +722,12 @@ class Reply:
         created_at: datetime | None = None,
         early: Early | None = None,
         reply_to: UUID | None = None,
+        turn: "asyncio.Task[store.TurnStart] | None" = None,
     ) -> None:
         self.backend = backend
         self.early = early
+        # The turn's storing, when the reply is relayed while it is stored.
+        self._turn = turn
         self.conversation_id: UUID = conversation.pk
         # The user message it answers (None: taken over, found when stored).
         self.reply_to = reply_to
@@ -730,6 +782,8 @@ class Reply:
             context=contextvars.Context(),
         )
         _ACTIVE[self.conversation_id] = self
+        if self._turn is not None:
+            self._turn.add_done_callback(self._turn_stored)
         redis_client = bus.client()
         if redis_client is not None:
             self.mirror = replylog.Mirror(
@@ -738,6 +792,19 @@ class Reply:
                 redis_client,
                 written=len(self.log) - 1,
             ).start()
+
+    def _turn_stored(self, turn: "asyncio.Task[store.TurnStart]") -> None:
+        if turn.cancelled() or turn.exception() is not None:
+            self.stop(NOT_STORED)
+
+    async def _stored_turn(self) -> bool:
+        """Waits until the turn this reply answers is stored; False if it could
+        not be."""
+        turn = self._turn
+        if turn is None:
+            return True
+        await asyncio.wait({turn})
+        return not turn.cancelled() and turn.exception() is None
 
     def stop(self, reason: str) -> None:
         """Ends the reply early. The first reason wins, and the producer is
@@ -761,6 +828,7 @@ class Reply:
         self.early = None
         self.request = ReplyRequest(message="", thread_id=self.request.thread_id)
         self._record_run = None
+        self._turn = None
         self._watchdog = None
 
     @property
@@ -937,6 +1005,11 @@ class Reply:
                     base.SERVER_SHUTDOWN,
                     "the server is restarting; send your message again",
                 )
+            elif reason == NOT_STORED:
+                self.error = BackendError(
+                    base.NOT_SAVED,
+                    "your message could not be stored; send it again",
+                )
             await self._cancel_upstream()
             raise
         except Exception:
@@ -947,6 +1020,8 @@ class Reply:
             self.status = Message.Status.FAILED
             await self._cancel_upstream()
         finally:
+            # Its cleanup is not interrupted by a stop that comes meanwhile.
+            self._producing = False
             if self._watchdog is not None:
                 self._watchdog.cancel()
             if self.early is not None:
@@ -992,6 +1067,8 @@ class Reply:
         """Lets a stop request reach this run from any replica."""
         if after is not None:
             await asyncio.wait({after})
+        if not await self._stored_turn():
+            return
         try:
             await store.retrying(
                 functools.partial(
@@ -1020,9 +1097,36 @@ class Reply:
         except Exception:
             logger.exception("cancelling upstream run %s failed", self.run_id)
 
+    async def _delete_thread(self) -> None:
+        """The upstream thread of a new conversation that was never stored."""
+        if not self.thread_id:
+            return
+        try:
+            async with asyncio.timeout(UPSTREAM_CANCEL_TIMEOUT):
+                await asyncio.shield(self.backend.delete_thread(self.thread_id))
+        except (TimeoutError, asyncio.CancelledError):
+            logger.warning("deleting upstream thread %s timed out", self.thread_id)
+        except Exception:
+            logger.exception("deleting upstream thread %s failed", self.thread_id)
+
     async def _persist(self) -> None:
         if self._record_run is not None:
             await asyncio.wait({self._record_run}, timeout=CLEANUP_TIMEOUT)
+        if not await self._stored_turn():
+            # Neither the conversation nor its lock exist: nothing to store.
+            turn = self._turn
+            failure = turn.exception() if turn and not turn.cancelled() else None
+            logger.error(
+                "the turn of reply %s could not be stored",
+                self.message_id,
+                exc_info=failure,
+            )
+            self.status = Message.Status.FAILED
+            self.error = BackendError(
+                base.NOT_SAVED, "your message could not be stored; send it again"
+            )
+            await self._delete_thread()
+            return
         fields = {
             "content": self.text,
             "status": self.status,

@@ -198,12 +198,15 @@ async def _repeat(
 ) -> HttpResponse:
     """A retried POST: the reply its first POST started, attached to while it
     streams (after the client's Last-Event-ID), or as stored once finished."""
-    conversation = await Conversation.objects.filter(
-        pk=started.conversation_id
-    ).afirst()
-    if conversation is None:
-        raise BadRequest("conversation not found", 404, code="not_found")
-    reply = await relay.follow(conversation, get_backend(), started.message_id)
+    reply: relay.Reply | relay.RemoteReply | None = relay.find(started.conversation_id)
+    if reply is None or reply.message_id != started.message_id:
+        # (A new conversation's reply streams here before its turn is stored.)
+        conversation = await Conversation.objects.filter(
+            pk=started.conversation_id
+        ).afirst()
+        if conversation is None:
+            raise BadRequest("conversation not found", 404, code="not_found")
+        reply = await relay.follow(conversation, get_backend(), started.message_id)
     if reply is not None:
         if _wants_json(request, body):
             return _json_reply(await reply.collect(owner=False))
