@@ -729,6 +729,16 @@ async function refreshConversations({ quiet = false } = {}) {
     const older = list.items.filter((c) => !ids.has(c.id) && isOlder(c, last));
     list.items = [...first, ...older];
   }
+  // A new conversation's reply streams while the conversation is being stored:
+  // until the list has it, it is listed first.
+  const pending = state.reply;
+  if (
+    !query &&
+    pending?.newTitle !== undefined &&
+    !list.items.some((c) => c.id === pending.conversationId)
+  ) {
+    list.items = [{ id: pending.conversationId, title: pending.newTitle }, ...list.items];
+  }
   showConversations();
   if (changes === state.changes) catchUp(list.items);
 }
@@ -1132,7 +1142,8 @@ function ask(
     const id = event.conversation_id;
     if (id && id !== reply.conversationId) {
       reply.conversationId = id;
-      if (id !== state.conversationId) setConversation(id, title.trim().slice(0, 80));
+      reply.newTitle = title.trim().slice(0, 80);
+      if (id !== state.conversationId) setConversation(id, reply.newTitle);
       refreshConversations();
     }
   };
