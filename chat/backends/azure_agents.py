@@ -58,6 +58,7 @@ from chat.backends.base import (
 )
 from chat.files import file_kind
 from chat.tools import ToolCall, progress, refused
+from chatsite.ids import uuid4
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,13 @@ class UpstreamBody:
 
     async def close(self) -> None:
         self._response.close()
+
+
+def _request_id() -> str:
+    """The `x-ms-client-request-id` of a reply's request. azure-core makes one
+    with `uuid.uuid1()` (a lock and the clock, about 1 % of the event loop's
+    time per new chat); a random one from the pool serves as well."""
+    return str(uuid4())
 
 
 def _parse_event(event: bytes) -> tuple[str, Any]:
@@ -601,6 +609,7 @@ class AzureAgentsBackend(ChatBackend):
                         additional_messages=[message],
                         event_handler=RawEvents(),
                         cls=UpstreamBody.of,
+                        request_id=_request_id(),
                     )
                 except ResourceNotFoundError:
                     # The thread is gone upstream (deleted, expired): start a new one
@@ -692,7 +701,7 @@ class AzureAgentsBackend(ChatBackend):
             "stream": True,
         }
         chunks = await client.create_thread_and_run(
-            body, stream=True, cls=UpstreamBody.of
+            body, stream=True, cls=UpstreamBody.of, request_id=_request_id()
         )
         return AsyncAgentRunStream(chunks, _no_tool_outputs, RawEvents())
 

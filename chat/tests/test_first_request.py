@@ -56,6 +56,24 @@ async def test_a_new_conversation_costs_one_request_and_a_follow_up_one_more(
     ]
 
 
+async def test_each_reply_request_carries_a_client_request_id_of_its_own(
+    azure: AgentsEmulator,
+) -> None:
+    """The `x-ms-client-request-id` that the service logs with the request (a
+    support case names it) is a fresh UUID per request."""
+    client = AsyncClient()
+    first = await reply_of(client, "hi")
+    await reply_of(client, "again", conversation_id=first[0]["conversation_id"])
+    await reply_of(client, "another")
+    ids = [
+        r.headers.get("x-ms-client-request-id")
+        for r in azure.requests
+        if r.operation == "runs.create"
+    ]
+    assert len(ids) == 3
+    assert len({uuid.UUID(i) for i in ids}) == 3
+
+
 @pytest.fixture
 def messages_refused() -> Iterator[None]:
     """The database refuses every new message, as a full disk or a broken
