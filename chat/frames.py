@@ -171,9 +171,14 @@ FRAME_MODELS: tuple[type[Frame], ...] = (
 
 def encode(event_id: int, frame: Frame) -> bytes:
     if type(frame) is Chunk:
-        # The hot path: one frame per delta, so it skips the generic dump.
-        return _CHUNK % (_ascii_string(frame.content).encode(), event_id)
+        return encode_chunk(event_id, frame.content)
     return _FRAME % (dump(frame).encode(), event_id)
+
+
+def encode_chunk(event_id: int, text: str) -> bytes:
+    """A chunk frame of `text`: the hot path, one frame per delta, so it skips
+    the frame model and the generic dump."""
+    return _CHUNK % (_ascii_string(text).encode(), event_id)
 
 
 def dump(frame: Frame) -> str:

@@ -29,7 +29,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -572,9 +572,6 @@ async def wait_closed(replies: list["Reply"], timeout: float) -> int:
 
 # --- one reply ------------------------------------------------------------------------
 
-# What turns a frame and its id into the bytes of an event stream (`frames.encode`).
-Encoder = Callable[[int, frames.Frame], bytes]
-
 
 # An Early's buffer once the reply took its events over: nothing reads it again.
 _HANDED_OVER: collections.deque[base.Event] = collections.deque(maxlen=0)
@@ -905,6 +902,7 @@ class Reply:
     async def _relay_upstream(self) -> None:
         log = self.log
         clock = asyncio.get_running_loop().time
+        delta = base.Delta
         completed = False
         self._watch_time()
         self._producing = True
@@ -914,15 +912,16 @@ class Reply:
             for events in self._event_sources():
                 async for event in events:
                     self._last_event = clock()
+                    if type(event) is delta:  # most events: no match statement
+                        if self.first_chunk_at is None:
+                            self.first_chunk_at = time.perf_counter()
+                            self._send_metadata()
+                        self.delta_count += 1
+                        log.append_chunk(event.text)
+                        if event.cursor is not None:
+                            log.cursor = event.cursor
+                        continue
                     match event:
-                        case base.Delta(text=text, cursor=cursor):
-                            if self.first_chunk_at is None:
-                                self.first_chunk_at = time.perf_counter()
-                                self._send_metadata()
-                            self.delta_count += 1
-                            log.append_chunk(text)
-                            if cursor is not None:
-                                log.cursor = cursor
                         case base.ThreadReady():
                             self.thread_id = event.thread_id
                             self.replaced_thread_id = event.replaced_thread_id
@@ -1224,22 +1223,22 @@ class Reply:
         The owner is the request that started the reply: when it goes away
         before the end, the reply goes on without it (`CHAT_ON_DISCONNECT`
         continue) or stops (cancel). Other readers just stop reading."""
-        return self._read(last_id, owner, None)
+        return self._read(last_id, owner, encoded=False)
 
     def sse(self, last_id: int = -1, *, owner: bool = True) -> AsyncIterator[bytes]:
         """The reply as the bytes of a `text/event-stream` body: `frames()`
         encoded as it reads them, so that a delta passes one generator on its
         way to the client, not two."""
-        return self._read(last_id, owner, frames.encode)
+        return self._read(last_id, owner, encoded=True)
 
     async def _read(
         self,
         last_id: int,
         owner: bool,
-        encode: Encoder | None,
+        encoded: bool,
     ) -> AsyncIterator[Any]:
         log = self.log
-        chunk = frames.Chunk
+        chunk, encode, encode_chunk = frames.Chunk, frames.encode, frames.encode_chunk
         chunks = 0
         if last_id >= len(log):
             last_id = -1  # an id this reply never sent: from its start
@@ -1253,15 +1252,22 @@ class Reply:
             while not ended:
                 waiter = follower.waiter(last_id)
                 if waiter is not None and not await waiter:
-                    yield (last_id, None) if encode is None else frames.KEEPALIVE
+                    yield frames.KEEPALIVE if encoded else (last_id, None)
                     continue
-                for event_id, frame in log.after(last_id):
-                    last_id = event_id
-                    if type(frame) is chunk:
-                        chunks += 1
-                    yield (
-                        (event_id, frame) if encode is None else encode(event_id, frame)
-                    )
+                if not encoded:
+                    for event_id, frame in log.after(last_id):
+                        last_id = event_id
+                        if type(frame) is chunk:
+                            chunks += 1
+                        yield event_id, frame
+                else:
+                    for event_id, frame in log.after(last_id, texts=True):
+                        last_id = event_id
+                        if type(frame) is str:
+                            chunks += 1
+                            yield encode_chunk(event_id, frame)
+                        else:
+                            yield encode(event_id, frame)
                 ended = log.ended and last_id + 1 >= len(log)
         finally:
             follower.close()

@@ -126,9 +126,12 @@ class ReplyLog:
 
     # --- reading -------------------------------------------------------------------
 
-    def after(self, last_id: int) -> Iterator[tuple[int, frames.Frame]]:
+    def after(
+        self, last_id: int, *, texts: bool = False
+    ) -> Iterator[tuple[int, frames.Frame | str]]:
         """The frames after `last_id`, with runs of chunks joined into one chunk
-        that carries the id of its last part."""
+        that carries the id of its last part; with `texts`, a chunk as its text
+        (a str: `frames.encode_chunk` encodes it without building a frame)."""
         event_id = last_id + 1
         end = len(self)
         others, other_ids = self._others, self._other_ids
@@ -143,7 +146,8 @@ class ReplyLog:
             run_end = other_ids[following] if following < len(other_ids) else end
             first = event_id - following  # chunk index of this id
             last = run_end - 1 - following
-            yield run_end - 1, frames.Chunk(content=self._chunk_text(first, last))
+            text = self._chunk_text(first, last)
+            yield run_end - 1, text if texts else frames.Chunk(content=text)
             event_id = run_end
 
     def each(self, first_id: int, end_id: int) -> Iterator[tuple[int, frames.Frame]]:

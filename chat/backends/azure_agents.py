@@ -211,23 +211,29 @@ def _request_id() -> str:
     return str(uuid4())
 
 
+# The first line of an event the service sends, as it sends it: one lookup.
+EVENT_LINES = {b"event: " + raw: name for raw, name in EVENT_NAMES.items()}
+
+
 def _parse_event(event: bytes) -> tuple[str, Any]:
     head, _, data = event.partition(b"\n")
-    if head.startswith(b"event:") and data.startswith(b"data:") and b"\n" not in data:
-        # The service's shape: one event line, one data line.
-        name, data = head[6:].strip(), data[5:].strip()
+    name = EVENT_LINES.get(head)
+    if name is not None and data.startswith(b"data:") and b"\n" not in data:
+        # The service's shape: one event line, one data line (JSON allows the
+        # space after the colon).
+        data = data[5:]
     else:
-        name = data = b""
+        raw = data = b""
         for line in event.split(b"\n"):
             if line.startswith(b"data:"):
-                data = line[5:].strip()
+                data = line[5:]
             elif line.startswith(b"event:"):
-                name = line[6:].strip()
-    text = EVENT_NAMES.get(name) or name.decode()
+                raw = line[6:].strip()
+        name = EVENT_NAMES.get(raw) or raw.decode()
     try:
-        return text, orjson.loads(data)
+        return name, orjson.loads(data)
     except orjson.JSONDecodeError:
-        return text, data.decode(errors="replace")
+        return name, data.strip().decode(errors="replace")
 
 
 async def _no_tool_outputs(*_: Any) -> None:
@@ -320,6 +326,19 @@ def _citation(annotation: dict[str, Any]) -> dict[str, Any] | None:
     else:
         return None
     return citation
+
+
+def _plain_delta(delta: dict[str, Any]) -> base.Delta | None:
+    """The Delta of a delta that is one piece of text and nothing else (almost
+    every one), without building the list `_delta_events` gives."""
+    content = delta["delta"].get("content")
+    if not content or len(content) != 1:
+        return None
+    part = content[0]
+    text = part.get("text") if part.get("type") == "text" else None
+    if not text or text.get("annotations") or not text.get("value"):
+        return None
+    return base.Delta(text["value"])
 
 
 def _delta_events(delta: dict[str, Any]) -> list[Event]:
@@ -637,8 +656,13 @@ class AzureAgentsBackend(ChatBackend):
             async with stream as events:
                 async for name, data in events:
                     if name == "thread.message.delta":
-                        for event in _delta_events(data):
-                            yield event
+                        delta = _plain_delta(data)
+                        if delta is not None:
+                            yield delta
+                        else:
+                            for event in _delta_events(data):
+                                yield event
+                        delta = None
                     elif name.startswith("thread.run.step."):
                         for event in _step_tools(name, data, tools):
                             yield event
