@@ -583,12 +583,14 @@ async def _no_events() -> AsyncIterator[base.Event]:
 
 
 class Early:
-    """A backend's events, read from now on while the turn is being stored; the
-    reply takes them over with `handed_over()`, then reads `rest()`.
+    """A new conversation's events, read from the moment its request goes out;
+    the reply takes them over with `handed_over()`, then reads `rest()`.
 
     Until then a task of its own reads them into a buffer: an upstream that
     sends its reply and closes meanwhile loses nothing (aiohttp drops what it
-    buffered once the connection failed, unless a read was waiting)."""
+    buffered once the connection failed, unless a read was waiting), and a
+    reply stopped before the upstream answered still learns the thread its
+    request made (`thread_id`), to cancel the run in it."""
 
     def __init__(self, events: AsyncIterator[base.Event]) -> None:
         self._events = events
@@ -650,21 +652,6 @@ class Early:
     def close(self) -> None:
         """Stops reading, if the reply ended before it took over."""
         self._reader.cancel()
-
-    async def abandon(self, backend: ChatBackend) -> None:
-        """Ends the upstream side of a reply whose turn could not be stored: the
-        thread it made goes, with the run in it."""
-        try:
-            thread_id = await self.thread_id()
-            self.close()
-            await asyncio.wait({self._reader})
-            if thread_id:
-                async with asyncio.timeout(UPSTREAM_CANCEL_TIMEOUT):
-                    await backend.cancel_active(thread_id)
-                    await backend.delete_thread(thread_id)
-            await self._events.aclose()
-        except Exception:
-            logger.exception("abandoning an upstream reply failed")
 
 
 class Reply:
