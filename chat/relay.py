@@ -1236,6 +1236,11 @@ class Reply:
             last_id, ended = len(log) - 2, False
         follower = replylog.Follower(log, settings.CHAT_KEEPALIVE_SECONDS)
         try:
+            if self._turn is not None and not self._turn.done():
+                # A client that has a frame may read the conversation at once,
+                # here or on another replica: nothing goes out before it is
+                # stored (the reply is produced meanwhile).
+                await asyncio.wait({self._turn})
             while not ended:
                 waiter = follower.waiter(last_id)
                 if waiter is not None and not await waiter:

@@ -7,7 +7,6 @@ context (cookies, storage) and its own server.
 """
 
 import asyncio
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from playwright.async_api import Locator, Page, Route, expect
 from chat.models import Message
 from emulator import EmulatorConfig, EmulatorThread
 from testing.browser import CHROMIUM, ChatPage
-from testing.live import LiveServer, database_url_for_subprocess
+from testing.live import LiveServer
 from testing.readme import snippet
 from testing.replies import astored_reply
 from testing.upstream import server_env
@@ -319,40 +318,6 @@ async def test_it_lists_switches_and_deletes_conversations(
     await expect(chat.page.locator(".message-user .message-body")).to_have_text(
         ["Alpha question"]
     )
-    await chat.assert_clean()
-
-
-async def test_a_new_conversation_is_listed_while_it_is_being_stored(
-    chat: ChatPage, agent: EmulatorThread, azure_server: LiveServer
-) -> None:
-    """Its reply streams before the conversation is stored: the list shows it
-    meanwhile, and still once it is stored."""
-    agent.configure(reply=REPLY, hold_after=None)
-    await chat.open(azure_server)
-    await chat.send("Alpha question")  # the session exists from here on
-    await chat.wait_for_reply()
-    agent.configure(reply=REPLY, hold_after=HELD_AFTER)
-    await chat.page.get_by_role("button", name="New conversation").click()
-    items = chat.page.locator("#conversation-list .conversation-open")
-    # Another connection holds the database's write lock: the new conversation
-    # cannot be stored until it lets go.
-    database = database_url_for_subprocess().removeprefix("sqlite:///")
-    locker = sqlite3.connect(database, isolation_level=None)
-    try:
-        locker.execute("BEGIN IMMEDIATE")
-        await chat.send("Beta question")
-        await expect(chat.assistant().locator(".message-body")).to_have_text(HELD)
-        await expect(items).to_have_text(["Beta question", "Alpha question"])
-        count = locker.execute("SELECT count(*) FROM chat_conversation").fetchone()
-        assert count[0] == 1  # Alpha only
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
-    agent.release()
-    await chat.wait_for_reply()
-    await expect(items).to_have_text(["Beta question", "Alpha question"])
-    await chat.page.reload()
-    await expect(items).to_have_text(["Beta question", "Alpha question"])
     await chat.assert_clean()
 
 

@@ -4,14 +4,9 @@ turn is being stored. When storing fails, the reply ends with a `not_saved`
 error and the thread that request made goes again, with its run: nothing is
 left behind upstream."""
 
-import asyncio
-import contextlib
-import sqlite3
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
-import psycopg
 import pytest
 from django.db import connection
 from django.test import AsyncClient
@@ -19,8 +14,7 @@ from django.test import AsyncClient
 from chat import relay
 from chat.models import Conversation, Message
 from emulator import AgentsEmulator
-from testing.live import database_url_for_subprocess
-from testing.sse import chat, parse_sse, reply_of
+from testing.sse import parse_sse, reply_of
 from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -118,60 +112,6 @@ async def test_a_turn_that_cannot_be_stored_ends_its_reply_and_takes_its_run_awa
     assert len(azure.cancelled_runs) == 1
     assert await Conversation.objects.acount() == 0
     assert await Message.objects.acount() == 0
-
-
-@contextlib.contextmanager
-def new_conversations_held() -> Iterator[Any]:
-    """New conversations cannot be written until the block ends: the
-    connection it gives holds the lock their INSERT needs (PostgreSQL: on the
-    table; SQLite: the database's write lock). Reading goes on."""
-    url = database_url_for_subprocess()
-    if connection.vendor == "postgresql":
-        with psycopg.connect(url) as locker:
-            locker.execute("LOCK TABLE chat_conversation IN EXCLUSIVE MODE")
-            try:
-                yield locker
-            finally:
-                locker.rollback()
-    else:
-        locker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        try:
-            locker.execute("BEGIN IMMEDIATE")
-            yield locker
-        finally:
-            locker.execute("ROLLBACK")
-            locker.close()
-
-
-async def test_a_new_conversations_reply_is_relayed_before_its_turn_is_stored(
-    azure: AgentsEmulator,
-) -> None:
-    """Its first word does not wait for the database: the turn is stored
-    meanwhile, and the reply after it."""
-    azure.push(hold_after=1)  # the first word, then the run waits
-    with new_conversations_held() as locker:
-        # (A guard against hanging, not a bound on speed.)
-        async with asyncio.timeout(60):
-            response = await chat(AsyncClient(), "hi")
-            body = aiter(response.streaming_content)
-            first = b""
-            while b'"type":"chunk"' not in first:
-                first += await anext(body)
-        # Not stored yet (asked through the lock's own connection: the app's
-        # write waits on a thread the ORM would wait behind).
-        stored = locker.execute("SELECT count(*) FROM chat_conversation").fetchone()
-        assert stored[0] == 0
-    conversation_id = uuid.UUID(parse_sse(first)[0]["data"]["conversation_id"])
-    azure.release()
-    rest = b"".join([part async for part in body])
-    assert parse_sse(rest)[-1]["data"]["type"] == "done"
-    stored = await Message.objects.filter(
-        conversation_id=conversation_id, role="assistant"
-    ).afirst()
-    assert stored is not None and stored.status == "complete"
-    assert await Message.objects.filter(
-        conversation_id=conversation_id, role="user", content="hi"
-    ).aexists()
 
 
 async def test_a_finished_reply_keeps_its_frames_for_late_readers_and_nothing_upstream(
