@@ -1232,7 +1232,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "The reference relay stores nothing (the old service had no database); "
             "chatsite writes each turn to the database (start_turn; in a new "
             "conversation while its upstream call is on its way and its reply "
-            "is relayed; record_run when the run starts, finish_turn at the end).",
+            "is produced; record_run when the run starts, finish_turn at the end).",
             "Both relays make their upstream calls to the same emulator: chatsite "
             "one per reply (a new conversation: POST /threads/runs, streaming; a "
             "follow-up: runs.stream with the message), the reference three "
