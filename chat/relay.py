@@ -29,7 +29,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -149,23 +149,18 @@ async def start(
                 reply.resources = resources.pop_all()
             reply.start()
             return reply
-        turn = await store.retrying(
-            functools.partial(
-                store.start_turn,
-                owner=owner,
-                backend=backend.alias,
-                message=message,
-                conversation_id=conversation_id,
-                thread_id=thread_id,
-                with_history=backend.needs_history,
-                now=timezone.now(),
-                user_message_id=uuid4(),
-                new_conversation_id=uuid4(),
-                reply_id=reply_id,
-                mode=mode,
-                edited_id=edited_id,
-            ),
-            "starting a turn",
+        turn = await _storing_turn(
+            backend,
+            owner,
+            message,
+            reply_id,
+            conversation_id=conversation_id,
+            thread_id=thread_id,
+            with_history=backend.needs_history,
+            user_message_id=uuid4(),
+            new_conversation_id=uuid4(),
+            mode=mode,
+            edited_id=edited_id,
         )
         request = ReplyRequest(
             message=turn.user_message.content,
@@ -204,28 +199,25 @@ def _new_conversation(
     The reply stores itself, and records its run, once the turn is stored; a
     turn that cannot be stored ends the reply with `not_saved`, and its
     upstream thread is deleted."""
-    request = ReplyRequest(message=message, tools=toolbox)
-    early = Early(backend.stream_reply(request))
     conversation = Conversation(id=uuid4(), backend=backend.alias)
     user_message_id = uuid4()
+    # The turn's task first: its write (on a thread) is the longer of the two,
+    # and it begins while the loop builds and sends the upstream request.
     turn = asyncio.create_task(
-        store.retrying(
-            functools.partial(
-                store.start_turn,
-                owner=owner,
-                backend=backend.alias,
-                message=message,
-                conversation_id=None,
-                thread_id=None,
-                with_history=False,
-                now=timezone.now(),
-                user_message_id=user_message_id,
-                new_conversation_id=conversation.pk,
-                reply_id=reply_id,
-            ),
-            "starting a turn",
+        _storing_turn(
+            backend,
+            owner,
+            message,
+            reply_id,
+            conversation_id=None,
+            thread_id=None,
+            with_history=False,
+            user_message_id=user_message_id,
+            new_conversation_id=conversation.pk,
         )
     )
+    request = ReplyRequest(message=message, tools=toolbox)
+    early = Early(backend.stream_reply(request))
     return Reply(
         backend=backend,
         conversation=conversation,
@@ -235,6 +227,29 @@ def _new_conversation(
         early=early,
         reply_to=user_message_id,
         turn=turn,
+    )
+
+
+def _storing_turn(
+    backend: ChatBackend,
+    owner: Owner,
+    message: str,
+    reply_id: UUID,
+    **turn: Any,
+) -> Coroutine[Any, Any, store.TurnStart]:
+    """Stores the turn reply `reply_id` answers (`store.start_turn`, `turn` its
+    other arguments), trying again while the database connection fails."""
+    return store.retrying(
+        functools.partial(
+            store.start_turn,
+            owner=owner,
+            backend=backend.alias,
+            message=message,
+            now=timezone.now(),
+            reply_id=reply_id,
+            **turn,
+        ),
+        "starting a turn",
     )
 
 
