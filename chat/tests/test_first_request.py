@@ -4,15 +4,18 @@ turn is being stored. When storing fails, the reply ends with a `not_saved`
 error and the thread that request made goes again, with its run: nothing is
 left behind upstream."""
 
+import functools
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from django.db import connection
 from django.test import AsyncClient
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
-from chat import relay
-from chat.models import Conversation, Message
+from chat import relay, store
+from chat.models import Conversation, Message, Owner
 from emulator import AgentsEmulator
 from testing.sse import parse_sse, reply_of
 from testing.waiting import await_until
@@ -66,6 +69,64 @@ async def test_each_reply_request_carries_a_client_request_id_of_its_own(
     ]
     assert len(ids) == 3
     assert len({uuid.UUID(i) for i in ids}) == 3
+
+
+def test_a_new_conversations_turn_is_one_statement_on_postgresql() -> None:
+    """On PostgreSQL the conversation and its first message are inserted by one
+    statement (its own transaction): every field as `save()` stores it, and a
+    retry after a lost answer (`again`) finds them instead of storing twice."""
+    if connection.vendor != "postgresql":
+        pytest.skip("data-modifying WITH queries are PostgreSQL's")
+    start_turn = store.start_turn.__wrapped__  # the step, on this thread
+    now = timezone.now()
+    ids = {
+        "user_message_id": uuid.uuid4(),
+        "new_conversation_id": uuid.uuid4(),
+        "reply_id": uuid.uuid4(),
+    }
+    turn = functools.partial(
+        start_turn,
+        owner=Owner(session_key="s" * 32),
+        backend="azure_agents",
+        message="  What is a turn?  ",
+        conversation_id=None,
+        thread_id=None,
+        with_history=True,
+        now=now,
+        **ids,
+    )
+    with CaptureQueriesContext(connection) as queries:
+        started = turn()
+    assert len(queries) == 1 and queries[0]["sql"].startswith("WITH ")
+    assert not connection.in_atomic_block
+
+    conversation = Conversation.objects.get(pk=ids["new_conversation_id"])
+    assert (conversation.owner_id, conversation.owner_key) == (None, "s" * 32)
+    assert (conversation.title, conversation.backend) == (
+        "What is a turn?",
+        "azure_agents",
+    )
+    assert conversation.active_since == now
+    assert conversation.active_message_id == ids["reply_id"]
+    assert conversation.active_holder and conversation.active_run_id == ""
+    assert conversation.created_at is not None and conversation.updated_at is not None
+    [question] = Message.objects.filter(conversation=conversation)
+    assert question.pk == ids["user_message_id"]
+    assert (question.role, question.content) == ("user", "  What is a turn?  ")
+    assert question.created_at == question.finished_at == now
+    assert (question.status, question.annotations, question.tools) == (
+        Message.Status.COMPLETE,
+        [],
+        [],
+    )
+    assert started.conversation.pk == conversation.pk
+    assert started.user_message.pk == question.pk and started.history == []
+    assert not started.conversation._state.adding
+
+    again = turn(again=True)
+    assert again.conversation.pk == conversation.pk
+    assert again.user_message.pk == question.pk
+    assert Conversation.objects.count() == 1 and Message.objects.count() == 1
 
 
 @pytest.fixture
