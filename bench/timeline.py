@@ -4,7 +4,7 @@ first chunk, all on one clock (`time.monotonic`, CLOCK_MONOTONIC, which the
 server's `perf_counter` shares on Linux).
 
     .venv/bin/python bench/timeline.py [--streams 100] [--rounds 3]
-        [--tokens 100 --interval 0.05]
+        [--tokens 100 --interval 0.05] [--experiment NAME ...]
 
 Starts the emulator (on the load's CPU) and chatsite under uvicorn (on the app's
 CPU, SQLite in a temporary directory, or the PostgreSQL server of DATABASE_URL)
@@ -82,7 +82,12 @@ async def measure(args: argparse.Namespace, log_dir: Path) -> None:
         async with client_session(4) as session:
             emulator = Emulator(base, session)
             server = start_server(
-                EXPERIMENT, "uvloop", emulator, database.url, True, "timeline"
+                EXPERIMENT,
+                "uvloop",
+                emulator,
+                database.url,
+                True,
+                ",".join(["timeline", *args.experiments]),
             )
             await emulator.prepare(args.tokens, args.interval)
         pid = server.process.pid
@@ -122,6 +127,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.05)
+    parser.add_argument(
+        "--experiment",
+        dest="experiments",
+        action="append",
+        default=[],
+        help="another experiment of bench/experiments.py to apply (repeatable)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="timeline-") as log_dir:
         asyncio.run(measure(args, Path(log_dir)))
