@@ -247,10 +247,10 @@ def _no_thread_hop_at_request_start() -> None:
     which other requests use between this one's hops: what the receivers close
     or clear there is closed or cleared when a request finishes
     (`request_finished` keeps `close_old_connections`, and gets
-    `reset_queries`). Each hop waits for the
-    GIL: in a burst of 100 new chats on PostgreSQL these hops queued on the
-    shared threads ahead of the turns' writes (first chunks p50 217 -> 178 ms,
-    bench/timeline.py)."""
+    `reset_queries`). Each hop waits for the GIL: in a burst of new chats these
+    hops queued on the shared threads ahead of the turns' writes (bursts of 100
+    one-token chats, alternated runs: TTFC p50 204-213 -> 166-182 ms on
+    PostgreSQL, 165-195 -> 145-163 ms on SQLite)."""
     signals.request_started.disconnect(db.close_old_connections)
     signals.request_started.disconnect(db.reset_queries)
     signals.request_finished.connect(db.reset_queries)
