@@ -473,7 +473,8 @@ def _insert_together(*objects: models.Model) -> None:
     """Inserts `objects`, in order, in one statement: each but the last as a
     data-modifying WITH query (PostgreSQL), with the SQL and values that
     `save(force_insert=True)` sends (Django's own insert compiler, which also
-    fills `auto_now` fields)."""
+    fills `auto_now` fields). `save()`'s `pre_save` and `post_save` signals are
+    not sent: nothing in the app listens to them for these models."""
     statements: list[str] = []
     values: list[Any] = []
     for obj in objects:
