@@ -25,6 +25,8 @@ BENCH_EXPERIMENTS names the ones to apply, comma-separated:
 - `switch`: the interpreter's switch interval at SWITCH_INTERVAL seconds (0.001)
   instead of 0.005 (a burst of 100 new chats on PostgreSQL: first chunks later,
   the loop and the shared threads trading the GIL more often).
+- `everytick`: the collector's clock (chat.lifecycle) collects the young
+  generation at every tick, as before quiet ticks were skipped.
 - `timeline` (diagnostic): when each reply's steps happened (the view called,
   its turn stored, the first upstream event, the first chunk handed to the
   server), on the clock of `time.monotonic`; SIGUSR2 writes them as JSON to
@@ -48,6 +50,12 @@ def gc_tuning() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
+
+
+def every_tick() -> None:
+    from chat import lifecycle
+
+    lifecycle.QUIET_YOUNG_COLLECTION_SECONDS = lifecycle.YOUNG_COLLECTION_SECONDS
 
 
 def trace_memory() -> None:
@@ -270,5 +278,6 @@ PATCHES = {
     "census": tracked_census,
     "gc": gc_tuning,
     "tracemalloc": trace_memory,
+    "everytick": every_tick,
     "garbage": garbage_census,
 }

@@ -260,8 +260,15 @@ _no_thread_hop_at_request_start()
 django_application = RequestLimits(SharedThreadsASGIHandler())
 
 
+# Requests begun since start-up: the collector's clock (chat.lifecycle) skips
+# its young collection when none began.
+_begun = 0
+
+
 async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> None:
+    global _begun
     if scope["type"] != "lifespan":
+        _begun += 1
         await django_application(scope, receive, send)
         return
     while True:
@@ -269,7 +276,7 @@ async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> No
         if message["type"] == "lifespan.startup":
             from chat import lifecycle
 
-            lifecycle.tune_garbage_collector()
+            lifecycle.tune_garbage_collector(begun=lambda: _begun)
             lifecycle.watch_for_termination()
             lifecycle.watch_for_count_requests()
             await lifecycle.start_heartbeat()

@@ -81,3 +81,123 @@ async def test_survivors_are_frozen_and_wait_for_a_full_collection_while_none_st
     async with asyncio.timeout(DEADLINE):
         await freed.wait()
     assert 2 in collections
+
+
+async def test_a_tick_in_which_no_request_began_skips_its_young_collection(
+    collections: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only new requests leave survivors for the young generation to walk: a
+    tick without one skips the walk, and the next request's tick collects."""
+    monkeypatch.setattr(lifecycle, "QUIET_YOUNG_COLLECTION_SECONDS", 3600.0)
+    ticks = [0]
+
+    def open_replies() -> list[relay.Reply]:  # asked once per tick
+        ticks[0] += 1
+        return []
+
+    monkeypatch.setattr(relay, "open_replies", open_replies)
+    begun = [0]
+    lifecycle.tune_garbage_collector(begun=lambda: begun[0])
+    collections.clear()  # its start-up collection of everything
+    freed = asyncio.Event()
+    node = Node()
+    weakref.finalize(node, freed.set)
+    del node
+    await await_until(lambda: ticks[0] >= 4)
+    assert collections == []
+    assert not freed.is_set()
+    begun[0] += 1  # a request
+    async with asyncio.timeout(DEADLINE):
+        await freed.wait()
+    assert collections == [0]
+
+
+async def test_while_no_request_begins_the_young_generation_waits_a_bounded_time(
+    collections: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lifecycle, "QUIET_YOUNG_COLLECTION_SECONDS", 1.0)
+    lifecycle.tune_garbage_collector(begun=lambda: 0)
+    collections.clear()
+    freed = asyncio.Event()
+    node = Node()
+    weakref.finalize(node, freed.set)
+    del node
+    async with asyncio.timeout(DEADLINE):
+        await freed.wait()
+    assert collections == [0]
+
+
+async def test_the_servers_collector_counts_the_requests_that_begin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lifespan's start-up hands the collector's clock the count of requests
+    the application began (chatsite.asgi)."""
+    from chatsite import asgi
+
+    given: list[Any] = []
+
+    def tune(begun: Any = None) -> None:
+        given.append(begun)
+
+    monkeypatch.setattr(lifecycle, "tune_garbage_collector", tune)
+    for name in ("watch_for_termination", "watch_for_count_requests"):
+        monkeypatch.setattr(lifecycle, name, lambda: None)
+
+    async def no_heartbeat() -> None:
+        pass
+
+    monkeypatch.setattr(lifecycle, "start_heartbeat", no_heartbeat)
+    messages = iter([{"type": "lifespan.startup"}])
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+        raise StopAsyncIteration  # out of the lifespan's loop, started
+
+    with pytest.raises(StopAsyncIteration):
+        await asgi.lifespan_application({"type": "lifespan"}, receive, send)
+    assert sent == [{"type": "lifespan.startup.complete"}]
+    (begun,) = given
+    before = begun()
+    await _get(asgi.application, "/api/health")
+    await _get(asgi.application, "/api/health")
+    assert begun() == before + 2
+
+
+async def _get(app: Any, path: str) -> None:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    requests = iter([{"type": "http.request", "body": b"", "more_body": False}])
+    done = asyncio.Event()
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        message = next(requests, None)
+        if message is None:
+            await done.wait()
+            return {"type": "http.disconnect"}
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        elif not message.get("more_body"):
+            done.set()
+
+    await app(scope, receive, send)
+    assert statuses == [200]
