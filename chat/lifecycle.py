@@ -65,13 +65,13 @@ IDLE_SECONDS = 60.0
 _collector: "_Clock | None" = None
 
 
-def tune_garbage_collector(begun: Callable[[], int] | None = None) -> None:
+def tune_garbage_collector(turnover: Callable[[], int] | None = None) -> None:
     """Collects on a clock: the young generation every quarter second, after which
     what survived is frozen; everything once no reply has streamed for a
-    minute, every quarter hour at most. `begun` counts the requests begun so
-    far: a quarter second in which none began skips its young collection, up to
-    two seconds (without it, none is skipped). Called at lifespan startup, on
-    the serving loop.
+    minute, every quarter hour at most. `turnover` counts the requests begun
+    and ended so far: a quarter second in which none began or ended skips its
+    young collection, up to two seconds (without it, none is skipped). Called at
+    lifespan startup, on the serving loop.
 
     Why, from the soak (bench/SOAK.md): CPython starts a young collection when
     allocations minus deallocations pass a threshold. While hundreds of streams
@@ -88,19 +88,20 @@ def tune_garbage_collector(begun: Callable[[], int] | None = None) -> None:
     which runs only once no reply has streamed for a minute, so that no stream
     waits for it (in a half-hour soak it found 10 objects).
 
-    Why the quiet skip: what a young collection walks is what new requests left
-    alive (hundreds of objects each while they start) and, per open stream, the
-    few awaitables that relaying each delta makes anew (a waiter, a task's
-    step), which are as many a quarter second later as two seconds later. While
-    no request begins, the second part is all there is, and walking it every
-    quarter second found nothing. With 1,000 streams open for 40 s (bench
+    Why the quiet skip: what a young collection walks is what requests that
+    began or ended left alive (hundreds of objects each while they start, a
+    finished reply kept for late readers) and, per open stream, the few
+    awaitables that relaying each delta makes anew (a waiter, a task's step),
+    which are as many a quarter second later as two seconds later. While no
+    request begins or ends, the second part is all there is, and walking it
+    every quarter second found nothing. With 1,000 streams open for 40 s (bench
     `hold1000`, same run): 64 young collections instead of 220, 406 instead of
     1,678 ms of the collector's CPU, the longest 12.9 against 13.2 ms."""
     global _collector
     gc.collect()
     gc.freeze()
     gc.disable()
-    _collector = _Clock(asyncio.get_running_loop(), begun)
+    _collector = _Clock(asyncio.get_running_loop(), turnover)
 
 
 def restore_garbage_collector() -> None:
@@ -117,15 +118,15 @@ class _Clock:
     """The collections of tune_garbage_collector, on the loop's timer."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, begun: Callable[[], int] | None
+        self, loop: asyncio.AbstractEventLoop, turnover: Callable[[], int] | None
     ) -> None:
         self._loop = loop
-        self._begun = begun
+        self._turnover = turnover
         now = loop.time()
         self._full_due = now + FULL_COLLECTION_SECONDS
         self._busy_at = 0.0
         self._young_at = now
-        self._seen = begun() if begun is not None else 0
+        self._seen = turnover() if turnover is not None else 0
         self._timer = loop.call_later(YOUNG_COLLECTION_SECONDS, self._tick)
 
     def cancel(self) -> None:
@@ -137,7 +138,8 @@ class _Clock:
         self._timer = loop.call_later(YOUNG_COLLECTION_SECONDS, self._tick)
         if relay.open_replies():
             self._busy_at = now
-        seen = self._begun() if self._begun is not None else self._seen + 1
+        turnover = self._turnover
+        seen = turnover() if turnover is not None else self._seen + 1
         # Half a tick early: the timer's ticks drift by a little.
         quiet_for = now - self._young_at + YOUNG_COLLECTION_SECONDS / 2
         if seen == self._seen and quiet_for < QUIET_YOUNG_COLLECTION_SECONDS:

@@ -260,23 +260,26 @@ _no_thread_hop_at_request_start()
 django_application = RequestLimits(SharedThreadsASGIHandler())
 
 
-# Requests begun since start-up: the collector's clock (chat.lifecycle) skips
-# its young collection when none began.
-_begun = 0
+# Requests begun and ended since start-up: the collector's clock
+# (chat.lifecycle) skips its young collection while none begins or ends.
+_turnover = 0
 
 
 async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> None:
-    global _begun
+    global _turnover
     if scope["type"] != "lifespan":
-        _begun += 1
-        await django_application(scope, receive, send)
+        _turnover += 1
+        try:
+            await django_application(scope, receive, send)
+        finally:
+            _turnover += 1
         return
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             from chat import lifecycle
 
-            lifecycle.tune_garbage_collector(begun=lambda: _begun)
+            lifecycle.tune_garbage_collector(turnover=lambda: _turnover)
             lifecycle.watch_for_termination()
             lifecycle.watch_for_count_requests()
             await lifecycle.start_heartbeat()

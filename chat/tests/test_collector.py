@@ -83,11 +83,12 @@ async def test_survivors_are_frozen_and_wait_for_a_full_collection_while_none_st
     assert 2 in collections
 
 
-async def test_a_tick_in_which_no_request_began_skips_its_young_collection(
+async def test_a_tick_in_which_no_request_began_or_ended_skips_its_young_collection(
     collections: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only new requests leave survivors for the young generation to walk: a
-    tick without one skips the walk, and the next request's tick collects."""
+    """Only requests that begin or end leave survivors for the young generation
+    to walk: a tick without one skips the walk, and the next one's tick
+    collects."""
     monkeypatch.setattr(lifecycle, "QUIET_YOUNG_COLLECTION_SECONDS", 3600.0)
     ticks = [0]
 
@@ -96,8 +97,8 @@ async def test_a_tick_in_which_no_request_began_skips_its_young_collection(
         return []
 
     monkeypatch.setattr(relay, "open_replies", open_replies)
-    begun = [0]
-    lifecycle.tune_garbage_collector(begun=lambda: begun[0])
+    turnover = [0]
+    lifecycle.tune_garbage_collector(turnover=lambda: turnover[0])
     collections.clear()  # its start-up collection of everything
     freed = asyncio.Event()
     node = Node()
@@ -106,17 +107,17 @@ async def test_a_tick_in_which_no_request_began_skips_its_young_collection(
     await await_until(lambda: ticks[0] >= 4)
     assert collections == []
     assert not freed.is_set()
-    begun[0] += 1  # a request
+    turnover[0] += 1  # a request began (or ended)
     async with asyncio.timeout(DEADLINE):
         await freed.wait()
     assert collections == [0]
 
 
-async def test_while_no_request_begins_the_young_generation_waits_a_bounded_time(
+async def test_while_no_request_comes_or_goes_the_young_generation_waits_a_while(
     collections: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lifecycle, "QUIET_YOUNG_COLLECTION_SECONDS", 1.0)
-    lifecycle.tune_garbage_collector(begun=lambda: 0)
+    lifecycle.tune_garbage_collector(turnover=lambda: 0)
     collections.clear()
     freed = asyncio.Event()
     node = Node()
@@ -127,17 +128,17 @@ async def test_while_no_request_begins_the_young_generation_waits_a_bounded_time
     assert collections == [0]
 
 
-async def test_the_servers_collector_counts_the_requests_that_begin(
+async def test_the_servers_collector_counts_the_requests_that_begin_and_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The lifespan's start-up hands the collector's clock the count of requests
-    the application began (chatsite.asgi)."""
+    the application began and ended (chatsite.asgi)."""
     from chatsite import asgi
 
     given: list[Any] = []
 
-    def tune(begun: Any = None) -> None:
-        given.append(begun)
+    def tune(turnover: Any = None) -> None:
+        given.append(turnover)
 
     monkeypatch.setattr(lifecycle, "tune_garbage_collector", tune)
     for name in ("watch_for_termination", "watch_for_count_requests"):
@@ -160,11 +161,11 @@ async def test_the_servers_collector_counts_the_requests_that_begin(
     with pytest.raises(StopAsyncIteration):
         await asgi.lifespan_application({"type": "lifespan"}, receive, send)
     assert sent == [{"type": "lifespan.startup.complete"}]
-    (begun,) = given
-    before = begun()
+    (turnover,) = given
+    before = turnover()
     await _get(asgi.application, "/api/health")
     await _get(asgi.application, "/api/health")
-    assert begun() == before + 2
+    assert turnover() == before + 4  # each began and ended
 
 
 async def _get(app: Any, path: str) -> None:
