@@ -55,7 +55,7 @@ def watch_for_termination() -> None:
 
 # The collector runs on a clock, not on allocation counts (tune_garbage_collector).
 YOUNG_COLLECTION_SECONDS = 0.25
-# While no request begins, the young collection waits this long at most.
+# While no request begins or ends, the young collection waits this long at most.
 QUIET_YOUNG_COLLECTION_SECONDS = 2.0
 FULL_COLLECTION_SECONDS = 900.0
 # The full collection waits for this long without a reply streaming: right after

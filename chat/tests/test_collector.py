@@ -25,6 +25,13 @@ class Node:
         self.me = self
 
 
+def _dropped_cycle() -> asyncio.Event:
+    """Garbage in a reference cycle, dropped: the event is set once it is freed."""
+    freed = asyncio.Event()
+    weakref.finalize(Node(), freed.set)
+    return freed
+
+
 @pytest.fixture
 def collections() -> Iterator[list[int]]:
     """The generation of every collection from now on; the collector is CPython's
@@ -46,10 +53,7 @@ async def test_a_cycle_dropped_at_once_is_freed_by_the_next_young_collection(
 ) -> None:
     lifecycle.tune_garbage_collector()
     assert not gc.isenabled()  # no collection on allocation counts
-    freed = asyncio.Event()
-    node = Node()
-    weakref.finalize(node, freed.set)
-    del node
+    freed = _dropped_cycle()
     async with asyncio.timeout(DEADLINE):
         await freed.wait()
     assert 0 in collections
@@ -100,10 +104,7 @@ async def test_a_tick_in_which_no_request_began_or_ended_skips_its_young_collect
     turnover = [0]
     lifecycle.tune_garbage_collector(turnover=lambda: turnover[0])
     collections.clear()  # its start-up collection of everything
-    freed = asyncio.Event()
-    node = Node()
-    weakref.finalize(node, freed.set)
-    del node
+    freed = _dropped_cycle()
     await await_until(lambda: ticks[0] >= 4)
     assert collections == []
     assert not freed.is_set()
@@ -119,10 +120,7 @@ async def test_while_no_request_comes_or_goes_the_young_generation_waits_a_while
     monkeypatch.setattr(lifecycle, "QUIET_YOUNG_COLLECTION_SECONDS", 1.0)
     lifecycle.tune_garbage_collector(turnover=lambda: 0)
     collections.clear()
-    freed = asyncio.Event()
-    node = Node()
-    weakref.finalize(node, freed.set)
-    del node
+    freed = _dropped_cycle()
     async with asyncio.timeout(DEADLINE):
         await freed.wait()
     assert collections == [0]
