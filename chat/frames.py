@@ -175,6 +175,11 @@ def encode(event_id: int, frame: Frame) -> bytes:
     return _FRAME % (dump(frame).encode(), event_id)
 
 
+def encode_data(event_id: int, data: bytes) -> bytes:
+    """A frame whose JSON (`dump`) is `data`."""
+    return _FRAME % (data, event_id)
+
+
 def encode_chunk(event_id: int, text: str) -> bytes:
     """A chunk frame of `text`: the hot path, one frame per delta, so it skips
     the frame model and the generic dump."""

@@ -615,7 +615,9 @@ class Early:
         self._thread_id: str | None = None
         self._answered: asyncio.Event | None = asyncio.Event()
         # A context of its own, as the reply's producer has.
-        self._reader = asyncio.create_task(self._read(), context=contextvars.Context())
+        self._reader: asyncio.Task[None] | None = asyncio.create_task(
+            self._read(), context=contextvars.Context()
+        )
 
     async def _read(self) -> None:
         answered = self._answered
@@ -636,19 +638,22 @@ class Early:
         """The events read so far, and those the reader reads until it sees
         that the reply has taken over; `rest()` has the others."""
         self._taken = True
+        reader = self._reader
+        assert reader is not None
         while True:
             while self._buffered:
                 yield self._buffered.popleft()
-            if self._reader.done():
+            if reader.done():
                 break
             # asyncio.wait leaves the reader running when the reply is stopped
             # meanwhile: it still learns which thread the request made, to
             # cancel the run in it (`thread_id`).
-            await asyncio.wait({self._reader})
-        self._reader.result()  # its error, if it failed
+            await asyncio.wait({reader})
+        reader.result()  # its error, if it failed
         # Only the hand-over needed these; the reply holds its events for long.
         self._buffered = _HANDED_OVER
         self._answered = None
+        self._reader = None
 
     def rest(self) -> AsyncIterator[base.Event]:
         """The events after `handed_over()`'s: the backend's iterator itself, so
@@ -666,7 +671,8 @@ class Early:
 
     def close(self) -> None:
         """Stops reading, if the reply ended before it took over."""
-        self._reader.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
 
 
 class Reply:
@@ -795,6 +801,10 @@ class Reply:
     def _turn_stored(self, turn: "asyncio.Task[store.TurnStart]") -> None:
         if turn.cancelled() or turn.exception() is not None:
             self.stop(NOT_STORED)
+        elif self._turn is turn:
+            # Stored: nothing of it is needed any more, and its result (the
+            # conversation, the user message) would live as long as the reply.
+            self._turn = None
 
     async def _stored_turn(self) -> bool:
         """Waits until the turn this reply answers is stored; False if it could
@@ -1240,7 +1250,11 @@ class Reply:
         encoded: bool,
     ) -> AsyncIterator[Any]:
         log = self.log
-        chunk, encode, encode_chunk = frames.Chunk, frames.encode, frames.encode_chunk
+        chunk, encode_chunk, encode_data = (
+            frames.Chunk,
+            frames.encode_chunk,
+            frames.encode_data,
+        )
         chunks = 0
         if last_id >= len(log):
             last_id = -1  # an id this reply never sent: from its start
@@ -1268,13 +1282,13 @@ class Reply:
                             chunks += 1
                         yield event_id, frame
                 else:
-                    for event_id, frame in log.after(last_id, texts=True):
+                    for event_id, item in log.raw_after(last_id):
                         last_id = event_id
-                        if type(frame) is str:
+                        if type(item) is str:
                             chunks += 1
-                            yield encode_chunk(event_id, frame)
+                            yield encode_chunk(event_id, item)
                         else:
-                            yield encode(event_id, frame)
+                            yield encode_data(event_id, item)
                 ended = log.ended and last_id + 1 >= len(log)
         finally:
             follower.close()

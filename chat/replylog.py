@@ -5,9 +5,12 @@ attaches to it) reads the frames after the last id it sent and waits for more.
 Event ids are positions in the log, so they mean the same to every reader.
 
 Chunks are most of a reply and a token is a few characters, so their text is kept
-once, compactly: consecutive parts are joined every so often, and an array of
-offsets finds any chunk's text again. Other frames (metadata, citations, the final
-frame) are kept as they are.
+once, compactly: as UTF-8 in one growing buffer, with an array of offsets that
+finds any chunk's text again (a string per token costs ten times its text; at 100
+open streams of 100 tokens, about 5 KiB of each stream's memory). Other frames
+(metadata, citations, the final frame) are kept as the JSON their `data:` line
+carries: the metadata frame as a model was 1.6 KiB of every open stream, its
+JSON is 0.3 KiB, and readers send it as it is.
 
 With Redis (`REDIS_URL`) every frame also goes to a Redis Stream per reply, so
 that any replica can replay it, follow it live, and finish it if this process
@@ -38,8 +41,9 @@ from chat import frames
 
 logger = logging.getLogger(__name__)
 
-# Joining the reply's parts every this many keeps a token from costing a string.
-_COMPACT_EVERY = 256
+# Chunk text as UTF-8; "surrogatepass" keeps any str (a lone surrogate too) as it
+# came, and a chunk's bytes always decode back to exactly its text.
+_ERRORS = "surrogatepass"
 
 
 class ReplyLog:
@@ -48,9 +52,7 @@ class ReplyLog:
         "_ended",
         "_other_ids",
         "_others",
-        "_part_starts",
-        "_parts",
-        "_size",
+        "_text",
         "_waiters",
         "_watcher",
         "cursor",
@@ -58,11 +60,9 @@ class ReplyLog:
     )
 
     def __init__(self) -> None:
-        self._parts: list[str] = []
-        self._part_starts = array("q")  # character offset where each part starts
-        self._size = 0  # characters of chunk text
-        self._chunk_ends = array("q")  # per chunk, in order: its end offset
-        self._others: dict[int, frames.Frame] = {}
+        self._text = bytearray()  # every chunk's text, UTF-8, in order
+        self._chunk_ends = array("q")  # per chunk, in order: its end in _text
+        self._others: dict[int, bytes] = {}  # by event id: the frame's JSON
         self._other_ids: list[int] = []  # ascending
         self._ended = False
         # Each waiting reader's own future: True when a frame came, False when
@@ -85,33 +85,22 @@ class ReplyLog:
     @property
     def text(self) -> str:
         """The text of every chunk so far."""
-        parts = self._parts
-        if len(parts) > 1:
-            self._compact()
-        return parts[0] if parts else ""
+        return self._text.decode("utf-8", _ERRORS)
 
     # --- writing -------------------------------------------------------------------
 
     def append_chunk(self, text: str) -> None:
-        parts = self._parts
-        self._part_starts.append(self._size)
-        parts.append(text)
-        self._size += len(text)
-        self._chunk_ends.append(self._size)
-        if len(parts) >= _COMPACT_EVERY:
-            self._compact()
+        buffer = self._text
+        buffer += text.encode("utf-8", _ERRORS)
+        self._chunk_ends.append(len(buffer))
         self._wake()
 
     def append(self, frame: frames.Frame, *, final: bool = False) -> None:
         event_id = len(self)
-        self._others[event_id] = frame
+        self._others[event_id] = frames.dump(frame).encode()
         self._other_ids.append(event_id)
         self._ended = self._ended or final
         self._wake()
-
-    def _compact(self) -> None:
-        self._parts[:] = ["".join(self._parts)]
-        del self._part_starts[1:]
 
     def _wake(self) -> None:
         watcher = self._watcher
@@ -126,19 +115,26 @@ class ReplyLog:
 
     # --- reading -------------------------------------------------------------------
 
-    def after(
-        self, last_id: int, *, texts: bool = False
-    ) -> Iterator[tuple[int, frames.Frame | str]]:
+    def after(self, last_id: int) -> Iterator[tuple[int, frames.Frame]]:
         """The frames after `last_id`, with runs of chunks joined into one chunk
-        that carries the id of its last part; with `texts`, a chunk as its text
-        (a str: `frames.encode_chunk` encodes it without building a frame)."""
+        that carries the id of its last part."""
+        for event_id, item in self.raw_after(last_id):
+            if type(item) is str:
+                yield event_id, frames.Chunk(content=item)
+            else:
+                yield event_id, frames.load(item)
+
+    def raw_after(self, last_id: int) -> Iterator[tuple[int, str | bytes]]:
+        """`after()` as it is kept: a run of chunks as its text (a str,
+        `frames.encode_chunk` encodes it), another frame as its JSON (bytes,
+        `frames.encode_data`)."""
         event_id = last_id + 1
         end = len(self)
         others, other_ids = self._others, self._other_ids
         while event_id < end:
-            frame = others.get(event_id)
-            if frame is not None:
-                yield event_id, frame
+            data = others.get(event_id)
+            if data is not None:
+                yield event_id, data
                 event_id += 1
                 continue
             # A run of chunks up to the next other frame (or the end).
@@ -146,39 +142,29 @@ class ReplyLog:
             run_end = other_ids[following] if following < len(other_ids) else end
             first = event_id - following  # chunk index of this id
             last = run_end - 1 - following
-            text = self._chunk_text(first, last)
-            yield run_end - 1, text if texts else frames.Chunk(content=text)
+            yield run_end - 1, self._chunk_text(first, last)
             event_id = run_end
 
-    def each(self, first_id: int, end_id: int) -> Iterator[tuple[int, frames.Frame]]:
-        """Every frame from `first_id` up to `end_id`, chunks one by one."""
+    def encoded(self, first_id: int, end_id: int) -> bytes:
+        """Every frame from `first_id` up to `end_id`, chunks one by one, as the
+        bytes of an event stream."""
         others = self._others
         chunk_index = first_id - bisect_right(self._other_ids, first_id - 1)
+        parts = []
         for event_id in range(first_id, end_id):
-            frame = others.get(event_id)
-            if frame is None:
-                frame = frames.Chunk(content=self._chunk_text(chunk_index, chunk_index))
+            data = others.get(event_id)
+            if data is None:
+                text = self._chunk_text(chunk_index, chunk_index)
+                parts.append(frames.encode_chunk(event_id, text))
                 chunk_index += 1
-            yield event_id, frame
+            else:
+                parts.append(frames.encode_data(event_id, data))
+        return b"".join(parts)
 
     def _chunk_text(self, first: int, last: int) -> str:
         ends = self._chunk_ends
         start = ends[first - 1] if first else 0
-        stop = ends[last]
-        starts, parts = self._part_starts, self._parts
-        index = bisect_right(starts, start) - 1
-        offset = start - starts[index]
-        part = parts[index]
-        if stop - starts[index] <= len(part):
-            return part[offset : stop - starts[index]]
-        pieces = [part[offset:]]
-        for part_start, part in zip(
-            starts[index + 1 :], parts[index + 1 :], strict=True
-        ):
-            if part_start >= stop:
-                break
-            pieces.append(part[: stop - part_start])
-        return "".join(pieces)
+        return self._text[start : ends[last]].decode("utf-8", _ERRORS)
 
     async def wait(self, last_id: int, timeout: float) -> bool:
         """Waits until there is a frame after `last_id`; False on timeout."""
@@ -331,13 +317,7 @@ class Mirror:
             return None
         cursor, run_id, ended = log.cursor, log.run_id, log.ended
         queued = len(pipe)
-        encode = frames.encode
-        fields: dict[str, bytes | str] = {
-            "s": b"".join(
-                encode(event_id, frame)
-                for event_id, frame in log.each(self.written + 1, end)
-            )
-        }
+        fields: dict[str, bytes | str] = {"s": log.encoded(self.written + 1, end)}
         if cursor is not None and cursor != self.cursor:
             fields["k"] = str(cursor)
         if run_id is not None and run_id != self.run_id:

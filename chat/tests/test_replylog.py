@@ -135,7 +135,7 @@ async def test_a_follower_that_leaves_while_waiting_is_forgotten() -> None:
     log.append_chunk("a")  # wakes nobody, fails nothing
 
 
-def test_a_long_reply_is_compacted_and_still_read_from_any_id() -> None:
+def test_a_long_reply_is_read_from_any_id() -> None:
     items = [None if i % 97 == 0 else f"t{i} " for i in range(1000)]
     log = written(items)
     for last_id in range(-1, len(items)):
@@ -143,3 +143,38 @@ def test_a_long_reply_is_compacted_and_still_read_from_any_id() -> None:
             f.content for _, f in log.after(last_id) if type(f) is frames.Chunk
         )
         assert text == "".join(item for item in items[last_id + 1 :] if item)
+
+
+def test_any_text_comes_back_as_it_went_in() -> None:
+    # Several bytes a character, and lone surrogates (a JSON parser may give them).
+    items = ["é", "日本", "😀", "\ud800", "\udc00", None, "a\x00b", "", "\U0010ffff"]
+    log = written(items)
+    assert log.text == "".join(item for item in items if item is not None)
+    for last_id in range(-1, len(items)):
+        expected = b"".join(
+            frames.encode(i, OTHER if item is None else frames.Chunk(content=item))
+            for i, item in enumerate(items)
+            if i > last_id
+        )
+        assert log.encoded(last_id + 1, len(items)) == expected
+        texts = [t for _, t in log.raw_after(last_id) if type(t) is str]
+        assert "".join(texts) == "".join(
+            i for i in items[last_id + 1 :] if i is not None
+        )
+
+
+def test_other_frames_are_kept_as_the_json_they_are_sent_as() -> None:
+    log = ReplyLog()
+    log.append(OTHER)
+    log.append_chunk("a")
+    log.append(OTHER, final=True)
+    assert list(log.raw_after(-1)) == [
+        (0, frames.dump(OTHER).encode()),
+        (1, "a"),
+        (2, frames.dump(OTHER).encode()),
+    ]
+    assert list(log.after(-1)) == [
+        (0, OTHER),
+        (1, frames.Chunk(content="a")),
+        (2, OTHER),
+    ]
