@@ -12,14 +12,14 @@ their hops; that is safe because a transaction never spans a hop (Django's
 `atomic` is sync-only) and connections are not persistent (`CONN_MAX_AGE=0`).
 
 Request limits. Django reads a whole request body, into a temporary file past
-FILE_UPLOAD_MAX_MEMORY_SIZE, before any view can refuse it. `RequestLimits` counts
-the body as it arrives instead and answers 413 at DATA_UPLOAD_MAX_MEMORY_SIZE. The
-size of the request head is bounded by uvicorn (`--h11-max-incomplete-event-size`);
-the number of headers here.
+FILE_UPLOAD_MAX_MEMORY_SIZE, before any view can refuse it. The handler counts the
+body as it arrives instead and answers 413 at DATA_UPLOAD_MAX_MEMORY_SIZE (at once
+for a declared Content-Length over it). The size of the request head is bounded by
+uvicorn (`--h11-max-incomplete-event-size`); the number of headers here (431).
 
 Shutdown. Django has no ASGI lifespan support. Without it, uvicorn's graceful shutdown
 cancels in-flight streams and re-raises SIGTERM before their cleanup runs, and the
-partial replies are lost. The wrapper below answers lifespan messages and, on
+partial replies are lost. The handler answers lifespan messages too and, on
 shutdown, stops open chat streams and waits for them to store what they have.
 """
 
@@ -38,7 +38,7 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest
-from django.http.response import HttpResponseBase
+from django.http.response import HttpResponseBase, ResponseHeaders
 from django.urls import set_script_prefix
 
 from chatsite import telemetry, threads
@@ -52,16 +52,36 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class SharedThreadsASGIHandler(ASGIHandler):
-    """Django's ASGI handler with a fixed set of threads for sync work, and no
-    garbage cycle per request."""
+    """Django's ASGI handler with a fixed set of threads for sync work, no
+    garbage cycle per request, the request limits and the lifespan.
+
+    It is the whole application, with no layer of its own around it: what sits
+    between the server and a response lives as long as the response, and a chat
+    stream lasts minutes (a layer is a coroutine, a receive wrapper a closure and
+    a coroutine more: the two were 1.3 KiB of each open stream)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        global _turnover
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
         if scope["type"] != "http":
             raise ValueError(
                 f"Django can only handle HTTP connections, not {scope['type']}"
             )
-        async with ThreadSensitiveContext(executor=threads.next_executor()):
-            await self.handle(scope, receive, send)
+        _turnover += 1
+        try:
+            if len(scope["headers"]) > MAX_REQUEST_HEADERS:
+                await _refuse(send, 431, "too many request headers", "too_many_headers")
+                return
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            if limit is not None and _content_length(scope) > limit:
+                await _refuse(send, 413, _too_large(limit), "too_large")
+                return
+            async with ThreadSensitiveContext(executor=threads.next_executor()):
+                await self.handle(scope, receive, send)
+        finally:
+            _turnover += 1
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Django's `handle`, the same contract: the response is served while a
@@ -75,7 +95,7 @@ class SharedThreadsASGIHandler(ASGIHandler):
         listener cancels the serving task directly, and nothing is left in a
         cycle."""
         try:
-            body_file = await self.read_body(receive)
+            body_file = await self.read_body(_counting(receive, send))
         except RequestAborted:
             return
         with closing(body_file):
@@ -143,6 +163,9 @@ class SharedThreadsASGIHandler(ASGIHandler):
             await super().send_response(response, send)
             return
         await send(_response_start(response))
+        # Sent: a stream that lasts minutes holds only its body, not its dozen
+        # headers (1.5 KiB).
+        response.headers = ResponseHeaders({})
         async with aclosing(response.events) as events:
             async for part in events:
                 await send(
@@ -173,44 +196,31 @@ def _response_start(response: HttpResponseBase) -> dict[str, Any]:
 MAX_REQUEST_HEADERS = 100
 
 
-class RequestLimits:
-    """Refuses a request with too many headers (431) or too large a body (413)
-    before the application reads it.
+def _counting(receive: Receive, send: Send) -> Receive:
+    """`receive` for reading the body: past DATA_UPLOAD_MAX_MEMORY_SIZE bytes it
+    answers 413 and the reader sees the client disconnect (the connection is
+    then closed). A declared Content-Length over the limit was refused before."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is None:
+        return receive
+    received = 0
 
-    A declared Content-Length over the limit is refused before any body is read;
-    a chunked body as soon as the bytes received pass it. The application then
-    sees the client disconnect, and the connection is closed.
-    """
+    async def counting_receive() -> MutableMapping[str, Any]:
+        nonlocal received
+        if received > limit:
+            return {"type": "http.disconnect"}
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            await _refuse(send, 413, _too_large(limit), "too_large")
+            return {"type": "http.disconnect"}
+        return message
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self.app = app
+    return counting_receive
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if len(scope["headers"]) > MAX_REQUEST_HEADERS:
-            await _refuse(send, 431, "too many request headers", "too_many_headers")
-            return
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        if limit is None:
-            await self.app(scope, receive, send)
-            return
-        too_large = f"request body is larger than {limit} bytes"
-        if _content_length(scope) > limit:
-            await _refuse(send, 413, too_large, "too_large")
-            return
-        received = 0
 
-        async def counting_receive() -> MutableMapping[str, Any]:
-            nonlocal received
-            if received > limit:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                await _refuse(send, 413, too_large, "too_large")
-                return {"type": "http.disconnect"}
-            return message
-
-        await self.app(scope, counting_receive, send)
+def _too_large(limit: int) -> str:
+    return f"request body is larger than {limit} bytes"
 
 
 def _content_length(scope: Scope) -> int:
@@ -257,7 +267,7 @@ def _no_thread_hop_at_request_start() -> None:
 
 
 _no_thread_hop_at_request_start()
-django_application = RequestLimits(SharedThreadsASGIHandler())
+django_application = SharedThreadsASGIHandler()
 
 
 # Requests begun and ended since start-up: the collector's clock
@@ -265,15 +275,7 @@ django_application = RequestLimits(SharedThreadsASGIHandler())
 _turnover = 0
 
 
-async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> None:
-    global _turnover
-    if scope["type"] != "lifespan":
-        _turnover += 1
-        try:
-            await django_application(scope, receive, send)
-        finally:
-            _turnover += 1
-        return
+async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -292,4 +294,4 @@ async def lifespan_application(scope: Scope, receive: Receive, send: Send) -> No
             return
 
 
-application = telemetry.configure(lifespan_application)
+application = telemetry.configure(django_application)

@@ -157,7 +157,7 @@ async def test_the_servers_collector_counts_the_requests_that_begin_and_end(
         raise StopAsyncIteration  # out of the lifespan's loop, started
 
     with pytest.raises(StopAsyncIteration):
-        await asgi.lifespan_application({"type": "lifespan"}, receive, send)
+        await asgi.application({"type": "lifespan"}, receive, send)
     assert sent == [{"type": "lifespan.startup.complete"}]
     (turnover,) = given
     before = turnover()
