@@ -25,6 +25,8 @@ BENCH_EXPERIMENTS names the ones to apply, comma-separated:
 - `switch`: the interpreter's switch interval at SWITCH_INTERVAL seconds (0.001)
   instead of 0.005 (a burst of 100 new chats on PostgreSQL: first chunks later,
   the loop and the shared threads trading the GIL more often).
+- `mallocstats` (diagnostic): SIGUSR2 writes `sys._debugmallocstats()` (Python's
+  object arenas, pools and blocks by size class) to MALLOCSTATS_OUTPUT.N.
 - `everytick`: the collector's clock (chat.lifecycle) collects the young
   generation at every tick, as before quiet ticks were skipped.
 - `timeline` (diagnostic): when each reply's steps happened (the view called,
@@ -270,7 +272,32 @@ def switch_interval() -> None:
     sys.setswitchinterval(float(os.environ.get("SWITCH_INTERVAL", "0.001")))
 
 
+def malloc_stats() -> None:
+    """SIGUSR2 writes the interpreter's allocator statistics
+    (`sys._debugmallocstats`: Python's object arenas, pools and blocks by size
+    class) to MALLOCSTATS_OUTPUT.N, N counting from 1."""
+    import signal
+    import sys
+
+    dumps = [0]
+
+    def dump(signum: int, frame: Any) -> None:
+        dumps[0] += 1
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with open(f"{os.environ['MALLOCSTATS_OUTPUT']}.{dumps[0]}", "w") as out:
+            os.dup2(out.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    signal.signal(signal.SIGUSR2, dump)
+
+
 PATCHES = {
+    "mallocstats": malloc_stats,
     "switch": switch_interval,
     "trim": malloc_trim,
     "cprofile": loop_profile,
