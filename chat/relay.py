@@ -41,7 +41,7 @@ from django.utils import timezone
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from chat import bus, files, frames, lease, limits, replylog, store, tools
+from chat import bus, files, frames, lease, limits, replylog, store, ticks, tools
 from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
@@ -773,7 +773,7 @@ class Reply:
         self._sent_metadata = len(self.log) > 0
         self._last_event = 0.0
         self._deadline = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: ticks.Ticker | None = None
         self._producing = False
 
     # --- control -------------------------------------------------------------------
@@ -838,7 +838,7 @@ class Reply:
         self.request = ReplyRequest(message="", thread_id=self.request.thread_id)
         self._record_run = None
         self._turn = None
-        self._watchdog = None
+        self._unwatch()
 
     @property
     def text(self) -> str:
@@ -853,12 +853,18 @@ class Reply:
 
     def _watch_time(self) -> None:
         """Stops the reply when the upstream is silent for too long or the reply
-        outlives its maximum duration. One timer, re-armed only when it fires."""
+        outlives its maximum duration (checked by the loop's ticker, at most a
+        tick late: `chat.ticks`)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._last_event = now
         self._deadline = now + settings.CHAT_MAX_STREAM_SECONDS
-        self._watchdog = loop.call_at(self._due(), self._check_time)
+        self._watchdog = ticks.ticker(
+            ticks.period_for(
+                settings.CHAT_UPSTREAM_TIMEOUT_SECONDS, settings.CHAT_MAX_STREAM_SECONDS
+            )
+        )
+        self._watchdog.add(self)
 
     def _due(self) -> float:
         if self.resumption is not None:
@@ -869,14 +875,15 @@ class Reply:
             self._last_event + settings.CHAT_UPSTREAM_TIMEOUT_SECONDS, self._deadline
         )
 
-    def _check_time(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = self._due()
-        if loop.time() >= due:
-            self._watchdog = None
+    def tick(self, now: float) -> None:
+        if now >= self._due():
+            self._unwatch()
             self.stop(TIMED_OUT)
-        else:
-            self._watchdog = loop.call_at(due, self._check_time)
+
+    def _unwatch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.discard(self)
+            self._watchdog = None
 
     # --- producer ------------------------------------------------------------------
 
@@ -1033,8 +1040,7 @@ class Reply:
         finally:
             # Its cleanup is not interrupted by a stop that comes meanwhile.
             self._producing = False
-            if self._watchdog is not None:
-                self._watchdog.cancel()
+            self._unwatch()
             if self.early is not None:
                 self.early.close()
             try:

@@ -37,7 +37,7 @@ from weakref import WeakKeyDictionary
 import redis.asyncio as redis
 from django.conf import settings
 
-from chat import frames
+from chat import frames, ticks
 
 logger = logging.getLogger(__name__)
 
@@ -183,24 +183,26 @@ class Follower:
 
     A reader waits once per frame while the reply streams. Each wait is one
     future of the reader's own, which the next append sets to True. For the
-    quiet limit (the keep-alive) the reader has one timer, which moves only
-    when it fires before the limit: a timer per wait made a timer handle, a
-    context and a callback per frame, and the collector walked them.
+    quiet limit (the keep-alive) the reader is a member of the loop's ticker
+    (`chat.ticks`) while it reads: a timer per wait made a timer handle, a
+    context and a callback per frame, and the collector walked them; a timer
+    per reader was half a kilobyte of every open stream.
     """
 
-    __slots__ = ("_log", "_loop", "_quiet", "_since", "_timer", "_waiter")
+    __slots__ = ("_log", "_loop", "_quiet", "_since", "_ticker", "_waiter")
 
     def __init__(self, log: ReplyLog, quiet: float) -> None:
         self._log = log
         self._loop = asyncio.get_running_loop()
         self._quiet = quiet
         self._since = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._ticker = ticks.ticker(ticks.period_for(quiet))
         self._waiter: asyncio.Future[bool] | None = None
 
     def waiter(self, last_id: int) -> "asyncio.Future[bool] | None":
         """None when there is a frame after `last_id`; otherwise a future that
-        becomes True when one comes, or False after `quiet` seconds without."""
+        becomes True when one comes, or False after `quiet` seconds without
+        (at most a tick later)."""
         log = self._log
         if len(log) > last_id + 1:
             return None
@@ -208,18 +210,12 @@ class Follower:
         waiter = self._waiter = loop.create_future()
         log._waiters.append(waiter)
         self._since = loop.time()
-        if self._timer is None:
-            self._timer = loop.call_at(self._since + self._quiet, self._check)
+        self._ticker.add(self)
         return waiter
 
-    def _check(self) -> None:
-        self._timer = None
+    def tick(self, now: float) -> None:
         waiter = self._waiter
-        if waiter is None or waiter.done():
-            return  # not waiting: the next wait starts the timer again
-        due = self._since + self._quiet
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._check)
+        if waiter is None or waiter.done() or now < self._since + self._quiet:
             return
         waiter.set_result(False)
         self._forget(waiter)
@@ -229,9 +225,7 @@ class Follower:
             self._log._waiters.remove(waiter)
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._ticker.discard(self)
         waiter, self._waiter = self._waiter, None
         if waiter is not None and (not waiter.done() or waiter.cancelled()):
             # The reader left while waiting: it may still be listed.

@@ -7,6 +7,7 @@ import pytest
 from django.test import AsyncClient
 from pytest_django.fixtures import Settings
 
+from chat import ticks
 from chat.backends.local import demo_reply
 from chat.models import Conversation, Message
 from testing.sse import chat, data_frames, parse_sse, read_stream, read_then_leave
@@ -48,6 +49,17 @@ async def test_it_streams_the_old_wire_format(async_client: AsyncClient) -> None
     assert done["message_id"] == data[0]["message_id"]
     assert done["usage"]["completion_tokens"] > 0
     assert "T" in done["timestamp"]
+
+
+async def test_a_finished_reply_and_its_reader_leave_no_deadline_behind(
+    async_client: AsyncClient,
+) -> None:
+    await read_stream(await chat(async_client))
+    loop = asyncio.get_running_loop()
+    # The reply's watchdog and the reader's keep-alive (one ticker, both 1 s).
+    tickers = [t for t in ticks._tickers.values() if t.loop is loop]
+    assert tickers
+    assert [len(t) for t in tickers] == [0] * len(tickers)
 
 
 async def test_it_numbers_every_frame_monotonically(async_client: AsyncClient) -> None:
