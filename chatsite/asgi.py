@@ -138,16 +138,7 @@ class SharedThreadsASGIHandler(ASGIHandler):
         """The response, once sent; None if the client left first."""
         serving = asyncio.current_task()
         assert serving is not None
-        aborted = False
-
-        def on_disconnect(listener: asyncio.Task[None]) -> None:
-            nonlocal aborted
-            if not listener.cancelled() and listener.exception() is not None:
-                aborted = True
-                serving.cancel()
-
-        listener = asyncio.create_task(self.listen_for_disconnect(receive))
-        listener.add_done_callback(on_disconnect)
+        listener = asyncio.create_task(_cancel_on_disconnect(receive, serving))
         response = None
         try:
             response = await self.run_get_response(request)
@@ -158,16 +149,15 @@ class SharedThreadsASGIHandler(ASGIHandler):
                 request.__dict__.clear()
             await self.send_response(response, send)
         except asyncio.CancelledError:
-            if not aborted:
+            if not _cancelled_serving(listener):
                 raise
             serving.uncancel()
         except RequestAborted:
             pass
         finally:
-            listener.remove_done_callback(on_disconnect)
             listener.cancel()
-        if aborted and isinstance(listener.exception(), AssertionError):
-            raise listener.exception()
+        if _cancelled_serving(listener):
+            listener.result()  # an unexpected message: its AssertionError
         return response
 
     async def send_response(self, response: HttpResponseBase, send: Send) -> None:
@@ -209,6 +199,24 @@ def _response_start(response: HttpResponseBase) -> dict[str, Any]:
 
 # Browsers send about 20; proxies add about 10.
 MAX_REQUEST_HEADERS = 100
+
+
+async def _cancel_on_disconnect(receive: Receive, serving: asyncio.Task[Any]) -> None:
+    """Django's `listen_for_disconnect`, cancelling the task that serves the
+    request when the client leaves (a callback on the listener was a closure
+    more, for every open stream's life)."""
+    message = await receive()
+    serving.cancel()
+    if message["type"] != "http.disconnect":
+        # This should never happen.
+        raise AssertionError(
+            "Invalid ASGI message after request body: " + message["type"]
+        )
+
+
+def _cancelled_serving(listener: asyncio.Task[None]) -> bool:
+    """The listener heard from the client, and so cancelled the serving task."""
+    return listener.done() and not listener.cancelled()
 
 
 def _counting(receive: Receive, send: Send) -> Receive:
