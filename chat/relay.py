@@ -607,6 +607,16 @@ class Early:
     reply stopped before the upstream answered still learns the thread its
     request made (`thread_id`), to cancel the run in it."""
 
+    __slots__ = (
+        "_answered",
+        "_buffered",
+        "_ended",
+        "_events",
+        "_reader",
+        "_taken",
+        "_thread_id",
+    )
+
     def __init__(self, events: AsyncIterator[base.Event]) -> None:
         self._events = events
         self._buffered: collections.deque[base.Event] = collections.deque()

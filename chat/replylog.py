@@ -61,9 +61,10 @@ class ReplyLog:
 
     def __init__(self) -> None:
         self._text = bytearray()  # every chunk's text, UTF-8, in order
-        self._chunk_ends = array("q")  # per chunk, in order: its end in _text
-        self._others: dict[int, bytes] = {}  # by event id: the frame's JSON
+        # Per chunk, in order: its end in _text (a reply is far below 4 GiB).
+        self._chunk_ends = array("I")
         self._other_ids: list[int] = []  # ascending
+        self._others: list[bytes] = []  # each other frame's JSON, in that order
         self._ended = False
         # Each waiting reader's own future: True when a frame came, False when
         # its wait timed out.
@@ -97,7 +98,7 @@ class ReplyLog:
 
     def append(self, frame: frames.Frame, *, final: bool = False) -> None:
         event_id = len(self)
-        self._others[event_id] = frames.dump(frame).encode()
+        self._others.append(frames.dump(frame).encode())
         self._other_ids.append(event_id)
         self._ended = self._ended or final
         self._wake()
@@ -131,14 +132,14 @@ class ReplyLog:
         event_id = last_id + 1
         end = len(self)
         others, other_ids = self._others, self._other_ids
+        following = bisect_right(other_ids, last_id)  # the next other frame
         while event_id < end:
-            data = others.get(event_id)
-            if data is not None:
-                yield event_id, data
+            if following < len(other_ids) and other_ids[following] == event_id:
+                yield event_id, others[following]
+                following += 1
                 event_id += 1
                 continue
             # A run of chunks up to the next other frame (or the end).
-            following = bisect_right(other_ids, event_id)
             run_end = other_ids[following] if following < len(other_ids) else end
             first = event_id - following  # chunk index of this id
             last = run_end - 1 - following
@@ -148,17 +149,18 @@ class ReplyLog:
     def encoded(self, first_id: int, end_id: int) -> bytes:
         """Every frame from `first_id` up to `end_id`, chunks one by one, as the
         bytes of an event stream."""
-        others = self._others
-        chunk_index = first_id - bisect_right(self._other_ids, first_id - 1)
+        others, other_ids = self._others, self._other_ids
+        following = bisect_right(other_ids, first_id - 1)
+        chunk_index = first_id - following
         parts = []
         for event_id in range(first_id, end_id):
-            data = others.get(event_id)
-            if data is None:
+            if following < len(other_ids) and other_ids[following] == event_id:
+                parts.append(frames.encode_data(event_id, others[following]))
+                following += 1
+            else:
                 text = self._chunk_text(chunk_index, chunk_index)
                 parts.append(frames.encode_chunk(event_id, text))
                 chunk_index += 1
-            else:
-                parts.append(frames.encode_data(event_id, data))
         return b"".join(parts)
 
     def _chunk_text(self, first: int, last: int) -> str:
