@@ -140,17 +140,24 @@ class SQLiteWriter(Executor):
 
     def _work(self) -> None:
         while True:
-            batch = [self._jobs.get()]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._jobs.get_nowait())
-                except queue.Empty:
-                    break
-            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if len(batch) == 1:
-                batch[0].run()
-            elif batch:
-                self._together(batch)
+            # No batch is held while the next is awaited: its futures hold
+            # their results (the turns stored, their model instances).
+            self._write(self._next_batch())
+
+    def _next_batch(self) -> list["_Job"]:
+        batch = [self._jobs.get()]
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        return [job for job in batch if job.future.set_running_or_notify_cancel()]
+
+    def _write(self, batch: list["_Job"]) -> None:
+        if len(batch) == 1:
+            batch[0].run()
+        elif batch:
+            self._together(batch)
 
     def _together(self, batch: list["_Job"]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []

@@ -4,8 +4,11 @@ its own, and each hears its own ending once that transaction commits."""
 
 import asyncio
 import functools
+import gc
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -119,6 +122,32 @@ async def test_steps_that_queue_up_share_a_transaction_and_each_hears_its_own_en
     # The failed steps took nothing with them.
     titles = {c.title async for c in Conversation.objects.exclude(pk=taken)}
     assert titles == {"one", "two", "three"}
+
+
+class Result:
+    """What a step returns, weakly referable."""
+
+
+@sqlite_only
+async def test_the_writer_holds_no_result_while_it_waits_for_the_next_step(
+    writer: store.SQLiteWriter,
+) -> None:
+    outcomes = await queued_behind(writer, Result, Result)
+    alone = await asyncio.get_running_loop().run_in_executor(writer, Result)
+    kept = [weakref.ref(result) for result in [*outcomes, alone]]
+    del outcomes, alone
+    # The writer lets go once it is back waiting: a moment after its last step.
+    assert await asyncio.to_thread(_freed, kept)
+
+
+def _freed(refs: list[weakref.ref[Any]]) -> bool:
+    deadline = time.monotonic() + DEADLINE
+    while any(ref() is not None for ref in refs):
+        if time.monotonic() > deadline:
+            return False
+        gc.collect()
+        time.sleep(0.01)
+    return True
 
 
 @sqlite_only
