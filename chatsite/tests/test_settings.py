@@ -168,6 +168,24 @@ def test_it_uses_redis_for_the_cache_when_configured() -> None:
 
 
 @pytest.mark.parametrize(
+    ("env", "min_size", "max_size"),
+    [
+        ({}, 8, 20),  # a connection for each of the 8 threads that use them
+        ({"DJANGO_SYNC_THREADS": "3"}, 3, 20),
+        ({"DB_POOL_MAX_SIZE": "4"}, 4, 4),  # infra/ deploys 4
+        ({"DB_POOL_MIN_SIZE": "1"}, 1, 20),
+    ],
+)
+def test_the_postgresql_pool_keeps_a_connection_for_each_sync_thread(
+    env: dict[str, str], min_size: int, max_size: int
+) -> None:
+    url = {"DATABASE_URL": "postgres://u@h/db"}
+    loaded = settings_from({**SECRET, **url, **env}, "DATABASES")
+    pool = loaded["DATABASES"]["default"]["OPTIONS"]["pool"]
+    assert (pool["min_size"], pool["max_size"]) == (min_size, max_size)
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"DJANGO_DEBUG": "sometimes"}, "DJANGO_DEBUG must be a boolean"),
