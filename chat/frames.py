@@ -172,7 +172,7 @@ FRAME_MODELS: tuple[type[Frame], ...] = (
 def encode(event_id: int, frame: Frame) -> bytes:
     if type(frame) is Chunk:
         return encode_chunk(event_id, frame.content)
-    return _FRAME % (dump(frame).encode(), event_id)
+    return encode_data(event_id, dump(frame).encode())
 
 
 def encode_data(event_id: int, data: bytes) -> bytes:
