@@ -186,9 +186,9 @@ class Follower:
     A reader waits once per frame while the reply streams. Each wait is one
     future of the reader's own, which the next append sets to True. For the
     quiet limit (the keep-alive) the reader is a member of the loop's ticker
-    (`chat.ticks`) while it reads: a timer per wait made a timer handle, a
-    context and a callback per frame, and the collector walked them; a timer
-    per reader was half a kilobyte of every open stream.
+    (`chat.ticks`) from its start until `close()`: a timer per wait made a
+    timer handle, a context and a callback per frame, and the collector walked
+    them; a timer per reader was half a kilobyte of every open stream.
     """
 
     __slots__ = ("_log", "_loop", "_quiet", "_since", "_ticker", "_waiter")
@@ -198,8 +198,10 @@ class Follower:
         self._loop = asyncio.get_running_loop()
         self._quiet = quiet
         self._since = 0.0
-        self._ticker = ticks.ticker(ticks.period_for(quiet))
         self._waiter: asyncio.Future[bool] | None = None
+        # A member from the start: a wait per frame adds nothing to the ticker.
+        self._ticker = ticks.ticker(ticks.period_for(quiet))
+        self._ticker.add(self)
 
     def waiter(self, last_id: int) -> "asyncio.Future[bool] | None":
         """None when there is a frame after `last_id`; otherwise a future that
@@ -212,7 +214,6 @@ class Follower:
         waiter = self._waiter = loop.create_future()
         log._waiters.append(waiter)
         self._since = loop.time()
-        self._ticker.add(self)
         return waiter
 
     def tick(self, now: float) -> None:
