@@ -20,6 +20,7 @@ from the run's message, the only text the service vouches for.
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -215,7 +216,33 @@ def _request_id() -> str:
 EVENT_LINES = {b"event: " + raw: name for raw, name in EVENT_NAMES.items()}
 
 
+# A delta that is one piece of text and nothing else, as the service sends
+# almost every one: matched on its bytes, its text taken without parsing the
+# JSON around it (2 against 4 µs a delta, with `_plain_delta`). Anything else
+# (another key order, annotations, several parts) is parsed as a whole.
+PLAIN_DELTA = re.compile(
+    rb'event: thread\.message\.delta\ndata: ?\{"id":"[^"\\]*",'
+    rb'"object":"thread\.message\.delta","delta":\{"content":\[\{"index":\d+,'
+    rb'"type":"text","text":\{"value":"((?:[^"\\\x00-\x1f]|\\[^\x00-\x1f])+)"'
+    rb'(?:,"annotations":\[\])?\}\}\]\}\}'
+)
+
+
 def _parse_event(event: bytes) -> tuple[str, Any]:
+    """(event name, data): the data parsed from JSON, or for a plain-text
+    delta (`PLAIN_DELTA`) its `Delta`."""
+    plain = PLAIN_DELTA.fullmatch(event)
+    if plain is not None:
+        value = plain[1]
+        try:
+            text = (
+                value.decode() if b"\\" not in value else orjson.loads(b'"%s"' % value)
+            )
+        except (UnicodeDecodeError, orjson.JSONDecodeError):
+            pass  # not UTF-8, or an escape JSON has not: as a whole, below
+        else:
+            if text:
+                return "thread.message.delta", base.Delta(text)
     head, _, data = event.partition(b"\n")
     name = EVENT_LINES.get(head)
     if name is not None and data.startswith(b"data:") and b"\n" not in data:
@@ -656,6 +683,10 @@ class AzureAgentsBackend(ChatBackend):
             async with stream as events:
                 async for name, data in events:
                     if name == "thread.message.delta":
+                        if type(data) is base.Delta:
+                            yield data
+                            data = None
+                            continue
                         delta = _plain_delta(data)
                         if delta is not None:
                             yield delta

@@ -9,10 +9,11 @@ import asyncio
 import logging
 from contextlib import aclosing
 
+import orjson
 import pytest
 from django.test import AsyncClient
 
-from chat.backends import get_backend
+from chat.backends import azure_agents, get_backend
 from chat.backends.base import (
     RUN_FAILED,
     THREAD_NOT_FOUND,
@@ -287,3 +288,116 @@ async def test_a_resumed_reply_gives_the_files_the_run_made(
         FileOutput(IMAGE_FILE_ID, "image"),
     ]
     assert type(completed) is Completed
+
+
+# Texts a model writes that JSON escapes, or that need more than one UTF-8 byte.
+TRICKY_TOKENS = [
+    "Line one",
+    "\n",
+    'a "quoted" word',
+    " back\\slash",
+    "\ttab",
+    " café",
+    " 😀",
+    "\u2028",
+    " </script>",
+    "\x7f",
+]
+
+
+def _delta_event(text_part: dict, **fields: object) -> bytes:
+    data = {"id": "msg_1", "object": "thread.message.delta"} | fields
+    data["delta"] = {"content": [text_part]}
+    return b"event: thread.message.delta\ndata: " + orjson.dumps(data)
+
+
+def _as_parsed_whole(event: bytes) -> list[Event]:
+    """What the events of a delta are when its JSON is parsed as a whole."""
+    _, data = event.split(b"\ndata: ", 1)
+    delta = azure_agents._plain_delta(orjson.loads(data))
+    return [delta] if delta else azure_agents._delta_events(orjson.loads(data))
+
+
+@pytest.mark.parametrize("text", TRICKY_TOKENS)
+def test_a_plain_delta_read_on_its_bytes_is_the_delta_its_json_gives(
+    text: str,
+) -> None:
+    # The service's shape, with and without its empty annotations.
+    for part in (
+        {"index": 0, "type": "text", "text": {"value": text}},
+        {"index": 1, "type": "text", "text": {"value": text, "annotations": []}},
+    ):
+        event = _delta_event(part)
+        assert azure_agents.PLAIN_DELTA.fullmatch(event)
+        name, delta = azure_agents._parse_event(event)
+        assert name == "thread.message.delta"
+        assert [delta] == _as_parsed_whole(event) == [Delta(text)]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        # Annotations, another key order, an empty text, two parts, an image.
+        _delta_event(
+            {
+                "index": 0,
+                "type": "text",
+                "text": {
+                    "value": "【1†source】",
+                    "annotations": [
+                        {
+                            "type": "url_citation",
+                            "text": "【1†source】",
+                            "url_citation": {
+                                "url": "https://example.com",
+                                "title": "Example",
+                            },
+                        }
+                    ],
+                },
+            }
+        ),
+        b'event: thread.message.delta\ndata: {"object":"thread.message.delta",'
+        b'"id":"msg_1","delta":{"content":[{"index":0,"type":"text",'
+        b'"text":{"value":"hi"}}]}}',
+        _delta_event({"index": 0, "type": "text", "text": {"value": ""}}),
+        b'event: thread.message.delta\ndata: {"id":"msg_1",'
+        b'"object":"thread.message.delta","delta":{"content":[{"index":0,'
+        b'"type":"text","text":{"value":"a"}},'
+        b'{"index":1,"type":"text","text":{"value":"b"}}]}}',
+        _delta_event(
+            {"index": 0, "type": "image_file", "image_file": {"file_id": "f"}}
+        ),
+    ],
+)
+def test_any_other_delta_is_parsed_as_a_whole(event: bytes) -> None:
+    assert not azure_agents.PLAIN_DELTA.fullmatch(event)
+    name, data = azure_agents._parse_event(event)
+    assert name == "thread.message.delta"
+    assert isinstance(data, dict)
+
+
+def test_a_plain_looking_delta_that_is_not_valid_text_is_parsed_as_a_whole() -> None:
+    # Not UTF-8, and an escape JSON does not have: the bytes say nothing sure.
+    for value in (b"\xff\xfe", b"\\q"):
+        event = (
+            b'event: thread.message.delta\ndata: {"id":"msg_1","object":'
+            b'"thread.message.delta","delta":{"content":[{"index":0,"type":"text",'
+            b'"text":{"value":"' + value + b'"}}]}}'
+        )
+        assert azure_agents.PLAIN_DELTA.fullmatch(event)
+        name, data = azure_agents._parse_event(event)
+        assert name == "thread.message.delta"
+        assert not isinstance(data, Delta)
+
+
+async def test_text_that_json_escapes_streams_and_is_stored_as_the_agent_wrote_it(
+    async_client: AsyncClient, azure: AgentsEmulator
+) -> None:
+    azure.push(reply=TRICKY_TOKENS)
+    data = await reply_of(async_client)
+    expected = "".join(TRICKY_TOKENS)
+    assert "".join(d["content"] for d in data if d["type"] == "chunk") == expected
+    assert data[-1]["type"] == "done"
+    assert data[-1]["full_response"] == expected
+    assert (await astored_reply()).content == expected
