@@ -65,9 +65,11 @@ async def once(
     p50s: list[float] = []
     try:
         async with client_session(args.streams + 10) as session:
-            await emulator.prepare(tokens=args.tokens, interval=0)
-            # Imports, the upstream client, the first connections.
-            await Load(server.url, 20, ramp=0, timeout=60).run(session)
+            await emulator.prepare(tokens=5, interval=0)
+            # Imports, the upstream client, the first connections (run.py: 3).
+            for _ in range(args.warmup):
+                await Load(server.url, 1, ramp=0, timeout=60).run(session)
+            await emulator.prepare(tokens=args.tokens, interval=args.interval)
             await asyncio.sleep(0.5)
             if profile:
                 os.kill(pid, signal.SIGUSR2)
@@ -114,6 +116,10 @@ async def main() -> None:
     parser.add_argument("--bursts", type=int, default=8)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=1)
+    parser.add_argument("--interval", type=float, default=0.0, help="between tokens")
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="chats, one at a time, before"
+    )
     parser.add_argument(
         "--pause", type=float, default=0.5, help="seconds between two bursts"
     )

@@ -54,6 +54,32 @@ def gc_tuning() -> None:
     gc.set_threshold(20_000, 10, 10)
 
 
+def eager_tasks() -> None:
+    """The relay's tasks (a new conversation's turn, its early reader, the
+    reply's producer) start at once, inside the call that creates them, and
+    run up to their first wait (`asyncio.Task(..., eager_start=True)`)."""
+    import asyncio
+    import types
+
+    from chat import relay
+
+    class EagerAsyncio(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        @staticmethod
+        def create_task(coro: Any, *, name: Any = None, context: Any = None) -> Any:
+            return asyncio.Task(
+                coro,
+                loop=asyncio.get_running_loop(),
+                name=name,
+                context=context,
+                eager_start=True,
+            )
+
+    relay.asyncio = EagerAsyncio("asyncio")
+
+
 def every_tick() -> None:
     from chat import lifecycle
 
@@ -306,5 +332,6 @@ PATCHES = {
     "gc": gc_tuning,
     "tracemalloc": trace_memory,
     "everytick": every_tick,
+    "eager": eager_tasks,
     "garbage": garbage_census,
 }
