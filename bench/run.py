@@ -6,7 +6,8 @@ Redis Stream) and the reference relay (bench/reference_relay.py, the old FastAPI
 service). Opens N concurrent SSE streams against each, then prints one table per
 scenario with every figure beside the reference's and their ratio, checks the
 issues' targets, and writes the whole result as JSON (bench/results/latest.json;
-bench/latest.json too for a full run) and the tables as Markdown
+for a full run also bench/latest.json, or the file `--output` names instead)
+and the tables as Markdown
 (bench/results/latest.md). The `resume` scenario times reconnects instead:
 a reply dropped after a few frames, resumed with Last-Event-ID.
 bench/README.md explains each figure.
@@ -1547,7 +1548,11 @@ def main() -> None:
         help="scheduling niceness for the run (e.g. -5 on a shared machine: other "
         "processes on the server's core otherwise show up as relay latency)",
     )
-    parser.add_argument("--output", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write the JSON (without timelines) here, not to bench/latest.json",
+    )
     args = parser.parse_args()
 
     started = time.monotonic()
@@ -1563,7 +1568,7 @@ def main() -> None:
     (RESULTS / "latest.md").write_text(markdown(report))
     # The copy meant for the repository leaves out the per-stream timelines.
     summary = json.dumps(without_timelines(report), indent=2) + "\n"
-    if not args.quick and not args.scenario:
+    if not args.quick and not args.scenario and not args.output:
         outputs.append(BENCH / "latest.json")
         (BENCH / "latest.json").write_text(summary)
     if args.output:
