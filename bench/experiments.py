@@ -29,6 +29,11 @@ BENCH_EXPERIMENTS names the ones to apply, comma-separated:
   object arenas, pools and blocks by size class) to MALLOCSTATS_OUTPUT.N.
 - `everytick`: the collector's clock (chat.lifecycle) collects the young
   generation at every tick, as before quiet ticks were skipped.
+- `eager`: the relay's tasks (a new conversation's turn, its early reader, the
+  reply's producer) start eagerly, running up to their first wait inside the
+  call that makes them (tried: bursts of 100 new chats, `bursts.py`, three
+  alternated runs: TTFC p50 244 against 279 ms, medians; every task of the loop
+  eager, uvicorn's parser fails, since the app then runs inside its callback).
 - `timeline` (diagnostic): when each reply's steps happened (the view called,
   its turn stored, the first upstream event, the first chunk handed to the
   server), on the clock of `time.monotonic`; SIGUSR2 writes them as JSON to
