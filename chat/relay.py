@@ -81,6 +81,8 @@ _STATUS_FOR_REASON = {
 # In-flight replies of this process, by conversation id: stop requests and
 # shutdown find them here. Strong references also keep the producer tasks alive.
 _ACTIVE: dict[UUID, "Reply"] = {}
+# New conversations' turns this process is storing (`turns_stored`).
+_STORING: set["asyncio.Task[store.TurnStart]"] = set()
 # Replies that finished, by conversation, oldest first, with when to forget them:
 # a late reader (a retry, a reconnect) still gets their frames exactly.
 _FINISHED: dict[UUID, tuple[float, "Reply"]] = {}
@@ -149,6 +151,9 @@ async def start(
                 reply.resources = resources.pop_all()
             reply.start()
             return reply
+        # A follow-up sent on the first reply's first frame finds its
+        # conversation, and that it is busy.
+        await turns_stored()
         turn = await _storing_turn(
             backend,
             owner,
@@ -216,6 +221,8 @@ def _new_conversation(
             new_conversation_id=conversation.pk,
         )
     )
+    _STORING.add(turn)
+    turn.add_done_callback(_STORING.discard)
     request = ReplyRequest(message=message, tools=toolbox)
     early = Early(backend.stream_reply(request))
     return Reply(
@@ -251,6 +258,20 @@ def _storing_turn(
         ),
         "starting a turn",
     )
+
+
+async def turns_stored() -> None:
+    """Waits until the new conversations' turns this process is storing are
+    stored (or failed).
+
+    A client that has a reply's first frame may read its conversation at once.
+    On one replica (no Redis) those frames go out while the turn is stored, so
+    whatever reads or changes conversations here waits for it first: a turn
+    stored or not, a few milliseconds. With Redis the next request may reach
+    another replica, and a reply sends nothing before its turn is stored
+    (`Reply._read`)."""
+    if _STORING:
+        await asyncio.wait(set(_STORING))
 
 
 async def stop(conversation: Conversation, backend: ChatBackend) -> bool:
@@ -1281,10 +1302,15 @@ class Reply:
             last_id, ended = len(log) - 2, False
         follower = replylog.Follower(log, settings.CHAT_KEEPALIVE_SECONDS)
         try:
-            if self._turn is not None and not self._turn.done():
+            if (
+                self._turn is not None
+                and not self._turn.done()
+                and bus.client() is not None
+            ):
                 # A client that has a frame may read the conversation at once,
-                # here or on another replica: nothing goes out before it is
-                # stored (the reply is produced meanwhile).
+                # and with Redis on another replica: nothing goes out before it
+                # is stored (the reply is produced meanwhile). On one replica
+                # the reads here wait for it instead (`turns_stored`).
                 await asyncio.wait({self._turn})
             while not ended:
                 waiter = follower.waiter(last_id)

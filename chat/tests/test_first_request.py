@@ -1,15 +1,19 @@
 """A new conversation's first word comes sooner: one upstream request creates the
 thread with the message and streams its run, and the reply is relayed while the
-turn is being stored. When storing fails, the reply ends with a `not_saved`
-error and the thread that request made goes again, with its run: nothing is
-left behind upstream."""
+turn is being stored; on one replica (no Redis) it is sent then too, and what
+reads conversations waits for the turn. When storing fails, the reply ends with
+a `not_saved` error and the thread that request made goes again, with its run:
+nothing is left behind upstream."""
 
+import asyncio
 import functools
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
-from django.db import connection
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.db import connection, connections
 from django.test import AsyncClient
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -17,8 +21,11 @@ from django.utils import timezone
 from chat import relay, store
 from chat.models import Conversation, Message, Owner
 from emulator import AgentsEmulator
-from testing.sse import parse_sse, reply_of
+from testing.redisdb import scratch_redis
+from testing.sse import chat, parse_sse, reply_of
 from testing.waiting import await_until
+
+REDIS_DB = 8  # this module's own database
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -196,3 +203,134 @@ async def test_a_finished_reply_keeps_its_frames_for_late_readers_and_nothing_up
         return text, [f for f in frames if f["type"] != "chunk"]
 
     assert shape(again) == shape(sent)
+
+
+@pytest.fixture
+def turn_writes_held() -> Iterator[Callable[[], None]]:
+    """Holds the database's writes of new conversations until the call it
+    gives: SQLite's writer thread waits on an event; on PostgreSQL another
+    connection holds the conversations table in EXCLUSIVE mode (reads pass)."""
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        config = connection.settings_dict
+        blocker = psycopg.connect(
+            dbname=config["NAME"],
+            user=config["USER"],
+            password=config["PASSWORD"],
+            host=config["HOST"],
+            port=config["PORT"] or None,
+        )
+        blocker.execute("LOCK TABLE chat_conversation IN EXCLUSIVE MODE")
+
+        def release() -> None:
+            if not blocker.closed:
+                blocker.commit()
+                blocker.close()
+
+    else:
+        held = threading.Event()
+        writer = store._sqlite_writer()
+        assert writer is not None
+        writer.submit(held.wait)
+        release = held.set
+    try:
+        yield release
+    finally:
+        release()
+
+
+async def own_thread[T](request: Awaitable[T]) -> T:
+    """`request` with its sync work (the ORM) on a thread of its own, as each
+    request's is in the server (chatsite.threads): the test client otherwise
+    runs every request's on one thread, here the one the held write holds."""
+    async with ThreadSensitiveContext():
+        try:
+            return await request
+        finally:
+            await sync_to_async(connections.close_all)()  # the thread's own
+
+
+async def frames_until_chunk(parts: AsyncIterator[bytes]) -> list[dict]:
+    """The data of the frames read from `parts` up to the first chunk."""
+    received = b""
+    while True:
+        received += await anext(parts)
+        data = [f["data"] for f in parse_sse(received) if "data" in f]
+        if any(d["type"] == "chunk" for d in data):
+            return data
+
+
+async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
+    azure: AgentsEmulator,
+    turn_writes_held: Callable[[], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without Redis a reply's first frames do not wait for its turn's write,
+    and a client that reads or answers the conversation on its first frame
+    finds it: those requests wait for the turn instead."""
+    azure.push(tokens=3, hold_after=1)
+    client = AsyncClient()
+    await client.get("/")  # the page's session: its conversations are listed
+    response = await chat(client, "hi")
+    parts = aiter(response.streaming_content)
+    first = await frames_until_chunk(parts)
+    conversation_id = first[0]["conversation_id"]
+    stored = Conversation.objects.filter(pk=conversation_id).aexists
+    assert not await own_thread(stored())
+
+    waits: list[None] = []
+    turns_stored = relay.turns_stored
+
+    async def observed() -> None:
+        waits.append(None)
+        await turns_stored()
+
+    monkeypatch.setattr(relay, "turns_stored", observed)
+    read = asyncio.create_task(
+        own_thread(client.get(f"/api/conversations/{conversation_id}"))
+    )
+    listed = asyncio.create_task(own_thread(client.get("/api/conversations")))
+    follow_up = asyncio.create_task(
+        own_thread(chat(client, "and?", conversation_id=conversation_id))
+    )
+    await await_until(lambda: len(waits) == 3)
+    assert not (read.done() or listed.done() or follow_up.done())
+    turn_writes_held()
+
+    got = await read
+    assert got.status_code == 200
+    assert [m["content"] for m in got.json()["messages"]] == ["hi"]
+    assert [c["id"] for c in (await listed).json()["results"]] == [conversation_id]
+    # Found, and busy with its first reply (not "not found").
+    assert (await follow_up).status_code == 409
+    azure.release()
+    rest = b"".join([part async for part in parts])
+    assert [f["data"]["type"] for f in parse_sse(rest) if "data" in f][-1] == "done"
+
+
+async def test_with_redis_nothing_goes_out_before_the_turn_is_stored(
+    settings, azure: AgentsEmulator, turn_writes_held: Callable[[], None]
+) -> None:
+    """With Redis the next request may reach another replica: a reply sends
+    nothing, not even its metadata, before its conversation is stored."""
+    async with scratch_redis(settings, REDIS_DB):
+        azure.push(tokens=3, hold_after=2)
+        response = await chat(AsyncClient(), "hi")
+        parts = aiter(response.streaming_content)
+        reading = asyncio.create_task(anext(parts))
+        [reply] = [r for r in relay.open_replies()]
+        # Produced while the turn waits: its metadata and first words.
+        await await_until(lambda: len(reply.log) >= 3)
+        for _ in range(100):  # turns of the loop, not time: the reader waits
+            await asyncio.sleep(0)
+        assert not reading.done()
+        stored = Conversation.objects.filter(pk=reply.conversation_id).aexists
+        assert not await own_thread(stored())
+        turn_writes_held()
+        first = parse_sse(await reading)
+        assert first[0]["data"]["type"] == "metadata"
+        assert await stored()
+        azure.release()
+        rest = b"".join([part async for part in parts])
+        assert [f["data"]["type"] for f in parse_sse(rest) if "data" in f][-1] == "done"
