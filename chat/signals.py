@@ -18,10 +18,13 @@ async def adopt_anonymous_conversations(
     account, whichever way it signed in (the ingress or a Django password). A
     browser that was signed in as someone else keeps nothing: Django gives it a
     fresh session first."""
+    from chat import relay
     from chat.views import SESSION_OWNER_KEY
 
     session = getattr(request, "session", None)
     key = await session.apop(SESSION_OWNER_KEY, None) if session is not None else None
     if key:
+        # A conversation whose first words came a moment ago moves too.
+        await relay.turns_stored()
         anonymous = Conversation.objects.owned_by(Owner(session_key=key))
         await anonymous.aupdate(owner=user, owner_key="")

@@ -309,6 +309,41 @@ async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
     assert [f["data"]["type"] for f in parse_sse(rest) if "data" in f][-1] == "done"
 
 
+async def test_a_sign_in_on_the_first_words_takes_the_new_conversation_along(
+    azure: AgentsEmulator,
+    turn_writes_held: Callable[[], None],
+    monkeypatch: pytest.MonkeyPatch,
+    django_user_model,
+) -> None:
+    """The conversations a browser started move to the account it signs in
+    to: on one replica that includes one whose turn is still being stored."""
+    alice = await own_thread(django_user_model.objects.acreate_user("alice"))
+    azure.push(tokens=3, hold_after=1)
+    client = AsyncClient()
+    await client.get("/")
+    response = await chat(client, "hi")
+    parts = aiter(response.streaming_content)
+    conversation_id = (await frames_until_chunk(parts))[0]["conversation_id"]
+    waits: list[None] = []
+    turns_stored = relay.turns_stored
+
+    async def observed() -> None:
+        waits.append(None)
+        await turns_stored()
+
+    monkeypatch.setattr(relay, "turns_stored", observed)
+    signing_in = asyncio.create_task(own_thread(client.aforce_login(alice)))
+    await await_until(lambda: waits)
+    assert not signing_in.done()
+    turn_writes_held()
+    await signing_in
+    conversation = await own_thread(Conversation.objects.aget(pk=conversation_id))
+    assert (conversation.owner_id, conversation.owner_key) == (alice.pk, "")
+    azure.release()
+    rest = b"".join([part async for part in parts])
+    assert [f["data"]["type"] for f in parse_sse(rest) if "data" in f][-1] == "done"
+
+
 async def test_with_redis_nothing_goes_out_before_the_turn_is_stored(
     settings, azure: AgentsEmulator, turn_writes_held: Callable[[], None]
 ) -> None:
