@@ -240,6 +240,21 @@ def turn_writes_held() -> Iterator[Callable[[], None]]:
         release()
 
 
+@pytest.fixture
+def turn_waits(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """One item per call of `relay.turns_stored` (a request that waits for the
+    turns being stored), appended as the call begins."""
+    waits: list[None] = []
+    turns_stored = relay.turns_stored
+
+    async def observed() -> None:
+        waits.append(None)
+        await turns_stored()
+
+    monkeypatch.setattr(relay, "turns_stored", observed)
+    return waits
+
+
 async def own_thread[T](request: Awaitable[T]) -> T:
     """`request` with its sync work (the ORM) on a thread of its own, as each
     request's is in the server (chatsite.threads): the test client otherwise
@@ -264,7 +279,7 @@ async def frames_until_chunk(parts: AsyncIterator[bytes]) -> list[dict]:
 async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
     azure: AgentsEmulator,
     turn_writes_held: Callable[[], None],
-    monkeypatch: pytest.MonkeyPatch,
+    turn_waits: list[None],
 ) -> None:
     """Without Redis a reply's first frames do not wait for its turn's write,
     and a client that reads or answers the conversation on its first frame
@@ -279,14 +294,6 @@ async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
     stored = Conversation.objects.filter(pk=conversation_id).aexists
     assert not await own_thread(stored())
 
-    waits: list[None] = []
-    turns_stored = relay.turns_stored
-
-    async def observed() -> None:
-        waits.append(None)
-        await turns_stored()
-
-    monkeypatch.setattr(relay, "turns_stored", observed)
     read = asyncio.create_task(
         own_thread(client.get(f"/api/conversations/{conversation_id}"))
     )
@@ -294,7 +301,7 @@ async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
     follow_up = asyncio.create_task(
         own_thread(chat(client, "and?", conversation_id=conversation_id))
     )
-    await await_until(lambda: len(waits) == 3)
+    await await_until(lambda: len(turn_waits) == 3)
     assert not (read.done() or listed.done() or follow_up.done())
     turn_writes_held()
 
@@ -312,7 +319,7 @@ async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
 async def test_a_sign_in_on_the_first_words_takes_the_new_conversation_along(
     azure: AgentsEmulator,
     turn_writes_held: Callable[[], None],
-    monkeypatch: pytest.MonkeyPatch,
+    turn_waits: list[None],
     django_user_model,
 ) -> None:
     """The conversations a browser started move to the account it signs in
@@ -324,16 +331,8 @@ async def test_a_sign_in_on_the_first_words_takes_the_new_conversation_along(
     response = await chat(client, "hi")
     parts = aiter(response.streaming_content)
     conversation_id = (await frames_until_chunk(parts))[0]["conversation_id"]
-    waits: list[None] = []
-    turns_stored = relay.turns_stored
-
-    async def observed() -> None:
-        waits.append(None)
-        await turns_stored()
-
-    monkeypatch.setattr(relay, "turns_stored", observed)
     signing_in = asyncio.create_task(own_thread(client.aforce_login(alice)))
-    await await_until(lambda: waits)
+    await await_until(lambda: turn_waits)
     assert not signing_in.done()
     turn_writes_held()
     await signing_in
