@@ -683,17 +683,14 @@ class AzureAgentsBackend(ChatBackend):
             async with stream as events:
                 async for name, data in events:
                     if name == "thread.message.delta":
-                        if type(data) is base.Delta:
+                        if type(data) is base.Delta:  # read on its bytes
                             yield data
-                            data = None
-                            continue
-                        delta = _plain_delta(data)
-                        if delta is not None:
+                        elif (delta := _plain_delta(data)) is not None:
                             yield delta
+                            delta = None
                         else:
                             for event in _delta_events(data):
                                 yield event
-                        delta = None
                     elif name.startswith("thread.run.step."):
                         for event in _step_tools(name, data, tools):
                             yield event
