@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import psycopg
 import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import connection, connections
@@ -21,8 +22,9 @@ from django.utils import timezone
 from chat import relay, store
 from chat.models import Conversation, Message, Owner
 from emulator import AgentsEmulator
+from testing.live import database_url_for_subprocess
 from testing.redisdb import scratch_redis
-from testing.sse import chat, parse_sse, reply_of
+from testing.sse import chat, data_frames, parse_sse, reply_of
 from testing.waiting import await_until
 
 REDIS_DB = 8  # this module's own database
@@ -195,7 +197,7 @@ async def test_a_finished_reply_keeps_its_frames_for_late_readers_and_nothing_up
     assert reply.early is None
     assert reply.request.tools is None and reply.request.history == []
     replayed = b"".join([part async for part in reply.sse(owner=False)])
-    again = [f["data"] for f in parse_sse(replayed) if "data" in f]
+    again = data_frames(parse_sse(replayed))
 
     def shape(frames: list[dict]) -> tuple[str, list[dict]]:
         # Chunks that queued up come as one frame: the same text, other splits.
@@ -211,16 +213,7 @@ def turn_writes_held() -> Iterator[Callable[[], None]]:
     gives: SQLite's writer thread waits on an event; on PostgreSQL another
     connection holds the conversations table in EXCLUSIVE mode (reads pass)."""
     if connection.vendor == "postgresql":
-        import psycopg
-
-        config = connection.settings_dict
-        blocker = psycopg.connect(
-            dbname=config["NAME"],
-            user=config["USER"],
-            password=config["PASSWORD"],
-            host=config["HOST"],
-            port=config["PORT"] or None,
-        )
+        blocker = psycopg.connect(database_url_for_subprocess())
         blocker.execute("LOCK TABLE chat_conversation IN EXCLUSIVE MODE")
 
         def release() -> None:
@@ -271,9 +264,14 @@ async def frames_until_chunk(parts: AsyncIterator[bytes]) -> list[dict]:
     received = b""
     while True:
         received += await anext(parts)
-        data = [f["data"] for f in parse_sse(received) if "data" in f]
+        data = data_frames(parse_sse(received))
         if any(d["type"] == "chunk" for d in data):
             return data
+
+
+async def last_frame(parts: AsyncIterator[bytes]) -> dict:
+    """The data of the last frame of what is left of `parts`."""
+    return data_frames(parse_sse(b"".join([part async for part in parts])))[-1]
 
 
 async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
@@ -312,8 +310,7 @@ async def test_on_one_replica_the_first_words_go_out_while_the_turn_is_stored(
     # Found, and busy with its first reply (not "not found").
     assert (await follow_up).status_code == 409
     azure.release()
-    rest = b"".join([part async for part in parts])
-    assert [f["data"]["type"] for f in parse_sse(rest) if "data" in f][-1] == "done"
+    assert (await last_frame(parts))["type"] == "done"
 
 
 async def test_a_sign_in_on_the_first_words_takes_the_new_conversation_along(
@@ -339,8 +336,7 @@ async def test_a_sign_in_on_the_first_words_takes_the_new_conversation_along(
     conversation = await own_thread(Conversation.objects.aget(pk=conversation_id))
     assert (conversation.owner_id, conversation.owner_key) == (alice.pk, "")
     azure.release()
-    rest = b"".join([part async for part in parts])
-    assert [f["data"]["type"] for f in parse_sse(rest) if "data" in f][-1] == "done"
+    assert (await last_frame(parts))["type"] == "done"
 
 
 async def test_with_redis_nothing_goes_out_before_the_turn_is_stored(
@@ -366,5 +362,4 @@ async def test_with_redis_nothing_goes_out_before_the_turn_is_stored(
         assert first[0]["data"]["type"] == "metadata"
         assert await stored()
         azure.release()
-        rest = b"".join([part async for part in parts])
-        assert [f["data"]["type"] for f in parse_sse(rest) if "data" in f][-1] == "done"
+        assert (await last_frame(parts))["type"] == "done"
