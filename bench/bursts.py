@@ -36,11 +36,6 @@ import servers
 from load import Load, Stream, client_session
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def once(
     args: argparse.Namespace,
     target: str,
@@ -104,7 +99,7 @@ async def once(
     chats = args.bursts * args.streams
     return {
         "p50": 1000 * statistics.median(ttfc),
-        "p99": 1000 * _percentile(ttfc, 0.99),
+        "p99": 1000 * (run.pct(ttfc, 99) or 0.0),
         "burst_p50": 1000 * statistics.median(p50s),
         "cpu_ms": 1000 * cpu / chats,
     }
