@@ -53,7 +53,13 @@ async def once(
     if redis_url:
         run.BenchRedis(redis_url).flush()
     server = run.start_server(
-        target, "uvloop", emulator, database_url, True, experiments, redis_url
+        target,
+        run.loop_of(target),
+        emulator,
+        database_url,
+        True,
+        experiments,
+        redis_url,
     )
     pid = server.process.pid
     ttfc: list[float] = []

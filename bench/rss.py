@@ -39,7 +39,12 @@ async def once(
     if redis_url:
         run.BenchRedis(redis_url).flush()
     server = run.start_server(
-        args.target, "uvloop", emulator, database_url, True, redis_url=redis_url
+        args.target,
+        run.loop_of(args.target),
+        emulator,
+        database_url,
+        True,
+        redis_url=redis_url,
     )
     pid = server.process.pid
     try:

@@ -63,7 +63,8 @@ class Scenario:
     interval: float  # seconds between deltas
     ramp: float = 0.0  # seconds over which the streams are opened
     rounds: int = 1  # times the streams are opened, one round after the other
-    loops: tuple[str, ...] = ("uvloop",)  # event loops compared (burst only)
+    # The event loops compared (burst only; servers.UVICORN_LOOPS).
+    loops: tuple[str, ...] = (servers.SHIPPED_LOOP,)
     targets: tuple[str, ...] = (OURS, REDIS, EXPERIMENT, REFERENCE)
     # resume only: data frames read before the client drops the connection;
     # `streams` is then the number of samples, taken one after the other.
@@ -103,12 +104,13 @@ SCENARIOS = {
         ),
         Scenario(
             "burst",
-            "1,000 connects at once, uvloop vs asyncio loop, 3 runs each",
+            "1,000 connects at once, chatsite's loop vs uvloop and asyncio's, "
+            "3 runs each",
             1000,
             40,
             0.25,
             rounds=3,
-            loops=("uvloop", "asyncio"),
+            loops=(servers.SHIPPED_LOOP, "uvloop", "asyncio"),
             targets=(OURS,),
         ),
     ]
@@ -200,6 +202,12 @@ class Server:
         async with session.get(f"{self.base}/_bench/redis") as r:
             r.raise_for_status()
             return await r.json()
+
+
+def loop_of(target: str, ours: str = servers.SHIPPED_LOOP) -> str:
+    """The event loop `target` is served with: the reference relay's is the old
+    service's; chatsite's, `ours`."""
+    return servers.REFERENCE_LOOP if target == REFERENCE else ours
 
 
 def start_server(
@@ -365,13 +373,14 @@ async def measure_resume(
         assert bench_redis is not None
         bench_redis.flush()
         redis_url = bench_redis.url
-    apps = [start_server(kind, "uvloop", emulator, database_url, pin, "", redis_url)]
+    loop = servers.SHIPPED_LOOP
+    apps = [start_server(kind, loop, emulator, database_url, pin, "", redis_url)]
     gap = RESUME_GAP_INTERVALS * scenario.interval
     timeout = scenario.stream_seconds + 30
     try:
         if target == REPLICA:
             apps.append(
-                start_server(kind, "uvloop", emulator, database_url, pin, "", redis_url)
+                start_server(kind, loop, emulator, database_url, pin, "", redis_url)
             )
         writer, reader = apps[0], apps[-1]
 
@@ -417,7 +426,7 @@ async def measure_resume(
     app_cpu = sum(e.cpu - b.cpu for b, e in zip(began, ended, strict=True))
     result.update(
         target=target,
-        loop="uvloop",
+        loop=loop,
         server_exit_code=max(code or 0 for code in codes),
         app_cpu_s=round(app_cpu, 2),
         wall_s=round(ended[0].at - began[0].at, 2),
@@ -977,7 +986,7 @@ GROUPS = (PLAIN_TARGETS, REDIS_TARGETS, ROUND_2_TARGETS)
 # The scenarios whose deltas and CPU are pooled for deltas per CPU-second.
 POOLED_SCENARIOS = ("single", "c100", "c500", "hold1000", "hold1000-50ms", "fast")
 # The event loop the image and `make run` serve with (uvicorn's --loop).
-SHIPPED_LOOP = "uvloop"
+SHIPPED_LOOP = servers.SHIPPED_LOOP
 # Issue 14: with the reply log in Redis, RSS per open stream at these scenarios.
 REDIS_RSS_SCENARIOS = ("c100", "c500", "hold1000", "hold1000-50ms")
 
@@ -1258,8 +1267,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         if (REDIS if target == REPLICA else target) not in targets:
                             continue
                         served_by = loop
-                        if scenario.name != "burst" and target != REFERENCE:
-                            served_by = args.loop
+                        if scenario.name != "burst":
+                            served_by = loop_of(target, args.loop)
                         if scenario.resume_frames:
                             print(f"-- {scenario.name}: {target}", flush=True)
                             result = await measure_resume(
@@ -1310,7 +1319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             profiled = await measure(
                                 scenario,
                                 target,
-                                "uvloop",
+                                loop_of(target, args.loop),
                                 emulator,
                                 database.url,
                                 pin,
@@ -1523,8 +1532,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--loop",
-        choices=["uvloop", "asyncio"],
-        default="uvloop",
+        choices=sorted(servers.UVICORN_LOOPS),
+        default=servers.SHIPPED_LOOP,
         help="the event loop of chatsite's servers in every scenario but burst "
         "(the reference keeps uvloop, as the old service ran)",
     )

@@ -218,9 +218,23 @@ async def configure_emulator(
             response.raise_for_status()
 
 
+# The event loops a server may run on, by the name the results give them, as
+# uvicorn's --loop takes them: chatsite's own (the image's and `make run`'s: uvloop
+# accepting every waiting connection, chatsite/serving.py), uvloop as it is, and
+# asyncio's.
+UVICORN_LOOPS = {
+    "accepting": "chatsite.serving:new_event_loop",
+    "uvloop": "uvloop",
+    "asyncio": "asyncio",
+}
+SHIPPED_LOOP = "accepting"
+# The reference relay runs as the old service ran.
+REFERENCE_LOOP = "uvloop"
+
+
 def uvicorn_argv(app: str, port: int, *, loop: str, app_dir: Path | None) -> list[str]:
     argv = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--loop", loop, "--http", "httptools", "--no-access-log"]
+    argv += ["--loop", UVICORN_LOOPS[loop], "--http", "httptools", "--no-access-log"]
     argv += ["--backlog", "4096", "--timeout-graceful-shutdown", "15"]
     argv += ["--log-level", "warning"]
     if app_dir is not None:

@@ -418,7 +418,9 @@ def main() -> int:
         help="seconds before RSS must stay flat (default: a third of the run, "
         "at most 300)",
     )
-    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--loop", choices=sorted(servers.UVICORN_LOOPS), default=servers.SHIPPED_LOOP
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("SOAK_POSTGRES_URL", DEFAULT_POSTGRES),

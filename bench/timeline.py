@@ -83,7 +83,7 @@ async def measure(args: argparse.Namespace, log_dir: Path) -> None:
             emulator = Emulator(base, session)
             server = start_server(
                 EXPERIMENT,
-                "uvloop",
+                servers.SHIPPED_LOOP,
                 emulator,
                 database.url,
                 True,

@@ -94,6 +94,9 @@ def start_server(env: dict[str, str], log_path: Path, *extra_args: str) -> LiveS
                 "--port",
                 str(port),
                 "--no-access-log",
+                # The image's event loop (Dockerfile).
+                "--loop",
+                "chatsite.serving:new_event_loop",
                 *extra_args,
             ],
             cwd=BASE_DIR,
