@@ -29,13 +29,14 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import redis.asyncio as redis
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.utils import timezone
 from opentelemetry import context as otel_context
@@ -46,7 +47,7 @@ from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
 from chat.replylog import RemoteLog, ReplyLog
-from chatsite import requestlog
+from chatsite import requestlog, threads
 from chatsite.ids import uuid4
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,12 @@ _STATUS_FOR_REASON = {
 # In-flight replies of this process, by conversation id: stop requests and
 # shutdown find them here. Strong references also keep the producer tasks alive.
 _ACTIVE: dict[UUID, "Reply"] = {}
-# New conversations' turns this process is storing (`turns_stored`).
-_STORING: set["asyncio.Task[store.TurnStart]"] = set()
+# New conversations' turns this process has yet to store, by conversation id
+# (`PendingTurn`, `turns_stored`).
+_STORING: dict[UUID, "PendingTurn"] = {}
+# On one replica, the longest a new conversation's turn waits for its reply's
+# first chunk before it is written anyway (`PendingTurn`).
+TURN_WRITE_DEFERRAL_SECONDS = 0.5
 # Replies that finished, by conversation, oldest first, with when to forget them:
 # a late reader (a retry, a reconnect) still gets their frames exactly.
 _FINISHED: dict[UUID, tuple[float, "Reply"]] = {}
@@ -153,7 +158,10 @@ async def start(
             return reply
         # A follow-up sent on the first reply's first frame finds its
         # conversation, and that it is busy.
-        await turns_stored()
+        if conversation_id is not None:
+            await turns_stored(conversation_id=conversation_id)
+        else:
+            await turns_stored(owner=owner)
         turn = await _storing_turn(
             backend,
             owner,
@@ -200,16 +208,17 @@ def _new_conversation(
     Nothing can make a new conversation's turn wait or fail but the database,
     so nothing need wait for it: the request goes upstream at once (`Early`),
     and the reply is relayed as it comes while the conversation and the user
-    message are written (on PostgreSQL a durable commit, a few milliseconds).
-    The reply stores itself, and records its run, once the turn is stored; a
-    turn that cannot be stored ends the reply with `not_saved`, and its
-    upstream thread is deleted."""
+    message are written (`PendingTurn`; on PostgreSQL a durable commit, a few
+    milliseconds). The reply stores itself, and records its run, once the turn
+    is stored; a turn that cannot be stored ends the reply with `not_saved`,
+    and its upstream thread is deleted."""
     conversation = Conversation(id=uuid4(), backend=backend.alias)
     user_message_id = uuid4()
-    # The turn's task first: its write (on a thread) is the longer of the two,
-    # and it begins while the loop builds and sends the upstream request.
-    turn = asyncio.create_task(
-        _storing_turn(
+    turn = PendingTurn(
+        conversation.pk,
+        owner,
+        functools.partial(
+            _storing_turn,
             backend,
             owner,
             message,
@@ -219,10 +228,10 @@ def _new_conversation(
             with_history=False,
             user_message_id=user_message_id,
             new_conversation_id=conversation.pk,
-        )
-    )
-    _STORING.add(turn)
-    turn.add_done_callback(_STORING.discard)
+            now=timezone.now(),  # when it was sent, not when it is stored
+        ),
+        deferred=bus.client() is None,
+    ).task
     request = ReplyRequest(message=message, tools=toolbox)
     early = Early(backend.stream_reply(request))
     return Reply(
@@ -242,17 +251,20 @@ def _storing_turn(
     owner: Owner,
     message: str,
     reply_id: UUID,
+    *,
+    now: datetime | None = None,
     **turn: Any,
 ) -> Coroutine[Any, Any, store.TurnStart]:
     """Stores the turn reply `reply_id` answers (`store.start_turn`, `turn` its
-    other arguments), trying again while the database connection fails."""
+    other arguments), trying again while the database connection fails. The
+    user message was sent `now` (by default, now)."""
     return store.retrying(
         functools.partial(
             store.start_turn,
             owner=owner,
             backend=backend.alias,
             message=message,
-            now=timezone.now(),
+            now=now or timezone.now(),
             reply_id=reply_id,
             **turn,
         ),
@@ -260,18 +272,106 @@ def _storing_turn(
     )
 
 
-async def turns_stored() -> None:
-    """Waits until the new conversations' turns this process is storing are
-    stored (or failed).
+class PendingTurn:
+    """A new conversation's turn, stored while its reply is relayed.
+
+    With Redis the write begins at once: the reply sends nothing before it is
+    stored (`Reply._read`). On one replica the reply's frames go out meanwhile,
+    and the write waits for the reply's first chunk (`begin`), for its end, for
+    a request of this process that needs the conversation (`turns_stored`), or
+    TURN_WRITE_DEFERRAL_SECONDS, whichever comes first: in a burst of new chats
+    the writes (the ORM's work on the shared threads, holding the interpreter)
+    otherwise ran beside the loop's work toward every chat's first chunk
+    (bursts of 100 one-token chats, alternated runs: TTFC p50 122-128 -> 91-92
+    ms, `bench/bursts.py`). It has a thread-sensitive context of its own: it
+    may outlive the request that started it (asgiref refuses sync calls from a
+    task whose request's context has exited)."""
+
+    __slots__ = ("_begun", "_timer", "conversation_id", "owner", "task")
+
+    def __init__(
+        self,
+        conversation_id: UUID,
+        owner: Owner,
+        store_it: Callable[[], Awaitable[store.TurnStart]],
+        *,
+        deferred: bool,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.owner = owner
+        self._begun: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if deferred:
+            self._begun = asyncio.Event()
+            self._timer = asyncio.get_running_loop().call_later(
+                TURN_WRITE_DEFERRAL_SECONDS, self.begin
+            )
+        self.task = asyncio.create_task(
+            self._store(store_it), context=contextvars.Context()
+        )
+        _STORING[conversation_id] = self
+        self.task.add_done_callback(self._stored)
+
+    async def _store(
+        self, store_it: Callable[[], Awaitable[store.TurnStart]]
+    ) -> store.TurnStart:
+        if self._begun is not None:
+            await self._begun.wait()
+        async with ThreadSensitiveContext(executor=threads.next_executor()):
+            return await store_it()
+
+    def begin(self) -> None:
+        """Starts the write now, if it waits."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._begun is not None:
+            self._begun.set()
+
+    def owned_by(self, owner: Owner) -> bool:
+        if owner.user_id is not None:
+            return self.owner.user_id == owner.user_id
+        return (
+            self.owner.user_id is None and self.owner.session_key == owner.session_key
+        )
+
+    def _stored(self, task: "asyncio.Task[store.TurnStart]") -> None:
+        self.begin()  # its timer, if it was cancelled before it began
+        if _STORING.get(self.conversation_id) is self:
+            del _STORING[self.conversation_id]
+
+
+def begin_turn(conversation_id: UUID) -> None:
+    """Starts writing the conversation's new turn, if it waits (`PendingTurn`)."""
+    pending = _STORING.get(conversation_id)
+    if pending is not None:
+        pending.begin()
+
+
+async def turns_stored(
+    *, conversation_id: UUID | None = None, owner: Owner | None = None
+) -> None:
+    """Waits until the new conversations' turns this process has yet to store
+    are stored (or failed): the conversation's, or the owner's.
 
     A client that has a reply's first frame may read its conversation at once.
-    On one replica (no Redis) those frames go out while the turn is stored, so
-    whatever reads or changes conversations here waits for it first: a turn
-    stored or not, a few milliseconds. With Redis the next request may reach
-    another replica, and a reply sends nothing before its turn is stored
-    (`Reply._read`)."""
-    if _STORING:
-        await asyncio.wait(set(_STORING))
+    On one replica (no Redis) those frames go out before the turn is stored,
+    so whatever reads or changes conversations here waits for it first (and
+    starts its write, if it waits for the reply's first chunk). With Redis the
+    next request may reach another replica, and a reply sends nothing before
+    its turn is stored (`Reply._read`)."""
+    if not _STORING:
+        return
+    pending = [
+        turn
+        for turn in _STORING.values()
+        if turn.conversation_id == conversation_id
+        or (owner is not None and turn.owned_by(owner))
+    ]
+    if pending:
+        for turn in pending:
+            turn.begin()
+        await asyncio.wait({turn.task for turn in pending})
 
 
 async def stop(conversation: Conversation, backend: ChatBackend) -> bool:
@@ -966,6 +1066,8 @@ class Reply:
                         if self.first_chunk_at is None:
                             self.first_chunk_at = time.perf_counter()
                             self._send_metadata()
+                            if self._turn is not None:
+                                begin_turn(self.conversation_id)
                         self.delta_count += 1
                         log.append_chunk(event.text)
                         if event.cursor is not None:
@@ -1074,6 +1176,8 @@ class Reply:
             self._unwatch()
             if self.early is not None:
                 self.early.close()
+            if self._turn is not None:
+                begin_turn(self.conversation_id)  # if no chunk came
             try:
                 await asyncio.shield(self._persist())
                 if self.resources is not None:

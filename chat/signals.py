@@ -25,6 +25,6 @@ async def adopt_anonymous_conversations(
     key = await session.apop(SESSION_OWNER_KEY, None) if session is not None else None
     if key:
         # A conversation whose first words came a moment ago moves too.
-        await relay.turns_stored()
+        await relay.turns_stored(owner=Owner(session_key=key))
         anonymous = Conversation.objects.owned_by(Owner(session_key=key))
         await anonymous.aupdate(owner=user, owner_key="")

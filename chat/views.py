@@ -200,7 +200,7 @@ async def _repeat(
     streams (after the client's Last-Event-ID), or as stored once finished."""
     reply: relay.Reply | relay.RemoteReply | None = relay.find(started.conversation_id)
     if reply is None or reply.message_id != started.message_id:
-        await relay.turns_stored()
+        await relay.turns_stored(conversation_id=started.conversation_id)
         conversation = await Conversation.objects.filter(
             pk=started.conversation_id
         ).afirst()
@@ -257,7 +257,7 @@ async def _owned_conversation(
     request: HttpRequest, conversation_id: uuid.UUID
 ) -> Conversation:
     owner = await _owner(request, create=False)
-    await relay.turns_stored()
+    await relay.turns_stored(conversation_id=conversation_id)
     conversation = await (
         Conversation.objects.owned_by(owner).filter(pk=conversation_id).afirst()
     )
@@ -342,7 +342,7 @@ async def list_conversations(request: HttpRequest) -> HttpResponse:
     if owner.user_id is None and not owner.session_key:
         # Cookie-less callers own conversations by their ids; there is no list.
         return json_response({"results": [], "next": None})
-    await relay.turns_stored()
+    await relay.turns_stored(owner=owner)
     owned = Conversation.objects.owned_by(owner)
     conversations = owned.order_by("-updated_at", "-id")
     if query:

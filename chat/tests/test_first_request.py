@@ -240,9 +240,9 @@ def turn_waits(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     waits: list[None] = []
     turns_stored = relay.turns_stored
 
-    async def observed() -> None:
+    async def observed(**which: object) -> None:
         waits.append(None)
-        await turns_stored()
+        await turns_stored(**which)
 
     monkeypatch.setattr(relay, "turns_stored", observed)
     return waits
@@ -363,3 +363,125 @@ async def test_with_redis_nothing_goes_out_before_the_turn_is_stored(
         assert await stored()
         azure.release()
         assert (await last_frame(parts))["type"] == "done"
+
+
+@pytest.fixture
+def deferral(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Sets how long, at most, a new conversation's turn waits for its first
+    chunk before it is written (`relay.TURN_WRITE_DEFERRAL_SECONDS`)."""
+    return functools.partial(monkeypatch.setattr, relay, "TURN_WRITE_DEFERRAL_SECONDS")
+
+
+async def frames_until_metadata(parts: AsyncIterator[bytes]) -> list[dict]:
+    received = b""
+    while not data_frames(parse_sse(received)):
+        received += await anext(parts)
+    return data_frames(parse_sse(received))
+
+
+def stored(conversation_id: str) -> Awaitable[bool]:
+    return own_thread(Conversation.objects.filter(pk=conversation_id).aexists())
+
+
+async def test_on_one_replica_a_turn_is_written_once_its_first_chunk_is_out(
+    azure: AgentsEmulator, deferral: Callable[[float], None]
+) -> None:
+    """In a burst of new chats the turns' writes would run beside the work
+    toward every chat's first chunk: each waits for its own reply's."""
+    deferral(3600)
+    azure.push(hold_start=True)  # the run waits before its first word
+    response = await chat(AsyncClient(), "hi")
+    parts = aiter(response.streaming_content)
+    [metadata] = await frames_until_metadata(parts)
+    conversation_id = metadata["conversation_id"]
+    for _ in range(100):  # turns of the loop: the write has not begun
+        await asyncio.sleep(0)
+    assert not await stored(conversation_id)
+
+    azure.release()
+    assert (await last_frame(parts))["type"] == "done"
+    conversation = await own_thread(Conversation.objects.aget(pk=conversation_id))
+    messages = [m async for m in conversation.messages.order_by("created_at")]
+    assert [(m.role, m.content, m.status) for m in messages] == [
+        ("user", "hi", Message.Status.COMPLETE),
+        ("assistant", messages[-1].content, Message.Status.COMPLETE),
+    ]
+    assert messages[-1].content
+
+
+async def test_a_request_for_the_conversation_begins_its_waiting_turn(
+    azure: AgentsEmulator, deferral: Callable[[float], None]
+) -> None:
+    """A client that reads its conversation on the first frame gets it at
+    once, not when the agent's first word comes."""
+    deferral(3600)
+    azure.push(hold_start=True)
+    client = AsyncClient()
+    await client.get("/")  # the page's session
+    response = await chat(client, "hi")
+    parts = aiter(response.streaming_content)
+    [metadata] = await frames_until_metadata(parts)
+    conversation_id = metadata["conversation_id"]
+
+    got = await own_thread(client.get(f"/api/conversations/{conversation_id}"))
+    assert got.status_code == 200
+    assert [m["content"] for m in got.json()["messages"]] == ["hi"]
+    listed = await own_thread(client.get("/api/conversations"))
+    assert [c["id"] for c in listed.json()["results"]] == [conversation_id]
+    azure.release()
+    assert (await last_frame(parts))["type"] == "done"
+
+
+async def test_another_owners_request_leaves_a_waiting_turn_alone(
+    azure: AgentsEmulator, deferral: Callable[[float], None]
+) -> None:
+    """Reads wait for the turns of the conversation, or of the owner, they
+    read: another browser's list neither waits for this turn nor begins it."""
+    deferral(3600)
+    azure.push(hold_start=True)
+    mine, theirs = AsyncClient(), AsyncClient()
+    await mine.get("/")
+    await theirs.get("/")
+    response = await chat(mine, "hi")
+    parts = aiter(response.streaming_content)
+    [metadata] = await frames_until_metadata(parts)
+    conversation_id = metadata["conversation_id"]
+
+    listed = await own_thread(theirs.get("/api/conversations"))
+    assert listed.json()["results"] == []
+    missing = await own_thread(theirs.get(f"/api/conversations/{uuid.uuid4()}"))
+    assert missing.status_code == 404
+    assert not await stored(conversation_id)
+    azure.release()
+    assert (await last_frame(parts))["type"] == "done"
+
+
+async def test_a_turn_waits_for_its_first_chunk_no_longer_than_the_deferral(
+    azure: AgentsEmulator, deferral: Callable[[float], None]
+) -> None:
+    """An agent that thinks (or calls tools) long before its first word: its
+    user message is stored meanwhile all the same."""
+    deferral(0.05)
+    azure.push(hold_start=True)
+    response = await chat(AsyncClient(), "hi")
+    parts = aiter(response.streaming_content)
+    [metadata] = await frames_until_metadata(parts)
+    await await_until(lambda: stored(metadata["conversation_id"]))
+    azure.release()
+    assert (await last_frame(parts))["type"] == "done"
+
+
+async def test_a_reply_that_ends_before_its_first_chunk_stores_its_turn(
+    azure: AgentsEmulator, deferral: Callable[[float], None]
+) -> None:
+    deferral(3600)
+    azure.push(fault="run_failed", fault_after=0)
+    sent = await reply_of(AsyncClient(), "hi")
+    assert sent[-1]["type"] == "error"
+    assert "chunk" not in [f["type"] for f in sent]
+    conversation = await Conversation.objects.aget(pk=sent[0]["conversation_id"])
+    messages = [m async for m in conversation.messages.order_by("created_at")]
+    assert [(m.role, m.content, m.status) for m in messages] == [
+        ("user", "hi", Message.Status.COMPLETE),
+        ("assistant", "", Message.Status.FAILED),
+    ]

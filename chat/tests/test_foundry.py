@@ -274,7 +274,9 @@ async def test_a_reply_after_function_calls_resumes_on_the_follow_up_response(
     await await_until(lambda: reply.log.run_id == answering)
 
     async def recorded() -> bool:
-        # Where a stop from another replica finds the run to cancel.
+        # Where a stop from another replica finds the run to cancel (here, on
+        # one replica, once the turn is stored: a request for it would begin it).
+        await relay.turns_stored(conversation_id=reply.conversation_id)
         row = await Conversation.objects.aget(pk=reply.conversation_id)
         return row.active_run_id == answering
 

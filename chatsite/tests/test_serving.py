@@ -27,7 +27,6 @@ WAITING = 200
 class Counting(asyncio.Protocol):
     """Counts the connections made; closes each at once."""
 
-
     def __init__(self, made: Callable[[], None]) -> None:
         self._made = made
 
