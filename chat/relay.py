@@ -36,7 +36,6 @@ from typing import Any
 from uuid import UUID
 
 import redis.asyncio as redis
-from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.utils import timezone
 from opentelemetry import context as otel_context
@@ -47,7 +46,7 @@ from chat.backends import base
 from chat.backends.base import BackendError, ChatBackend, ReplyRequest
 from chat.models import Conversation, Message, Owner
 from chat.replylog import RemoteLog, ReplyLog
-from chatsite import requestlog, threads
+from chatsite import requestlog
 from chatsite.ids import uuid4
 
 logger = logging.getLogger(__name__)
@@ -229,6 +228,7 @@ def _new_conversation(
             user_message_id=user_message_id,
             new_conversation_id=conversation.pk,
             now=timezone.now(),  # when it was sent, not when it is stored
+            step=store.start_new_turn,
         ),
         deferred=bus.client() is None,
     ).task
@@ -253,14 +253,15 @@ def _storing_turn(
     reply_id: UUID,
     *,
     now: datetime | None = None,
+    step: Callable[..., Awaitable[store.TurnStart]] = store.start_turn,
     **turn: Any,
 ) -> Coroutine[Any, Any, store.TurnStart]:
-    """Stores the turn reply `reply_id` answers (`store.start_turn`, `turn` its
-    other arguments), trying again while the database connection fails. The
-    user message was sent `now` (by default, now)."""
+    """Stores the turn reply `reply_id` answers (`step`, `store.start_turn`,
+    `turn` its other arguments), trying again while the database connection
+    fails. The user message was sent `now` (by default, now)."""
     return store.retrying(
         functools.partial(
-            store.start_turn,
+            step,
             owner=owner,
             backend=backend.alias,
             message=message,
@@ -283,9 +284,9 @@ class PendingTurn:
     the writes (the ORM's work on the shared threads, holding the interpreter)
     otherwise ran beside the loop's work toward every chat's first chunk
     (bursts of 100 one-token chats, alternated runs: TTFC p50 122-128 -> 91-92
-    ms, `bench/bursts.py`). It has a thread-sensitive context of its own: it
-    may outlive the request that started it (asgiref refuses sync calls from a
-    task whose request's context has exited)."""
+    ms, `bench/bursts.py`). It may be written after the request that started
+    it has ended: its task has a context of its own, and the write runs as a
+    reply's steps do (`store.start_new_turn`)."""
 
     __slots__ = ("_begun", "_timer", "conversation_id", "owner", "task")
 
@@ -317,8 +318,7 @@ class PendingTurn:
     ) -> store.TurnStart:
         if self._begun is not None:
             await self._begun.wait()
-        async with ThreadSensitiveContext(executor=threads.next_executor()):
-            return await store_it()
+        return await store_it()
 
     def begin(self) -> None:
         """Starts the write now, if it waits."""

@@ -424,6 +424,12 @@ def start_turn(
         )
 
 
+# A new conversation's turn, which its reply stores (relay.PendingTurn): it may
+# be written after the request that sent it has ended, so it runs as a reply's
+# steps do.
+start_new_turn = _reply_step(start_turn.__wrapped__)
+
+
 def _new_conversation(
     owner: Owner,
     backend: str,
