@@ -62,8 +62,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 # handler stores it, all inside the 120 s Container Apps termination grace period.
 # The client's address comes from the app (TRUSTED_PROXY_HOPS), not from uvicorn's
 # proxy headers, which take the leftmost X-Forwarded-For entry: the client's own.
-# h11 bounds the request head at 64 KiB (above Envoy's 60 KiB default) where
-# httptools has no limit; no `server: uvicorn` header. The loop is uvloop accepting
-# every waiting connection at once (chatsite/serving.py), with an accept queue of
-# 4,096: a burst of 1,000 connects is accepted within 0.12 s (bench/README.md).
-CMD ["uvicorn", "chatsite.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--loop", "chatsite.serving:new_event_loop", "--backlog", "4096", "--no-proxy-headers", "--http", "h11", "--h11-max-incomplete-event-size", "65536", "--no-server-header", "--timeout-graceful-shutdown", "90", "--no-access-log"]
+# chatsite/serving.py: the loop is uvloop accepting every waiting connection at
+# once, with an accept queue of 4,096 (a burst of 1,000 connects is accepted
+# within 0.12 s, bench/README.md); the HTTP protocol is httptools bounding the
+# request head at 64 KiB (above Envoy's 60 KiB default). No `server: uvicorn` header.
+CMD ["uvicorn", "chatsite.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--loop", "chatsite.serving:new_event_loop", "--backlog", "4096", "--http", "chatsite.serving:HttpToolsProtocol", "--no-proxy-headers", "--no-server-header", "--timeout-graceful-shutdown", "90", "--no-access-log"]

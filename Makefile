@@ -85,8 +85,8 @@ run: install
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} CHAT_TOOLS=$${CHAT_TOOLS-posts.tools.search_posts} \
 	  $(VENV)/bin/uvicorn chatsite.asgi:application \
 	  --host $(HOST) --port $(PORT) --loop chatsite.serving:new_event_loop \
-	  --backlog 4096 --no-proxy-headers --http h11 \
-	  --h11-max-incomplete-event-size 65536 --no-server-header --no-access-log \
+	  --backlog 4096 --http chatsite.serving:HttpToolsProtocol \
+	  --no-proxy-headers --no-server-header --no-access-log \
 	  --timeout-graceful-shutdown 20
 
 .PHONY: emulator

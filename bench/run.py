@@ -222,7 +222,10 @@ def start_server(
     port = servers.free_port()
     cpu = APP_CPU if pin else None
     name = f"{target.replace(', ', '-').replace(' ', '-')}-{loop}-{port}"
-    argv = servers.uvicorn_argv("gc_probe:application", port, loop=loop, app_dir=BENCH)
+    http = servers.REFERENCE_HTTP if target == REFERENCE else servers.SHIPPED_HTTP
+    argv = servers.uvicorn_argv(
+        "gc_probe:application", port, loop=loop, app_dir=BENCH, http=http
+    )
     if target in (OURS, REDIS, EXPERIMENT):
         uses_redis = target == REDIS
         env = servers.app_env(

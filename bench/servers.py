@@ -232,9 +232,21 @@ SHIPPED_LOOP = "accepting"
 REFERENCE_LOOP = "uvloop"
 
 
-def uvicorn_argv(app: str, port: int, *, loop: str, app_dir: Path | None) -> list[str]:
+# The HTTP protocol chatsite's servers run (the image's), and the reference relay's.
+SHIPPED_HTTP = "chatsite.serving:HttpToolsProtocol"
+REFERENCE_HTTP = "httptools"
+
+
+def uvicorn_argv(
+    app: str,
+    port: int,
+    *,
+    loop: str,
+    app_dir: Path | None,
+    http: str = SHIPPED_HTTP,
+) -> list[str]:
     argv = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--loop", UVICORN_LOOPS[loop], "--http", "httptools", "--no-access-log"]
+    argv += ["--loop", UVICORN_LOOPS[loop], "--http", http, "--no-access-log"]
     argv += ["--backlog", "4096", "--timeout-graceful-shutdown", "15"]
     argv += ["--log-level", "warning"]
     if app_dir is not None:

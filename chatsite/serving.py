@@ -1,16 +1,24 @@
-"""The event loop uvicorn serves with: `uvicorn --loop chatsite.serving:new_event_loop`.
+"""How uvicorn serves the app: its event loop and its HTTP protocol.
 
-uvloop, whose listening sockets accept every waiting connection when they wake.
-libuv (since 1.45) accepts one connection per wake-up of a listening socket and
-relies on the next poll for the next one; uvloop polls once per turn of its loop,
-and a turn runs every callback that is ready. Under a burst of new chats a turn
-takes milliseconds, so connections wait in the kernel's accept queue about one
-turn each: of 1,000 connects at once, hundreds were still un-accepted after 2.5 s
-(`bench/run.py --scenario burst`), where asyncio's loop, which accepts up to the
-backlog at a time, took them all within 0.12 s. Here a listening socket is a
-reader of the loop that accepts until the queue is empty (at most `backlog` at a
-time) and hands each connection to uvloop's transport
+    uvicorn chatsite.asgi:application --loop chatsite.serving:new_event_loop \
+        --http chatsite.serving:HttpToolsProtocol
+
+The loop is uvloop, whose listening sockets accept every waiting connection when
+they wake. libuv (since 1.45) accepts one connection per wake-up of a listening
+socket and relies on the next poll for the next one; uvloop polls once per turn
+of its loop, and a turn runs every callback that is ready. Under a burst of new
+chats a turn takes milliseconds, so connections wait in the kernel's accept
+queue about one turn each: of 1,000 connects at once, hundreds were still
+un-accepted after 2.5 s (`bench/run.py --scenario burst`), where asyncio's loop,
+which accepts up to the backlog at a time, took them all within 0.12 s. Here a
+listening socket is a reader of the loop that accepts until the queue is empty
+(at most `backlog` at a time) and hands each connection to uvloop's transport
 (`connect_accepted_socket`); the rest of the loop is uvloop's.
+
+The protocol is uvicorn's httptools one with a bound on the request head:
+httptools has none (it buffers a header however long it grows), and h11, which
+has one, costs a tenth to a sixth of the deltas relayed per CPU-second in
+Python (`bench/run.py --scenario fast`: 39,604 against 47,059).
 """
 
 import asyncio
@@ -21,6 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvloop
+from uvicorn.protocols.http import httptools_impl
 
 logger = logging.getLogger(__name__)
 
@@ -193,3 +202,71 @@ class Listener(asyncio.AbstractServer):
         """Closed once `close()` closed its sockets; uvicorn waits for its
         connections itself."""
         await self._closed.wait()
+
+
+# Request heads (the request line and the headers) longer than this are refused:
+# above the 60 KiB that Azure Container Apps' ingress (Envoy) lets through.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
+_HEAD_TOO_LARGE = (
+    b'{"error": "request head is larger than %d bytes", "code": "head_too_large"}'
+    % MAX_REQUEST_HEAD_BYTES
+)
+
+
+class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering 431 and closing the connection
+    when a request's head (up to its blank line) is longer than
+    MAX_REQUEST_HEAD_BYTES: checked on what arrives while a head is incomplete,
+    before the parser buffers it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Bytes received of the current head; -1 while a body is read.
+        self._head_bytes = 0
+        # The head's last three bytes so far: its blank line may span two reads.
+        self._head_tail = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        if self._head_bytes >= 0:
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end >= 0:
+                size = self._head_bytes - len(self._head_tail) + end + 4
+            else:
+                size = self._head_bytes + len(data)
+            if size > MAX_REQUEST_HEAD_BYTES:
+                self._refuse_head()
+                return
+            self._head_bytes += len(data)
+            self._head_tail = seen[-3:]
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = -1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The next request's head, on a kept-alive connection.
+        self._head_bytes, self._head_tail = 0, b""
+
+    def _refuse_head(self) -> None:
+        self.logger.warning(
+            "Request head larger than %d bytes.", MAX_REQUEST_HEAD_BYTES
+        )
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # Sent behind a response still going out (a pipelined request):
+            # an answer now would land inside that response's body.
+            self.transport.close()
+            return
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: %d\r\n"
+            b"x-content-type-options: nosniff\r\n"
+            b"connection: close\r\n\r\n%s" % (len(_HEAD_TOO_LARGE), _HEAD_TOO_LARGE)
+        )
+        self.transport.close()

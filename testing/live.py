@@ -94,9 +94,11 @@ def start_server(env: dict[str, str], log_path: Path, *extra_args: str) -> LiveS
                 "--port",
                 str(port),
                 "--no-access-log",
-                # The image's event loop (Dockerfile).
+                # The image's event loop and HTTP protocol (Dockerfile).
                 "--loop",
                 "chatsite.serving:new_event_loop",
+                "--http",
+                "chatsite.serving:HttpToolsProtocol",
                 *extra_args,
             ],
             cwd=BASE_DIR,
