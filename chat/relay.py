@@ -294,7 +294,7 @@ class PendingTurn:
         self,
         conversation_id: UUID,
         owner: Owner,
-        store_it: Callable[[], Awaitable[store.TurnStart]],
+        store_it: Callable[[], Coroutine[Any, Any, store.TurnStart]],
         *,
         deferred: bool,
     ) -> None:
@@ -308,16 +308,17 @@ class PendingTurn:
                 TURN_WRITE_DEFERRAL_SECONDS, self.begin
             )
         self.task = asyncio.create_task(
-            self._store(store_it), context=contextvars.Context()
+            self._store(store_it) if deferred else store_it(),
+            context=contextvars.Context(),
         )
         _STORING[conversation_id] = self
         self.task.add_done_callback(self._stored)
 
     async def _store(
-        self, store_it: Callable[[], Awaitable[store.TurnStart]]
+        self, store_it: Callable[[], Coroutine[Any, Any, store.TurnStart]]
     ) -> store.TurnStart:
-        if self._begun is not None:
-            await self._begun.wait()
+        assert self._begun is not None
+        await self._begun.wait()
         return await store_it()
 
     def begin(self) -> None:

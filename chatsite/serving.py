@@ -219,6 +219,10 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
     MAX_REQUEST_HEAD_BYTES: checked on what arrives while a head is incomplete,
     before the parser buffers it."""
 
+    # Slots: two more entries in uvicorn's per-connection attribute dictionary
+    # made it the next size up, a kilobyte or two of every open stream.
+    __slots__ = ("_head_bytes", "_head_tail")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Bytes received of the current head; -1 while a body is read.
