@@ -278,17 +278,19 @@ class PendingTurn:
 
     With Redis the write begins at once: the reply sends nothing before it is
     stored (`Reply._read`). On one replica the reply's frames go out meanwhile,
-    and the write waits for the reply's first chunk (`begin`), for its end, for
-    a request of this process that needs the conversation (`turns_stored`), or
-    TURN_WRITE_DEFERRAL_SECONDS, whichever comes first: in a burst of new chats
-    the writes (the ORM's work on the shared threads, holding the interpreter)
-    otherwise ran beside the loop's work toward every chat's first chunk
+    and the write waits until the reply's first chunk is out and no other new
+    reply of this process still waits for its own (`first_chunk`), until the
+    reply ends, until a request of this process needs the conversation
+    (`turns_stored`), or TURN_WRITE_DEFERRAL_SECONDS, whichever comes first. In
+    a burst of new chats the writes (the ORM's work on the shared threads,
+    holding the interpreter; on PostgreSQL the server's work too, on the same
+    cores) otherwise ran beside the loop's work toward every chat's first chunk
     (bursts of 100 one-token chats, alternated runs: TTFC p50 122-128 -> 91-92
     ms, `bench/bursts.py`). It may be written after the request that started
     it has ended: its task has a context of its own, and the write runs as a
     reply's steps do (`store.start_new_turn`)."""
 
-    __slots__ = ("_begun", "_timer", "conversation_id", "owner", "task")
+    __slots__ = ("_awaiting", "_begun", "_timer", "conversation_id", "owner", "task")
 
     def __init__(
         self,
@@ -298,11 +300,15 @@ class PendingTurn:
         *,
         deferred: bool,
     ) -> None:
+        global _FIRST_CHUNKS_AWAITED
         self.conversation_id = conversation_id
         self.owner = owner
         self._begun: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # Its reply has yet to send its first chunk (counted while deferred).
+        self._awaiting = deferred
         if deferred:
+            _FIRST_CHUNKS_AWAITED += 1
             self._begun = asyncio.Event()
             self._timer = asyncio.get_running_loop().call_later(
                 TURN_WRITE_DEFERRAL_SECONDS, self.begin
@@ -321,13 +327,31 @@ class PendingTurn:
         await self._begun.wait()
         return await store_it()
 
+    def first_chunk(self) -> None:
+        """Its reply's first chunk is out: the write begins once no other new
+        reply of this process waits for its own."""
+        if self._awaiting:
+            _READY[self] = None
+            self._awaited()
+
     def begin(self) -> None:
         """Starts the write now, if it waits."""
+        if self._awaiting:
+            self._awaited()
+        _READY.pop(self, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._begun is not None:
             self._begun.set()
+
+    def _awaited(self) -> None:
+        global _FIRST_CHUNKS_AWAITED
+        self._awaiting = False
+        _FIRST_CHUNKS_AWAITED -= 1
+        if not _FIRST_CHUNKS_AWAITED and _READY:
+            for turn in list(_READY):
+                turn.begin()
 
     def owned_by(self, owner: Owner) -> bool:
         if owner.user_id is not None:
@@ -340,6 +364,19 @@ class PendingTurn:
         self.begin()  # its timer, if it was cancelled before it began
         if _STORING.get(self.conversation_id) is self:
             del _STORING[self.conversation_id]
+
+
+# New replies of this process whose turns wait for their first chunk, and the
+# turns whose reply's first chunk is out, waiting for the others' (`PendingTurn`).
+_FIRST_CHUNKS_AWAITED = 0
+_READY: dict[PendingTurn, None] = {}
+
+
+def first_chunk_out(conversation_id: UUID) -> None:
+    """The conversation's new reply sent its first chunk (`PendingTurn`)."""
+    pending = _STORING.get(conversation_id)
+    if pending is not None:
+        pending.first_chunk()
 
 
 def begin_turn(conversation_id: UUID) -> None:
@@ -1068,7 +1105,7 @@ class Reply:
                             self.first_chunk_at = time.perf_counter()
                             self._send_metadata()
                             if self._turn is not None:
-                                begin_turn(self.conversation_id)
+                                first_chunk_out(self.conversation_id)
                         self.delta_count += 1
                         log.append_chunk(event.text)
                         if event.cursor is not None:

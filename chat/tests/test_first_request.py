@@ -409,6 +409,31 @@ async def test_on_one_replica_a_turn_is_written_once_its_first_chunk_is_out(
     assert messages[-1].content
 
 
+async def test_a_turn_waits_while_another_new_reply_waits_for_its_first_chunk(
+    azure: AgentsEmulator, deferral: Callable[[float], None]
+) -> None:
+    """In a burst, the writes wait until every new reply of the process has
+    its first chunk out: a chat whose first word came is written once the
+    other's first word comes too."""
+    deferral(3600)
+    azure.push(hold_start=True)  # the other: held before its first word
+    other = aiter((await chat(AsyncClient(), "first")).streaming_content)
+    [other_metadata] = await frames_until_metadata(other)
+    azure.push(tokens=3, hold_after=1)  # this one: held after its first word
+    this = aiter((await chat(AsyncClient(), "second")).streaming_content)
+    this_id = (await frames_until_chunk(this))[0]["conversation_id"]
+    for _ in range(100):  # turns of the loop: neither write has begun
+        await asyncio.sleep(0)
+    assert not await stored(this_id)
+    assert not await stored(other_metadata["conversation_id"])
+
+    azure.release()
+    await await_until(lambda: stored(this_id))
+    await await_until(lambda: stored(other_metadata["conversation_id"]))
+    assert (await last_frame(this))["type"] == "done"
+    assert (await last_frame(other))["type"] == "done"
+
+
 async def test_a_request_for_the_conversation_begins_its_waiting_turn(
     azure: AgentsEmulator, deferral: Callable[[float], None]
 ) -> None:
