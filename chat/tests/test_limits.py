@@ -8,6 +8,7 @@ from django.test import AsyncClient
 
 from chat.models import Message
 from testing.sse import chat, data_frames, parse_sse, read_stream
+from testing.waiting import await_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,7 +40,12 @@ async def test_it_limits_messages_per_minute(
     assert response.status_code == 429
     assert response.json()["code"] == "rate_limited"
     assert 1 <= int(response["Retry-After"]) <= 61
-    assert await Message.objects.filter(role="user").acount() == 2
+
+    async def both_stored() -> bool:
+        # On one replica, once their first words are out.
+        return await Message.objects.filter(role="user").acount() == 2
+
+    await await_until(both_stored)
 
 
 async def test_it_counts_each_user_separately(
