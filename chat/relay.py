@@ -300,7 +300,7 @@ class PendingTurn:
         *,
         deferred: bool,
     ) -> None:
-        global _FIRST_CHUNKS_AWAITED
+        global _FIRST_CHUNKS_AWAITED, _COUNTED_ON
         self.conversation_id = conversation_id
         self.owner = owner
         self._begun: asyncio.Event | None = None
@@ -308,11 +308,14 @@ class PendingTurn:
         # Its reply has yet to send its first chunk (counted while deferred).
         self._awaiting = deferred
         if deferred:
+            loop = asyncio.get_running_loop()
+            if _COUNTED_ON is not loop:
+                # Another loop's count means nothing here (tests run a loop each).
+                _COUNTED_ON, _FIRST_CHUNKS_AWAITED = loop, 0
+                _READY.clear()
             _FIRST_CHUNKS_AWAITED += 1
             self._begun = asyncio.Event()
-            self._timer = asyncio.get_running_loop().call_later(
-                TURN_WRITE_DEFERRAL_SECONDS, self.begin
-            )
+            self._timer = loop.call_later(TURN_WRITE_DEFERRAL_SECONDS, self.begin)
         self.task = asyncio.create_task(
             self._store(store_it) if deferred else store_it(),
             context=contextvars.Context(),
@@ -348,6 +351,8 @@ class PendingTurn:
     def _awaited(self) -> None:
         global _FIRST_CHUNKS_AWAITED
         self._awaiting = False
+        if self.task.get_loop() is not _COUNTED_ON:
+            return  # counted on a loop that is gone
         _FIRST_CHUNKS_AWAITED -= 1
         if not _FIRST_CHUNKS_AWAITED and _READY:
             for turn in list(_READY):
@@ -370,6 +375,7 @@ class PendingTurn:
 # turns whose reply's first chunk is out, waiting for the others' (`PendingTurn`).
 _FIRST_CHUNKS_AWAITED = 0
 _READY: dict[PendingTurn, None] = {}
+_COUNTED_ON: asyncio.AbstractEventLoop | None = None
 
 
 def first_chunk_out(conversation_id: UUID) -> None:
