@@ -113,6 +113,9 @@ async def test_replies_are_stored_once_when_connections_die_mid_stream_and_mid_w
     emulator.configure(tokens=TOKENS, hold_after=HELD)
     client, streams, tasks = await open_streams(server, STREAMS)
     await until(lambda: all(s.text == token_text(HELD) for s in streams))
+    # Their turns are stored (on one replica, once the first words are out):
+    # the app's pool is open.
+    await until(lambda: Conversation.objects.count() == STREAMS)
 
     # Mid-stream: every connection the app holds or keeps in its pool dies.
     assert await asyncio.to_thread(terminate_app_connections) >= 1
